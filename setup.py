@@ -1,0 +1,67 @@
+"""Packaging for WSGIProxy: the distribution name keeps ``egg:WSGIProxy#...`` working."""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "wsgiproxy", "__init__.py")) as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+with open(os.path.join(HERE, "README.txt")) as f:
+    LONG_DESCRIPTION = f.read()
+
+TESTS_REQUIRE = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "gunicorn>=22",
+    "trustme>=1.1",
+    "hypothesis>=6.100",
+    "Flask>=3",
+    "Django>=5",
+    "sphinx>=7",
+]
+
+setup(
+    name="WSGIProxy",
+    version=VERSION,
+    description="HTTP proxying tools for WSGI apps: streaming, pooled, signed",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/plain",
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: Web Environment",
+        "Framework :: Paste",
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Application",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
+    ],
+    keywords="wsgi paste http proxy",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
+    include_package_data=True,
+    zip_safe=False,
+    install_requires=[
+        "WebOb>=1.8",
+        "httplib2>=0.22",
+        "PasteDeploy>=3",
+        "waitress>=3",
+    ],
+    extras_require={
+        "test": TESTS_REQUIRE,
+    },
+    entry_points={
+        "paste.app_factory": [
+            "main = wsgiproxy.wsgiapp:make_app",
+            "real_proxy = wsgiproxy.wsgiapp:make_real_proxy",
+            "sample = wsgiproxy.wsgiapp:make_sample_app",
+        ],
+        "paste.filter_app_factory": [
+            "main = wsgiproxy.wsgiapp:make_middleware",
+        ],
+        "console_scripts": [
+            "wsgiproxy = wsgiproxy.command:main",
+        ],
+    },
+)
