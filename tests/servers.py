@@ -1,0 +1,188 @@
+"""Real servers on loopback for the tests: waitress in a thread, and a scripted raw-socket server.
+
+The raw server exists for what no well-behaved server produces: odd framing,
+garbage, stalls, early closes.  Each accepted connection runs the test's
+``handler(conn)`` in its own thread; ``conn`` reads requests off the socket.
+"""
+
+import json
+import socket
+import ssl
+import threading
+
+import waitress
+
+__all__ = ["WaitressServer", "RawServer", "RawConnection", "echo_app", "serve"]
+
+
+class WaitressServer:
+    """A waitress server for ``app`` on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app, host="127.0.0.1", **options):
+        options.setdefault("threads", 8)
+        options.setdefault("clear_untrusted_proxy_headers", False)
+        self.server = waitress.create_server(app, host=host, port=0, **options)
+        self.host = host
+        self.port = int(self.server.effective_port)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self):
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "http://%s:%d" % (host, self.port)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        # run() returns once no channel is left, so close kept-alive ones too.
+        self.server.close()
+        for channel in list(self.server._map.values()):
+            channel.close()
+        self.server.task_dispatcher.shutdown(timeout=5)
+        self.thread.join(5)
+
+
+def serve(app, **options):
+    return WaitressServer(app, **options)
+
+
+def echo_app(environ, start_response):
+    """Answers with the environ's string values (and the body it read) as JSON."""
+    body = environ["wsgi.input"].read()
+    data = {k: v for k, v in environ.items() if isinstance(v, str)}
+    data["body"] = body.decode("latin-1")
+    out = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(out)))])
+    return [out]
+
+
+class RawConnection:
+    """One accepted connection, with helpers to read a request and send bytes."""
+
+    def __init__(self, sock, server):
+        self.sock = sock
+        self.server = server
+        self.buf = b""
+
+    def read_head(self):
+        """Read one request's header block (bytes, without the blank line), or None at EOF."""
+        while b"\r\n\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buf += data
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        return head
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("client closed with %d of %d bytes" % (len(self.buf), n))
+            self.buf += data
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_request(self):
+        """Read a whole request: ``(head, body)``; understands Content-Length and chunked."""
+        head = self.read_head()
+        if head is None:
+            return None, None
+        lower = head.lower()
+        body = b""
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                while b"\r\n" not in self.buf:
+                    self.buf += self.sock.recv(65536)
+                line, _, self.buf = self.buf.partition(b"\r\n")
+                size = int(line.split(b";")[0], 16)
+                if not size:
+                    self.read_exact(2)
+                    break
+                body += self.read_exact(size)
+                self.read_exact(2)
+        else:
+            for line in lower.split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    body = self.read_exact(int(line.split(b":")[1]))
+        self.server.requests.append((head, body))
+        return head, body
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RawServer:
+    """A scripted HTTP server: ``handler(conn)`` is called for each accepted connection.
+
+    ``connections`` counts accepted connections (to see whether the proxy
+    reused one); ``requests`` collects ``(head, body)`` read with
+    ``conn.read_request()``.
+    """
+
+    def __init__(self, handler, host="127.0.0.1", ssl_context=None):
+        self.handler = handler
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(64)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.requests = []
+        self.errors = []
+        self._open = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self._open:
+            conn.close()
+        self._thread.join(5)
+
+    def _accept_loop(self):
+        while not self._stop:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(sock, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    self.errors.append(exc)
+                    sock.close()
+                    continue
+            conn = RawConnection(sock, self)
+            self._open.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        try:
+            self.handler(conn)
+        except (OSError, EOFError) as exc:
+            self.errors.append(exc)
+        finally:
+            conn.close()

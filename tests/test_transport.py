@@ -1,0 +1,354 @@
+"""HTTPTransport framing, pooling, timeouts and TLS, against raw and real servers.
+
+Invariant 1 of the design notes runs through this file: a connection returns
+to the pool only after a complete, unambiguous response.
+"""
+
+import socket
+import ssl
+import threading
+
+import pytest
+import trustme
+from webob import Request
+
+from wsgiproxy.exactproxy import ExactProxy
+from wsgiproxy.transport import (BackendTimeout, BadBackendResponse, HTTPTransport,
+                                 make_transport)
+
+from .servers import RawServer, WaitressServer, echo_app
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def scripted(*responses):
+    """A handler answering each request on a connection with the next response, in turn."""
+    lock = threading.Lock()
+    queue = list(responses)
+
+    def handler(conn):
+        while True:
+            head, _ = conn.read_request()
+            if head is None:
+                return
+            with lock:
+                answer = queue.pop(0) if queue else OK
+            if answer is None:  # close without answering
+                return
+            conn.send(answer)
+            if answer.endswith(b"<close>"):
+                return
+    return handler
+
+
+def get(proxy, port, path="/", method="GET", **kw):
+    req = Request.blank(path, method=method, **kw)
+    req.environ.update(SERVER_NAME="127.0.0.1", SERVER_PORT=str(port))
+    return req.get_response(proxy)
+
+
+def transport_get(transport, port, method="GET", path="/"):
+    return transport.request("http", "127.0.0.1", port, method, path, [("Host", "x")])
+
+
+@pytest.fixture
+def proxy():
+    p = ExactProxy(read_timeout=5, connect_timeout=5)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("response, body", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: t\r\n\r\n", b"hello"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", b""),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 99\r\n\r\n", b""),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"hi"),
+])
+def test_framed_responses_keep_the_connection(proxy, response, body):
+    with RawServer(scripted(response, OK)) as server:
+        res = get(proxy, server.port)
+        assert res.body == body
+        assert get(proxy, server.port).body == b"ok"
+        assert server.connections == 1
+
+
+def test_304_keeps_its_content_length_and_204_drops_it(proxy):
+    with RawServer(scripted(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+                            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")) as server:
+        assert get(proxy, server.port).headers["Content-Length"] == "99"
+        assert "Content-Length" not in get(proxy, server.port).headers
+
+
+def test_head_response_has_no_body_whatever_its_headers_say(proxy):
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", OK)) as server:
+        res = get(proxy, server.port, method="HEAD")
+        assert res.headers["Content-Length"] == "1000"
+        assert get(proxy, server.port).body == b"ok"
+        assert server.connections == 1
+
+
+def test_close_delimited_body_is_read_to_eof_and_not_reused(proxy):
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end<close>", OK)) as server:
+        assert get(proxy, server.port).body == b"until the end<close>"
+        assert get(proxy, server.port).body == b"ok"
+        assert server.connections == 2
+
+
+def test_connection_close_and_http10_are_not_reused(proxy):
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na",
+                            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nb", OK)) as server:
+        assert get(proxy, server.port).body == b"a"
+        assert get(proxy, server.port).body == b"b"
+        assert get(proxy, server.port).body == b"ok"
+        assert server.connections == 3
+
+
+def test_response_closed_early_discards_the_connection():
+    transport = HTTPTransport()
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000
+    with RawServer(scripted(big, OK)) as server:
+        response = transport_get(transport, server.port)
+        chunks = iter(response)
+        next(chunks)
+        response.close()  # the client went away
+        assert transport.idle_connections() == 0
+        assert transport_get(transport, server.port).body == b"ok"
+        assert server.connections == 2
+
+
+def test_response_never_iterated_but_closed_discards_the_connection():
+    transport = HTTPTransport()
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    with RawServer(scripted(chunked, OK)) as server:
+        transport_get(transport, server.port).close()
+        assert transport.idle_connections() == 0
+
+
+def test_exception_in_the_middle_of_a_body_discards_the_connection():
+    transport = HTTPTransport(read_timeout=5)
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nabc<close>")) as server:
+        response = transport_get(transport, server.port)
+        with pytest.raises(BadBackendResponse, match="short of its Content-Length"):
+            b"".join(response)
+        assert transport.idle_connections() == 0
+
+
+def test_extra_bytes_after_content_length_never_reach_the_next_request(proxy):
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"
+                            b"Content-Length: 6\r\n\r\nsmuggl", OK, OK)) as server:
+        assert get(proxy, server.port).body == b"ok"
+        assert get(proxy, server.port).body == b"ok"
+        assert proxy.transport.idle_connections() <= 1
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize("response, reason", [
+    (b"garbage\r\n\r\n", "invalid status line"),
+    (b"HTTP/1.1 20 OK\r\n\r\n", "invalid status line"),
+    (b"HTTP/2 200 OK\r\n\r\n", "invalid status line"),
+    (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", "invalid header name"),
+    (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", "control characters"),
+    (b"HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n", "bare CR or LF"),
+    (b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n", "obsolete line folding"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+     "both Transfer-Encoding and Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+     "conflicting Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "invalid Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "unsupported Transfer-Encoding"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", "larger than"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "switched protocols"),
+    (b"HTTP/1.1 200 OK\r\nContent-Len<close>", "in the middle of the response headers"),
+])
+def test_malformed_responses_are_502_and_never_reused(proxy, response, reason):
+    with RawServer(scripted(response, OK)) as server:
+        res = get(proxy, server.port)
+        assert res.status_int == 502, res.text
+        assert reason in res.text
+        assert "127.0.0.1:%d" % server.port in res.text
+        assert proxy.transport.idle_connections() == 0
+
+
+def test_conflicting_content_length_identical_values_are_accepted(proxy):
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")) as server:
+        assert get(proxy, server.port).body == b"ok"
+
+
+def test_bad_chunk_size_is_an_error_mid_body():
+    transport = HTTPTransport(read_timeout=5)
+    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"zz\r\nhello\r\n0\r\n\r\n")) as server:
+        with pytest.raises(BadBackendResponse, match="invalid chunk-size"):
+            b"".join(transport_get(transport, server.port))
+        assert transport.idle_connections() == 0
+
+
+def test_refused_is_502_with_json_when_asked(proxy):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    res = get(proxy, port, headers={"Accept": "application/json"})
+    assert res.status_int == 502
+    assert res.json["error"]["code"] == 502
+    assert res.json["error"]["type"] == "BadGateway"
+    assert "connection refused" in res.json["error"]["message"]
+    html = get(proxy, port, headers={"Accept": "text/html"})
+    assert html.status_int == 502 and "text/html" in html.content_type
+
+
+def test_unknown_host_is_502(proxy):
+    req = Request.blank("/")
+    req.environ.update(SERVER_NAME="no-such-host.invalid", SERVER_PORT="80")
+    res = req.get_response(proxy)
+    assert res.status_int == 502
+    assert "unknown host" in res.text
+
+
+def test_read_timeout_is_504():
+    proxy = ExactProxy(read_timeout=0.3)
+    release = threading.Event()
+
+    def silent(conn):
+        conn.read_request()
+        release.wait(10)
+    with RawServer(silent) as server:
+        res = get(proxy, server.port)
+        release.set()
+    assert res.status_int == 504
+    assert "timed out" in res.text
+
+
+def test_stall_between_chunks_raises_timeout_mid_body():
+    transport = HTTPTransport(read_timeout=0.3)
+    release = threading.Event()
+
+    def stall(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        release.wait(10)
+    with RawServer(stall) as server:
+        response = transport_get(transport, server.port)
+        with pytest.raises(BackendTimeout):
+            b"".join(response)
+        release.set()
+
+
+def test_stale_keepalive_connection_is_retried_for_idempotent_requests():
+    transport = HTTPTransport()
+    # The server takes the second request on the kept-alive connection and
+    # closes without answering, as a server timing out idle connections does.
+    with RawServer(scripted(OK, None, OK)) as server:
+        assert transport_get(transport, server.port).body == b"ok"
+        transport._acquire = _skip_liveness_check(transport)
+        assert transport_get(transport, server.port).body == b"ok"
+        assert server.connections == 2
+
+
+def test_stale_connection_is_not_retried_for_post():
+    transport = HTTPTransport()
+    with RawServer(scripted(OK, None, OK)) as server:
+        assert transport_get(transport, server.port).body == b"ok"
+        transport._acquire = _skip_liveness_check(transport)
+        with pytest.raises(Exception, match="not retried"):
+            transport_get(transport, server.port, method="POST")
+        posts = [h for h, _ in server.requests if h.startswith(b"POST")]
+        assert len(posts) == 1
+
+
+def _skip_liveness_check(transport):
+    """Hand out pooled connections without the select() check, to reach the retry path."""
+    def acquire(key):
+        with transport._lock:
+            idle = transport._idle.get(key)
+            return idle.pop() if idle else None
+    return acquire
+
+
+def test_closed_idle_connection_is_detected_before_use():
+    transport = HTTPTransport()
+    closed = threading.Event()
+
+    def once_then_close(conn):
+        conn.read_request()
+        conn.send(OK)
+        conn.close()
+        closed.set()
+    with RawServer(once_then_close) as server:
+        assert transport_get(transport, server.port).body == b"ok"
+        assert closed.wait(5)
+        assert transport_get(transport, server.port, method="POST").body == b"ok"
+        assert server.connections == 2
+
+
+def test_pool_keeps_at_most_pool_size_idle_connections():
+    transport = HTTPTransport(pool_size=2)
+    with WaitressServer(echo_app) as server:
+        responses = [transport_get(transport, server.port) for _ in range(5)]
+        for r in responses:
+            b"".join(r)
+            r.close()
+        assert transport.idle_connections() == 2
+
+
+def test_make_transport_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown transport 'carrier-pigeon'"):
+        make_transport("carrier-pigeon")
+
+
+def test_header_injection_is_refused():
+    transport = HTTPTransport()
+    for headers in ([("Host", "x"), ("X-A", "a\r\nX-Injected: 1")], [("Host", "x\x00")],
+                    [("Host", "x"), ("Bad Name", "v")]):
+        with pytest.raises(ValueError):
+            transport.request("http", "127.0.0.1", 1, "GET", "/", headers)
+    with pytest.raises(ValueError):
+        transport.request("http", "127.0.0.1", 1, "GET", "/a b", [("Host", "x")])
+
+
+# -- TLS -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_server(ca):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    with RawServer(scripted(OK, OK), ssl_context=ctx) as server:
+        yield server
+
+
+def test_https_backend_verified_with_ca_certs(ca, tls_server, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    transport = HTTPTransport(ca_certs=str(ca_file))
+    for _ in range(2):
+        response = transport.request("https", "127.0.0.1", tls_server.port, "GET", "/",
+                                     [("Host", "localhost")])
+        assert b"".join(response) == b"ok"
+    assert tls_server.connections == 1
+
+
+def test_https_backend_with_unknown_ca_is_502(tls_server):
+    proxy = ExactProxy()
+    req = Request.blank("/")
+    req.environ.update(SERVER_NAME="127.0.0.1", SERVER_PORT=str(tls_server.port))
+    req.environ["wsgi.url_scheme"] = "https"
+    res = req.get_response(proxy)
+    assert res.status_int == 502
+    assert "certificate verification failed" in res.text
+
+
+def test_https_verification_can_be_turned_off(tls_server):
+    transport = HTTPTransport(verify=False)
+    response = transport.request("https", "127.0.0.1", tls_server.port, "GET", "/",
+                                 [("Host", "localhost")])
+    assert b"".join(response) == b"ok"

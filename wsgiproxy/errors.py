@@ -1,0 +1,45 @@
+"""Error answers for clients: HTML through :mod:`webob.exc`, or JSON when Accept prefers it.
+
+Every part of WSGIProxy answers bad input and broken backends through
+:func:`error_response`, so a client always gets the same clear shape::
+
+    {"error": {"code": 502, "type": "BadGateway", "message": "..."}}
+"""
+
+import json
+
+from webob import exc as webob_exc
+from webob.acceptparse import create_accept_header
+
+__all__ = ["error_response", "wants_json"]
+
+_OFFERS = ["text/html", "application/json"]
+
+
+def wants_json(environ):
+    """True when the client's Accept header prefers application/json to text/html."""
+    accept = environ.get("HTTP_ACCEPT")
+    if not accept or "json" not in accept:
+        return False
+    try:
+        offers = create_accept_header(accept).acceptable_offers(_OFFERS)
+    except Exception:  # an unparseable Accept header is no reason to fail
+        return False
+    return bool(offers) and offers[0][0] == "application/json"
+
+
+def error_response(environ, start_response, code, message, headers=()):
+    """Answer with status ``code`` and a human-readable ``message``; returns the WSGI body.
+
+    ``headers`` are extra response headers such as ``Retry-After`` or ``Allow``.
+    """
+    exc_class = webob_exc.status_map[code]
+    if wants_json(environ):
+        kind = exc_class.__name__[4:] if exc_class.__name__.startswith("HTTP") else exc_class.__name__
+        body = json.dumps({"error": {"code": code, "type": kind, "message": message}}).encode()
+        start_response("%d %s" % (code, exc_class.title), [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ] + list(headers))
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+    return exc_class(detail=message, headers=list(headers))(environ, start_response)

@@ -1,0 +1,106 @@
+"""Proxy the exact request an environ describes.
+
+``proxy_exact_request`` connects to ``SERVER_NAME:SERVER_PORT`` over
+``wsgi.url_scheme`` and sends the method, path, query, body and every
+``HTTP_*`` header, with ``Host`` taken from ``HTTP_HOST`` (the two may
+differ).  It adds no ``X-Forwarded-*`` headers; that is
+:class:`wsgiproxy.app.WSGIProxyApp`'s job.
+"""
+
+from .errors import error_response
+from .forwarding import environ_headers, forward, request_path
+from .transport import make_transport
+
+__all__ = ["ExactProxy", "proxy_exact_request", "filter_paste_httpserver_proxy",
+           "filter_paste_httpserver_proxy_environ"]
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+class ExactProxy:
+    """A WSGI app that proxies the exact request described by the environ.
+
+    :param transport: a :class:`~wsgiproxy.transport.Transport`; by default
+        an :class:`~wsgiproxy.transport.HTTPTransport` built from
+        ``transport_options`` (``connect_timeout``, ``read_timeout``,
+        ``pool_size``, ``ca_certs``, ``verify``...).
+    """
+
+    def __init__(self, transport=None, **transport_options):
+        if transport is None or isinstance(transport, str):
+            transport = make_transport(transport or "http", **transport_options)
+        elif transport_options:
+            raise TypeError("transport options given with a ready transport: %s"
+                            % ", ".join(sorted(transport_options)))
+        self.transport = transport
+
+    def __call__(self, environ, start_response):
+        scheme = environ.get("wsgi.url_scheme", "http")
+        host = environ.get("SERVER_NAME")
+        port = environ.get("SERVER_PORT") or _DEFAULT_PORTS.get(scheme)
+        if scheme not in _DEFAULT_PORTS or not host or not port or not port.isdigit():
+            return error_response(environ, start_response, 400,
+                                  "cannot proxy to scheme %r, host %r, port %r"
+                                  % (scheme, host, port))
+        headers = environ_headers(environ)
+        host_header = environ.get("HTTP_HOST")
+        if not host_header:
+            host_header = host if port == _DEFAULT_PORTS[scheme] else "%s:%s" % (
+                "[%s]" % host if ":" in host and host[0] != "[" else host, port)
+        headers.append(("Host", host_header))
+        target = request_path(environ)
+        query = environ.get("QUERY_STRING")
+        if query:
+            target += "?" + query
+        return forward(self.transport, environ, start_response, scheme, host, port,
+                       target, headers)
+
+    def close(self):
+        """Close the pooled connections."""
+        self.transport.close()
+
+
+_default_proxy = None
+
+
+def proxy_exact_request(environ, start_response):
+    """Proxy the request in ``environ`` to ``SERVER_NAME:SERVER_PORT`` (a WSGI app).
+
+    Uses one shared, pooled :class:`ExactProxy`; make your own instance for
+    other timeouts or TLS settings.
+    """
+    global _default_proxy
+    proxy = _default_proxy
+    if proxy is None:
+        proxy = _default_proxy = ExactProxy()
+    return proxy(environ, start_response)
+
+
+def filter_paste_httpserver_proxy_environ(environ):
+    """Map ``paste.httpserver.proxy.scheme/host`` keys to ``wsgi.url_scheme``, SERVER_NAME/PORT."""
+    if "paste.httpserver.proxy.scheme" in environ:
+        environ["wsgi.url_scheme"] = environ["paste.httpserver.proxy.scheme"]
+    if "paste.httpserver.proxy.host" in environ:
+        host = environ["paste.httpserver.proxy.host"]
+        scheme = environ.get("wsgi.url_scheme", "http")
+        if host.startswith("["):  # [::1]:8080
+            name, _, port = host[1:].partition("]")
+            port = port[1:] if port.startswith(":") else ""
+        elif host.count(":") == 1:
+            name, _, port = host.partition(":")
+        else:
+            name, port = host, ""
+        environ["SERVER_NAME"] = name
+        environ["SERVER_PORT"] = port or _DEFAULT_PORTS.get(scheme, "80")
+
+
+def filter_paste_httpserver_proxy(app):
+    """Wrap ``app`` so ``paste.httpserver``'s proxy keys choose the backend.
+
+    This lets ``paste.httpserver`` act as a real forward HTTP proxy around
+    :func:`proxy_exact_request`.
+    """
+    def filter_app(environ, start_response):
+        filter_paste_httpserver_proxy_environ(environ)
+        return app(environ, start_response)
+    return filter_app

@@ -1,0 +1,157 @@
+"""Forward one WSGI request through a transport and stream the answer back.
+
+The one home of the steps every proxying part shares (``proxy_exact_request``,
+:class:`~wsgiproxy.app.WSGIProxyApp`, spawn): turning the environ into
+headers and a body, calling the transport, mapping its failures to 4xx/5xx
+answers, and handing the streaming response to the WSGI server.
+"""
+
+import logging
+from urllib.parse import quote, unquote_to_bytes
+
+from .errors import error_response
+from .transport import BackendError, InvalidRequest, RequestBodyError
+
+__all__ = ["environ_headers", "request_body", "request_path", "forward",
+           "quote_path", "safe_target"]
+
+log = logging.getLogger("wsgiproxy")
+
+# Keys that are not forwarded as headers: Host is chosen by the caller, and the
+# CGI CONTENT_* variables are authoritative over any HTTP_CONTENT_* duplicates.
+DEFAULT_SKIP = frozenset(["HTTP_HOST", "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"])
+
+_NAME_CACHE = {}
+_NAME_CACHE_MAX = 2048
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+_TARGET_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
+INLINE_BODY_MAX = 65536  # request bodies up to this size are read first (and can be retried)
+
+
+def header_name(key):
+    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For`` (cached, the cache is bounded)."""
+    name = _NAME_CACHE.get(key)
+    if name is None:
+        name = key[5:].replace("_", "-").title()
+        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+            _NAME_CACHE[key] = name
+    return name
+
+
+def environ_headers(environ, skip=DEFAULT_SKIP, skip_prefix=None):
+    """The request's end-to-end headers from an environ, as ``(name, value)`` pairs.
+
+    ``skip`` holds environ keys to leave out; ``skip_prefix`` an environ-key
+    prefix to leave out (``HTTP_X_WSGIPROXY_``).  Hop-by-hop headers are left
+    for the transport to drop.
+    """
+    headers = []
+    append = headers.append
+    for key, value in environ.items():
+        if key[:5] == "HTTP_" and key not in skip:
+            if skip_prefix is not None and key.startswith(skip_prefix):
+                continue
+            name = _NAME_CACHE.get(key) or header_name(key)
+            append((name, value))
+    content_type = environ.get("CONTENT_TYPE")
+    if content_type:
+        append(("Content-Type", content_type))
+    return headers
+
+
+def request_body(environ):
+    """``(body, length)`` for the transport: ``None``, bytes, or the input stream.
+
+    Bodies up to :data:`INLINE_BODY_MAX` are read whole (cheap, and a stale
+    keep-alive connection can then be retried); larger ones and bodies without
+    a length (chunked, ``wsgi.input_terminated``) stream.
+    """
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        try:
+            length = int(length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise InvalidRequest("invalid Content-Length %r" % length[:40]) from None
+        if not length:
+            return None, 0
+        stream = environ["wsgi.input"]
+        if length <= INLINE_BODY_MAX:
+            try:
+                data = stream.read(length)
+            except Exception as exc:
+                raise RequestBodyError("reading the request body failed: %s" % exc) from exc
+            if len(data) != length:
+                raise RequestBodyError("request body ended after %d of %d bytes"
+                                       % (len(data), length))
+            return data, length
+        return stream, length
+    if environ.get("HTTP_TRANSFER_ENCODING") and environ.get("wsgi.input_terminated"):
+        return environ["wsgi.input"], None
+    return None, 0
+
+
+def quote_path(path):
+    """Percent-encode a WSGI path (latin-1 "bytes in a str") for a request line."""
+    return quote(path.encode("latin-1"), safe=_PATH_SAFE)
+
+
+def safe_target(target):
+    """Escape what may not stand in a request line (spaces, controls, non-ASCII); keep ``%``."""
+    if target.isascii() and target.isprintable() and " " not in target:
+        return target
+    return quote(target.encode("latin-1", "replace"), safe=_TARGET_SAFE)
+
+
+def request_path(environ):
+    """The request's path as sent on the wire, ``SCRIPT_NAME + PATH_INFO`` encoded.
+
+    When the server passes the raw request target (``RAW_URI`` from gunicorn,
+    ``REQUEST_URI`` from others) and it decodes to the same path, it is used as
+    it is, so encoded characters such as ``%2F`` survive.
+    """
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        raw_path = raw.partition("?")[0]
+        if raw_path[:1] != "/":  # absolute-form: http://host/path
+            scheme, sep, rest = raw_path.partition("://")
+            raw_path = "/" + rest.partition("/")[2] if sep else ""
+        if raw_path == path or (
+                "%" in raw_path and unquote_to_bytes(raw_path) == path.encode("latin-1", "replace")):
+            return safe_target(raw_path)
+    return quote_path(path) or "/"
+
+
+def forward(transport, environ, start_response, scheme, host, port, target,
+            headers, response_headers=None):
+    """Send the request to ``scheme://host:port`` and return the WSGI response.
+
+    ``response_headers``, if given, maps the backend's header list to the one
+    the client gets (Location rewriting).  Failures before the response
+    starts become error answers (400 for a bad request, 502/504 for the
+    backend); a failure in the middle of a body is raised, so the WSGI server
+    aborts the connection rather than send a silently short body.
+    """
+    method = environ.get("REQUEST_METHOD") or "GET"
+    try:
+        body, length = request_body(environ)
+        response = transport.request(scheme, host, port, method, target, headers, body, length)
+    except BackendError as exc:
+        log.warning("%s %s: %s", method, target, exc)
+        return error_response(environ, start_response, exc.status, str(exc))
+    except (InvalidRequest, RequestBodyError) as exc:
+        log.info("%s %s: bad request: %s", method, target, exc)
+        return error_response(environ, start_response, 400, str(exc))
+    out_headers = response.headers
+    if response_headers is not None:
+        out_headers = response_headers(out_headers)
+    try:
+        start_response(response.status_line, out_headers)
+    except BaseException:
+        response.close()
+        raise
+    if response.body is not None:
+        return [response.body] if response.body else []
+    return response

@@ -1,0 +1,767 @@
+"""HTTP/1.1 transport: pooled keep-alive connections, streaming bodies, strict framing.
+
+This layer knows sockets and HTTP.  It knows nothing about WSGI environs,
+X-WSGIProxy headers or signing; the WSGI glue (:mod:`wsgiproxy.forwarding`)
+hands it a method, a request target and a list of end-to-end headers, and gets
+back a :class:`Response` whose body is an iterable of byte chunks.
+
+Safety rules it enforces (see ``shared/design.md``, invariants 1-3 and 6):
+
+* a connection goes back to the pool only after a complete response whose
+  framing was unambiguous; anything else closes it;
+* response bytes are handed on as they arrive (``recv`` returns whatever is
+  there), so slow streams are not held back and memory stays bounded;
+* hop-by-hop headers, and the headers named in ``Connection``, are dropped in
+  both directions;
+* no header containing CR, LF or NUL is ever written.
+"""
+
+import logging
+import os
+import re
+import select
+import socket
+import ssl
+import threading
+import time
+import weakref
+
+__all__ = [
+    "HOP_BY_HOP", "Transport", "HTTPTransport", "Response", "make_transport",
+    "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
+    "InvalidRequest", "RequestBodyError",
+]
+
+log = logging.getLogger("wsgiproxy.transport")
+
+#: Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones); never forwarded.
+HOP_BY_HOP = frozenset([
+    "connection", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
+])
+# Request headers the transport writes itself (framing) or must not pass on:
+# the client's ``Expect: 100-continue`` was already answered by its WSGI server.
+_REQUEST_SKIP = HOP_BY_HOP | {"content-length", "expect"}
+_IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
+_BODY_METHODS = frozenset(["POST", "PUT", "PATCH"])
+
+BUFSIZE = 65536
+MAX_HEAD = 65536           # bytes in a response header block
+MAX_INTERIM = 16           # 1xx responses skipped before the final one
+MAX_CHUNK_LINE = 4096      # a chunk-size line with its extensions
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]").search
+_BAD_HEAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
+_DIGITS = re.compile(r"[0-9]+\Z").match
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z").match
+
+
+class BackendError(Exception):
+    """The backend could not give a usable answer; ``status`` is what the client gets."""
+
+    status = 502
+
+    def __init__(self, message, backend=None):
+        super().__init__(message)
+        self.message = message
+        self.backend = backend
+
+    def __str__(self):
+        if self.backend:
+            return "%s: %s" % (self.backend, self.message)
+        return self.message
+
+
+class BackendUnavailable(BackendError):
+    """Refused, unreachable, unknown host, TLS failure, or the connection was lost."""
+
+
+class BackendTimeout(BackendError):
+    """Connecting or waiting for the backend took longer than the configured timeout."""
+
+    status = 504
+
+
+class BadBackendResponse(BackendError):
+    """The backend sent something that is not a valid, unambiguous HTTP/1.x response."""
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be written safely (bad method, target or header); a 400."""
+
+
+class RequestBodyError(Exception):
+    """Reading the client's request body failed or it ended early; a 400."""
+
+
+class Transport:
+    """What every transport provides; see :class:`HTTPTransport` for the default.
+
+    ``request()`` takes the end-to-end request headers (it drops hop-by-hop
+    ones and writes its own framing) and returns a :class:`Response`.  The
+    body is ``None``, ``bytes``, or a file-like object with ``read(n)``; with
+    ``body_length=None`` a file-like body is sent chunked.
+    """
+
+    #: False for transports that buffer whole bodies (e.g. httplib2).
+    streaming = True
+
+    def request(self, scheme, host, port, method, target, headers,
+                body=None, body_length=None):
+        raise NotImplementedError
+
+    def close(self):
+        """Close idle connections; the transport stays usable."""
+
+
+class Response:
+    """A backend response: ``status``, ``reason``, end-to-end ``headers``, and the body.
+
+    Iterating yields the body in chunks as they arrive.  ``body`` is set when
+    the whole body was already received with the headers (the connection is
+    then back in the pool and iterating just yields it).  ``close()`` must be
+    called (WSGI servers do) and discards a connection that was not read to
+    the end.
+    """
+
+    __slots__ = ("status", "reason", "headers", "body", "_reader")
+
+    def __init__(self, status, reason, headers, body=None, reader=None):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self._reader = reader
+
+    @property
+    def status_line(self):
+        return "%d %s" % (self.status, self.reason)
+
+    def __iter__(self):
+        if self._reader is not None:
+            return self._reader.chunks()
+        return iter((self.body,) if self.body else ())
+
+    def close(self):
+        if self._reader is not None:
+            self._reader.abort()
+
+
+class _Connection:
+    __slots__ = ("sock", "key", "buf", "idle_since")
+
+    def __init__(self, sock, key):
+        self.sock = sock
+        self.key = key
+        self.buf = b""
+        self.idle_since = 0.0
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def looks_alive(self):
+        """An idle keep-alive socket must have nothing to read: data or EOF means stale."""
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
+        try:
+            readable = select.select((sock,), (), (), 0)[0]
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+
+class _Stale(Exception):
+    """A reused connection failed before any byte of the response: safe to retry."""
+
+
+# Modes of reading a response body.
+_NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
+
+
+class _BodyReader:
+    """Reads one response body from a connection and decides its fate."""
+
+    __slots__ = ("transport", "conn", "mode", "remaining", "keep_alive", "backend")
+
+    def __init__(self, transport, conn, mode, remaining, keep_alive, backend):
+        self.transport = transport
+        self.conn = conn
+        self.mode = mode
+        self.remaining = remaining
+        self.keep_alive = keep_alive
+        self.backend = backend
+
+    def chunks(self):
+        try:
+            if self.mode == _LENGTH:
+                yield from self._length_chunks()
+            elif self.mode == _CHUNKED:
+                yield from self._chunked_chunks()
+            else:
+                yield from self._close_chunks()
+        except BackendError:
+            self.abort()
+            raise
+
+    def abort(self):
+        """Discard the connection unless the response was read completely."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.close()
+
+    def _finish(self):
+        """The body was read to its end: pool the connection if that is safe."""
+        conn = self.conn
+        self.conn = None
+        if conn is None:
+            return
+        if self.keep_alive and not conn.buf:
+            self.transport._release(conn)
+        else:
+            if conn.buf:
+                log.warning("%s sent %d bytes after the end of a response; "
+                            "connection discarded", self.backend, len(conn.buf))
+            conn.close()
+
+    def _recv(self, size):
+        conn = self.conn
+        if conn is None:
+            raise BackendUnavailable("response was closed", self.backend)
+        try:
+            return conn.sock.recv(size)
+        except socket.timeout:
+            raise BackendTimeout("timed out reading the response body", self.backend) from None
+        except OSError as exc:
+            raise BackendUnavailable("connection lost reading the response body: %s"
+                                     % (exc.strerror or exc), self.backend) from None
+
+    def _length_chunks(self):
+        remaining = self.remaining
+        conn = self.conn
+        buf, conn.buf = conn.buf, b""
+        if buf:
+            if len(buf) > remaining:
+                conn.buf = buf[remaining:]  # excess: never reaches another request
+                buf = buf[:remaining]
+            remaining -= len(buf)
+            if not remaining:
+                self._finish()
+            yield buf
+        while remaining:
+            data = self._recv(BUFSIZE if remaining > BUFSIZE else remaining)
+            if not data:
+                raise BadBackendResponse(
+                    "backend closed the connection %d bytes short of its Content-Length"
+                    % remaining, self.backend)
+            remaining -= len(data)
+            if not remaining:
+                self._finish()
+            yield data
+
+    def _close_chunks(self):
+        conn = self.conn
+        buf, conn.buf = conn.buf, b""
+        if buf:
+            yield buf
+        while True:
+            data = self._recv(BUFSIZE)
+            if not data:
+                break
+            yield data
+        self._finish()
+
+    def _fill(self, what):
+        data = self._recv(BUFSIZE)
+        if not data:
+            raise BadBackendResponse("backend closed the connection in the middle of "
+                                     + what, self.backend)
+        self.conn.buf += data
+
+    def _line(self, what, limit):
+        conn = self.conn
+        while True:
+            end = conn.buf.find(b"\r\n")
+            if end >= 0:
+                line = conn.buf[:end]
+                conn.buf = conn.buf[end + 2:]
+                return line
+            if len(conn.buf) > limit:
+                raise BadBackendResponse("%s longer than %d bytes" % (what, limit), self.backend)
+            self._fill(what)
+
+    def _chunked_chunks(self):
+        conn = self.conn
+        while True:
+            line = self._line("a chunk-size line", MAX_CHUNK_LINE)
+            size = line.split(b";", 1)[0].strip(b" \t")
+            if not _HEX(size) or b"\n" in line or b"\r" in line:
+                raise BadBackendResponse("invalid chunk-size line %r" % line[:80], self.backend)
+            size = int(size, 16)
+            if size == 0:
+                break
+            while size:
+                if not conn.buf:
+                    self._fill("a chunk")
+                buf = conn.buf
+                if len(buf) > size:
+                    piece, conn.buf = buf[:size], buf[size:]
+                else:
+                    piece, conn.buf = buf, b""
+                size -= len(piece)
+                yield piece
+            while len(conn.buf) < 2:
+                self._fill("a chunk")
+            if conn.buf[:2] != b"\r\n":
+                raise BadBackendResponse("chunk data not followed by CRLF", self.backend)
+            conn.buf = conn.buf[2:]
+        # Trailer section: read and drop (WSGI cannot send trailers).
+        total = 0
+        while True:
+            line = self._line("the trailer section", MAX_HEAD)
+            if not line:
+                break
+            total += len(line) + 2
+            if total > MAX_HEAD or _BAD_HEAD_BYTES(line) or line[:1] in (b" ", b"\t"):
+                raise BadBackendResponse("invalid trailer section", self.backend)
+        self._finish()
+
+
+_live_transports = weakref.WeakSet()
+
+
+def _forget_pools_after_fork():
+    # A pool created before fork (gunicorn --preload) must not share sockets
+    # between workers: each child starts with empty pools.
+    for transport in list(_live_transports):
+        transport._idle = {}
+        transport._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+class HTTPTransport(Transport):
+    """The default transport: HTTP/1.1 over pooled keep-alive sockets, streaming.
+
+    :param connect_timeout: seconds to wait for a TCP (and TLS) connection.
+    :param read_timeout: seconds any single read or write may wait; a stalled
+        backend gets a 504.
+    :param pool_size: idle keep-alive connections kept per backend
+        (scheme, host, port); connections beyond it are closed when released.
+    :param idle_timeout: idle connections older than this are not reused
+        (stay below the backend's keep-alive timeout where you know it).
+    :param ca_certs: a CA bundle (PEM file) for verifying HTTPS backends;
+        the system store is used when it is not given.
+    :param verify: ``False`` turns certificate verification off.  Only for
+        backends you reach over a network you trust.
+    :param cert_file, key_file: a client certificate for backends that ask
+        for one.
+    :param ssl_context: a ready :class:`ssl.SSLContext`, instead of the above.
+    """
+
+    def __init__(self, connect_timeout=10.0, read_timeout=60.0, pool_size=10,
+                 idle_timeout=50.0, ca_certs=None, verify=True, cert_file=None,
+                 key_file=None, ssl_context=None):
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.pool_size = int(pool_size)
+        self.idle_timeout = float(idle_timeout)
+        if self.pool_size < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ValueError("timeouts must be positive and pool_size not negative")
+        self._ssl_args = (ca_certs, verify, cert_file, key_file)
+        self._ssl_context = ssl_context
+        self._idle = {}
+        self._lock = threading.Lock()
+        _live_transports.add(self)
+
+    # -- pool -------------------------------------------------------------
+
+    def _acquire(self, key):
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                conn = idle.pop()
+            if (time.monotonic() - conn.idle_since < self.idle_timeout
+                    and conn.looks_alive()):
+                return conn
+            conn.close()
+
+    def _release(self, conn):
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            idle = self._idle.setdefault(conn.key, [])
+            if len(idle) < self.pool_size:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def idle_connections(self, key=None):
+        """How many idle connections the pool holds (for one backend key, or all)."""
+        with self._lock:
+            if key is not None:
+                return len(self._idle.get(key, ()))
+            return sum(len(v) for v in self._idle.values())
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    # -- connecting -------------------------------------------------------
+
+    def ssl_context(self):
+        """The TLS context for HTTPS backends, made on first use."""
+        if self._ssl_context is None:
+            ca_certs, verify, cert_file, key_file = self._ssl_args
+            ctx = ssl.create_default_context(cafile=ca_certs)
+            if not verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if cert_file:
+                ctx.load_cert_chain(cert_file, key_file)
+            self._ssl_context = ctx
+        return self._ssl_context
+
+    def _connect(self, key, backend):
+        scheme, host, port = key
+        try:
+            sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+        except socket.gaierror as exc:
+            raise BackendUnavailable("unknown host %r (%s)" % (host, exc.strerror), backend) from None
+        except socket.timeout:
+            raise BackendTimeout("timed out connecting after %gs" % self.connect_timeout,
+                                 backend) from None
+        except ConnectionRefusedError:
+            raise BackendUnavailable("connection refused", backend) from None
+        except OSError as exc:
+            raise BackendUnavailable("cannot connect: %s" % (exc.strerror or exc), backend) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock = self.ssl_context().wrap_socket(sock, server_hostname=host)
+            sock.settimeout(self.read_timeout)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise BackendUnavailable("TLS certificate verification failed: %s"
+                                     % exc.verify_message, backend) from None
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            if isinstance(exc, socket.timeout):
+                raise BackendTimeout("timed out in the TLS handshake", backend) from None
+            raise BackendUnavailable("TLS handshake failed: %s" % exc, backend) from None
+        return _Connection(sock, key)
+
+    # -- one exchange ---------------------------------------------------------
+
+    def request(self, scheme, host, port, method, target, headers,
+                body=None, body_length=None):
+        if scheme not in ("http", "https"):
+            raise InvalidRequest("unsupported scheme %r" % scheme)
+        host = host.strip("[]")
+        port = int(port)
+        backend = "%s://%s:%d" % (scheme, "[%s]" % host if ":" in host else host, port)
+        if isinstance(body, (bytes, bytearray)):
+            body_length = len(body)
+        elif body is None:
+            body_length = 0
+        head = _request_head(method, target, headers, body_length,
+                             body is not None and body_length is None)
+        key = (scheme, host, port)
+        conn = self._acquire(key)
+        if conn is not None:
+            try:
+                return self._exchange(conn, method, head, body, body_length, backend)
+            except _Stale as exc:
+                conn.close()
+                replayable = body is None or isinstance(body, (bytes, bytearray))
+                if not (replayable and method in _IDEMPOTENT):
+                    raise BackendUnavailable(
+                        "a kept-alive connection was closed by the backend (%s); "
+                        "%s requests are not retried" % (exc, method), backend) from None
+                log.debug("%s: stale keep-alive connection (%s); retrying once", backend, exc)
+        conn = self._connect(key, backend)
+        try:
+            return self._exchange(conn, method, head, body, body_length, backend)
+        except _Stale as exc:
+            conn.close()
+            raise BackendUnavailable("connection closed without a response (%s)" % exc,
+                                     backend) from None
+
+    def _exchange(self, conn, method, head, body, body_length, backend):
+        sock = conn.sock
+        try:
+            try:
+                if body is None or isinstance(body, (bytes, bytearray)):
+                    sock.sendall(head + body if body else head)
+                else:
+                    sock.sendall(head)
+                    _send_stream(sock, body, body_length)
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+                if body is None or isinstance(body, (bytes, bytearray)):
+                    raise _Stale(exc.strerror or exc) from None
+                # The backend may have answered early (413, 401) and stopped
+                # reading; read what it said, never reuse the connection.
+                try:
+                    return self._read_response(conn, method, backend, reusable=False)
+                except BackendError:
+                    raise BackendUnavailable("connection lost sending the request body: %s"
+                                             % (exc.strerror or exc), backend) from None
+            return self._read_response(conn, method, backend, reusable=True)
+        except socket.timeout:
+            conn.close()
+            raise BackendTimeout("timed out after %gs waiting for the backend"
+                                 % self.read_timeout, backend) from None
+        except _Stale:
+            raise
+        except BaseException:
+            conn.close()
+            raise
+
+    def _read_head(self, conn, backend):
+        """Receive bytes up to the end of a header block; returns the block."""
+        buf = conn.buf
+        start = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", start)
+            if 0 <= end <= MAX_HEAD:
+                conn.buf = buf[end + 4:]
+                return buf[:end]
+            if len(buf) > MAX_HEAD:
+                raise BadBackendResponse("response header block larger than %d bytes"
+                                         % MAX_HEAD, backend)
+            start = max(0, len(buf) - 3)
+            try:
+                data = conn.sock.recv(BUFSIZE)
+            except (ConnectionResetError, ConnectionAbortedError) as exc:
+                if not buf:
+                    raise _Stale(exc.strerror) from None
+                raise BadBackendResponse("connection reset in the middle of the headers",
+                                         backend) from None
+            except socket.timeout:
+                raise
+            except OSError as exc:
+                raise BackendUnavailable("connection lost: %s" % (exc.strerror or exc),
+                                         backend) from None
+            if not data:
+                if not buf:
+                    raise _Stale("closed before answering")
+                raise BadBackendResponse("backend closed the connection in the middle of "
+                                         "the response headers", backend)
+            buf += data
+
+    def _read_response(self, conn, method, backend, reusable):
+        for _ in range(MAX_INTERIM):
+            head = self._read_head(conn, backend)
+            version, status, reason, headers, framing = _parse_head(head, backend)
+            if status >= 200:
+                break
+            if status == 101:
+                raise BadBackendResponse("backend switched protocols (101), which a WSGI "
+                                         "proxy cannot carry", backend)
+            # 100 Continue, 103 Early Hints...: WSGI cannot pass interim responses on.
+        else:
+            raise BadBackendResponse("too many interim (1xx) responses", backend)
+
+        length, chunked, conn_tokens = framing
+        keep_alive = reusable and version == "1.1" and "close" not in conn_tokens
+        if method == "HEAD" or status in (204, 304):
+            if keep_alive and not conn.buf:
+                self._release(conn)
+            else:
+                conn.close()
+            return Response(status, reason, headers, b"")
+        if chunked:
+            mode, remaining = _CHUNKED, None
+        elif length is not None:
+            mode, remaining = _LENGTH, length
+            buf = conn.buf
+            if len(buf) == length:  # the usual small response: all here already
+                conn.buf = b""
+                if keep_alive:
+                    self._release(conn)
+                else:
+                    conn.close()
+                return Response(status, reason, headers, buf)
+        else:
+            mode, remaining, keep_alive = _CLOSE, None, False
+        reader = _BodyReader(self, conn, mode, remaining, keep_alive, backend)
+        return Response(status, reason, headers, None, reader)
+
+
+def _request_head(method, target, headers, body_length, chunked):
+    """Serialise the request line and headers; hop-by-hop and framing headers are ours."""
+    if not _TOKEN(method):
+        raise InvalidRequest("invalid method %r" % method)
+    if not target or _BAD_TARGET(target):
+        raise InvalidRequest("invalid request target %r" % target[:200])
+    lines = ["%s %s HTTP/1.1" % (method, target)]
+    names = []
+    nominated = None
+    has_host = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _REQUEST_SKIP:
+            if lname == "connection":
+                nominated = (nominated or set()) | _tokens(value)
+            continue
+        if lname == "host":
+            has_host = True
+        names.append(name)
+        lines.append("%s: %s" % (name, value))
+    if nominated:
+        keep = [0]
+        for i, name in enumerate(names, 1):
+            if name.lower() not in nominated:
+                keep.append(i)
+        lines = [lines[i] for i in keep]
+    if not has_host:
+        raise InvalidRequest("no Host header")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif body_length or method in _BODY_METHODS:
+        lines.append("Content-Length: %d" % body_length)
+    if names and not _TOKEN("".join(names)):
+        bad = next(n for n in names if not _TOKEN(n))
+        raise InvalidRequest("invalid header name %r" % bad[:100])
+    lines.append("\r\n")
+    text = "\r\n".join(lines)
+    n = len(lines)
+    if text.count("\n") != n or text.count("\r") != n or "\0" in text:
+        raise InvalidRequest("a header value contains CR, LF or NUL")
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidRequest("a header value is not latin-1 text") from None
+
+
+def _tokens(value):
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+def _send_stream(sock, body, length):
+    """Copy a file-like request body to the socket, in bounded memory."""
+    read = body.read
+    if length is None:
+        while True:
+            try:
+                data = read(BUFSIZE)
+            except Exception as exc:
+                raise RequestBodyError("reading the request body failed: %s" % exc) from exc
+            if not data:
+                sock.sendall(b"0\r\n\r\n")
+                return
+            sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+    remaining = length
+    while remaining:
+        try:
+            data = read(BUFSIZE if remaining > BUFSIZE else remaining)
+        except Exception as exc:
+            raise RequestBodyError("reading the request body failed: %s" % exc) from exc
+        if not data:
+            raise RequestBodyError("request body ended after %d of %d bytes"
+                                   % (length - remaining, length))
+        remaining -= len(data)
+        sock.sendall(data)
+
+
+def _parse_head(head, backend):
+    """Parse a response header block into its parts, rejecting anything ambiguous.
+
+    Returns ``(version, status, reason, headers, (content_length, chunked,
+    connection_tokens))`` with hop-by-hop headers already removed.
+    """
+    if _BAD_HEAD_BYTES(head):
+        raise BadBackendResponse("control characters in the response headers", backend)
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    if not text.count("\r") == text.count("\n") == len(lines) - 1:
+        raise BadBackendResponse("bare CR or LF in the response headers", backend)
+    status_line = lines[0]
+    version = status_line[5:8]
+    if (status_line[:5] != "HTTP/" or version not in ("1.1", "1.0")
+            or status_line[8:9] != " " or not _DIGITS(status_line[9:12])
+            or status_line[12:13] not in ("", " ")):
+        raise BadBackendResponse("invalid status line %r" % status_line[:80], backend)
+    status = int(status_line[9:12])
+    if status < 100:
+        raise BadBackendResponse("invalid status code %d" % status, backend)
+    reason = status_line[13:]
+    headers = []
+    lengths = None
+    te = None
+    conn_tokens = ()
+    nominated = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[-1] in " \t" or line[0] in " \t":
+            if line[:1] in (" ", "\t"):
+                raise BadBackendResponse("obsolete line folding in the response headers", backend)
+            raise BadBackendResponse("invalid header line %r" % line[:80], backend)
+        value = value.strip(" \t")
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "transfer-encoding":
+                te = value if te is None else te + ", " + value
+            elif lname == "connection":
+                conn_tokens = _tokens(value) | set(conn_tokens)
+                nominated = nominated or bool(conn_tokens - {"close", "keep-alive"})
+            continue
+        if lname == "content-length":
+            if lengths is None:
+                lengths = []
+                length_at = len(headers)  # keep its place; normalised below
+            lengths += value.split(",")
+            continue
+        headers.append((name, value))
+    if headers and not _TOKEN("".join(n for n, _ in headers)):
+        bad = next(n for n, _ in headers if not _TOKEN(n))
+        raise BadBackendResponse("invalid header name %r" % bad[:80], backend)
+    length = None
+    if lengths is not None:
+        values = {v.strip(" \t") for v in lengths}
+        if len(values) != 1:
+            raise BadBackendResponse("conflicting Content-Length values", backend)
+        value = values.pop()
+        if not _DIGITS(value) or len(value) > 18:
+            raise BadBackendResponse("invalid Content-Length %r" % value[:40], backend)
+        length = int(value)
+    chunked = False
+    if te is not None:
+        if lengths is not None:
+            raise BadBackendResponse("both Transfer-Encoding and Content-Length", backend)
+        if te.lower() != "chunked":
+            raise BadBackendResponse("unsupported Transfer-Encoding %r" % te[:40], backend)
+        chunked = True
+    if length is not None and status != 204:  # a 204 has no Content-Length
+        headers.insert(length_at, ("Content-Length", str(length)))
+    if nominated:
+        headers = [h for h in headers if h[0].lower() not in conn_tokens]
+    return version, status, reason, headers, (length, chunked, conn_tokens)
+
+
+_TRANSPORTS = {
+    "http": "wsgiproxy.transport:HTTPTransport",
+    "httplib2": "wsgiproxy.httplib2transport:Httplib2Transport",
+}
+
+
+def make_transport(name="http", **options):
+    """Build a transport by name (``http``, the default, or ``httplib2``), or a ``module:Class`` path."""
+    path = _TRANSPORTS.get(name, name)
+    if ":" not in path:
+        raise ValueError("unknown transport %r (choose from %s)"
+                         % (name, ", ".join(sorted(_TRANSPORTS))))
+    module, _, attr = path.partition(":")
+    cls = getattr(__import__(module, fromlist=[attr]), attr)
+    return cls(**options)
