@@ -186,3 +186,55 @@ class RawServer:
             self.errors.append(exc)
         finally:
             conn.close()
+
+
+def free_port(host="127.0.0.1"):
+    """A port that was free a moment ago (for configs that need a fixed number)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port, host="127.0.0.1", timeout=30.0, process=None):
+    """Block until something accepts on ``host:port``; fail if ``process`` exits first."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d"
+                               % (process.returncode, port))
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("nothing listening on %s:%d after %gs" % (host, port, timeout))
+
+
+class Process:
+    """A subprocess in its own process group, killed with its children on exit."""
+
+    def __init__(self, args, **kwargs):
+        import subprocess
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def output(self):
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+
+    def __exit__(self, *exc):
+        import os
+        import signal
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except Exception:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)

@@ -125,11 +125,12 @@ def request_path(environ):
 
 
 def forward(transport, environ, start_response, scheme, host, port, target,
-            headers, response_headers=None):
+            headers, response_headers=None, before_send=None):
     """Send the request to ``scheme://host:port`` and return the WSGI response.
 
     ``response_headers``, if given, maps the backend's header list to the one
-    the client gets (Location rewriting).  Failures before the response
+    the client gets (Location rewriting).  ``before_send(method, target,
+    headers, body)`` may add headers once the body is known (signing).  Failures before the response
     starts become error answers (400 for a bad request, 502/504 for the
     backend); a failure in the middle of a body is raised, so the WSGI server
     aborts the connection rather than send a silently short body.
@@ -137,13 +138,15 @@ def forward(transport, environ, start_response, scheme, host, port, target,
     method = environ.get("REQUEST_METHOD") or "GET"
     try:
         body, length = request_body(environ)
+        if before_send is not None:
+            before_send(method, target, headers, body)
         response = transport.request(scheme, host, port, method, target, headers, body, length)
     except BackendError as exc:
         log.warning("%s %s: %s", method, target, exc)
         return error_response(environ, start_response, exc.status, str(exc))
     except (InvalidRequest, RequestBodyError) as exc:
         log.info("%s %s: bad request: %s", method, target, exc)
-        return error_response(environ, start_response, 400, str(exc))
+        return error_response(environ, start_response, exc.status, str(exc))
     out_headers = response.headers
     if response_headers is not None:
         out_headers = response_headers(out_headers)

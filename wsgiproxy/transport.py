@@ -90,9 +90,13 @@ class BadBackendResponse(BackendError):
 class InvalidRequest(ValueError):
     """The request cannot be written safely (bad method, target or header); a 400."""
 
+    status = 400
+
 
 class RequestBodyError(Exception):
     """Reading the client's request body failed or it ended early; a 400."""
+
+    status = 400
 
 
 class Transport:
@@ -656,6 +660,8 @@ def _send_stream(sock, body, length):
         while True:
             try:
                 data = read(BUFSIZE)
+            except RequestBodyError:
+                raise
             except Exception as exc:
                 raise RequestBodyError("reading the request body failed: %s" % exc) from exc
             if not data:
@@ -666,6 +672,8 @@ def _send_stream(sock, body, length):
     while remaining:
         try:
             data = read(BUFSIZE if remaining > BUFSIZE else remaining)
+        except RequestBodyError:
+            raise
         except Exception as exc:
             raise RequestBodyError("reading the request body failed: %s" % exc) from exc
         if not data:
