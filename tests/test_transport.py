@@ -288,8 +288,11 @@ def test_closed_idle_connection_is_detected_before_use():
 
 def test_pool_keeps_at_most_pool_size_idle_connections():
     transport = HTTPTransport(pool_size=2)
-    with WaitressServer(echo_app) as server:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    with RawServer(scripted(*[chunked] * 5)) as server:
+        # Five responses open at once (chunked bodies are read lazily): five connections.
         responses = [transport_get(transport, server.port) for _ in range(5)]
+        assert server.connections == 5
         for r in responses:
             b"".join(r)
             r.close()

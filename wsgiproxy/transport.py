@@ -603,46 +603,59 @@ class HTTPTransport(Transport):
         return Response(status, reason, headers, None, reader)
 
 
+# Header names seen before, with what they are; bounded so hostile clients
+# cannot grow it.  A name is only cached after it was checked to be a token.
+_NAME_CACHE_MAX = 4096
+_REQ_KEEP, _REQ_SKIP, _REQ_CONNECTION = 0, 1, 2
+_request_names = {}
+
+
+def _request_name_kind(name):
+    if not _TOKEN(name):
+        raise InvalidRequest("invalid header name %r" % name[:100])
+    lname = name.lower()
+    kind = (_REQ_CONNECTION if lname == "connection"
+            else _REQ_SKIP if lname in _REQUEST_SKIP else _REQ_KEEP)
+    if len(_request_names) < _NAME_CACHE_MAX:
+        _request_names[name] = kind
+    return kind
+
+
 def _request_head(method, target, headers, body_length, chunked):
     """Serialise the request line and headers; hop-by-hop and framing headers are ours."""
     if not _TOKEN(method):
         raise InvalidRequest("invalid method %r" % method)
     if not target or _BAD_TARGET(target):
         raise InvalidRequest("invalid request target %r" % target[:200])
-    lines = ["%s %s HTTP/1.1" % (method, target)]
-    names = []
+    lines = ["%s %s HTTP/1.1\r\n" % (method, target)]
+    append = lines.append
+    kinds = _request_names
     nominated = None
-    has_host = False
     for name, value in headers:
-        lname = name.lower()
-        if lname in _REQUEST_SKIP:
-            if lname == "connection":
-                nominated = (nominated or set()) | _tokens(value)
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _request_name_kind(name)
+        if kind:
+            if kind == _REQ_CONNECTION:
+                tokens = _tokens(value) - {"close", "keep-alive"}
+                if tokens:
+                    nominated = (nominated or set()) | tokens
             continue
-        if lname == "host":
-            has_host = True
-        names.append(name)
-        lines.append("%s: %s" % (name, value))
-    if nominated:
-        keep = [0]
-        for i, name in enumerate(names, 1):
-            if name.lower() not in nominated:
-                keep.append(i)
-        lines = [lines[i] for i in keep]
-    if not has_host:
-        raise InvalidRequest("no Host header")
+        append("%s: %s\r\n" % (name, value))
+    if nominated:  # rare: drop the headers the client's Connection named
+        lines[1:] = [line for line in lines[1:]
+                     if line.partition(":")[0].lower() not in nominated]
     if chunked:
-        lines.append("Transfer-Encoding: chunked")
+        append("Transfer-Encoding: chunked\r\n")
     elif body_length or method in _BODY_METHODS:
-        lines.append("Content-Length: %d" % body_length)
-    if names and not _TOKEN("".join(names)):
-        bad = next(n for n in names if not _TOKEN(n))
-        raise InvalidRequest("invalid header name %r" % bad[:100])
-    lines.append("\r\n")
-    text = "\r\n".join(lines)
+        append("Content-Length: %d\r\n" % body_length)
+    append("\r\n")
+    text = "".join(lines)
     n = len(lines)
     if text.count("\n") != n or text.count("\r") != n or "\0" in text:
         raise InvalidRequest("a header value contains CR, LF or NUL")
+    if "\nHost:" not in text and "\nhost:" not in text.lower():
+        raise InvalidRequest("no Host header")
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:
@@ -683,6 +696,26 @@ def _send_stream(sock, body, length):
         sock.sendall(data)
 
 
+_RESP_KEEP, _RESP_HOP, _RESP_TE, _RESP_CONNECTION, _RESP_LENGTH = range(5)
+_response_names = {}
+_STATUS = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?\Z", re.S).match
+
+
+def _response_name_kind(name, line, backend):
+    if not _TOKEN(name):
+        if line[:1] in (" ", "\t"):
+            raise BadBackendResponse("obsolete line folding in the response headers", backend)
+        raise BadBackendResponse("invalid header name %r" % name[:80], backend)
+    lname = name.lower()
+    kind = (_RESP_TE if lname == "transfer-encoding"
+            else _RESP_CONNECTION if lname == "connection"
+            else _RESP_HOP if lname in HOP_BY_HOP
+            else _RESP_LENGTH if lname == "content-length" else _RESP_KEEP)
+    if len(_response_names) < _NAME_CACHE_MAX:
+        _response_names[name] = kind
+    return kind
+
+
 def _parse_head(head, backend):
     """Parse a response header block into its parts, rejecting anything ambiguous.
 
@@ -695,55 +728,52 @@ def _parse_head(head, backend):
     lines = text.split("\r\n")
     if not text.count("\r") == text.count("\n") == len(lines) - 1:
         raise BadBackendResponse("bare CR or LF in the response headers", backend)
-    status_line = lines[0]
-    version = status_line[5:8]
-    if (status_line[:5] != "HTTP/" or version not in ("1.1", "1.0")
-            or status_line[8:9] != " " or not _DIGITS(status_line[9:12])
-            or status_line[12:13] not in ("", " ")):
-        raise BadBackendResponse("invalid status line %r" % status_line[:80], backend)
-    status = int(status_line[9:12])
+    match = _STATUS(lines[0])  # the reason phrase may be empty or missing
+    if match is None:
+        raise BadBackendResponse("invalid status line %r" % lines[0][:80], backend)
+    version, status, reason = match.groups()
+    status = int(status)
     if status < 100:
         raise BadBackendResponse("invalid status code %d" % status, backend)
-    reason = status_line[13:]
     headers = []
-    lengths = None
-    te = None
+    append = headers.append
+    kinds = _response_names
+    lengths = te = None
     conn_tokens = ()
     nominated = False
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name[-1] in " \t" or line[0] in " \t":
-            if line[:1] in (" ", "\t"):
-                raise BadBackendResponse("obsolete line folding in the response headers", backend)
-            raise BadBackendResponse("invalid header line %r" % line[:80], backend)
-        value = value.strip(" \t")
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == "transfer-encoding":
+        kind = kinds.get(name)
+        if kind is None or not sep:
+            if not sep:
+                if line[:1] in (" ", "\t"):
+                    raise BadBackendResponse("obsolete line folding in the response headers",
+                                             backend)
+                raise BadBackendResponse("invalid header line %r" % line[:80], backend)
+            kind = _response_name_kind(name, line, backend)
+        if kind:
+            value = value.strip(" \t")
+            if kind == _RESP_LENGTH:
+                if lengths is None:
+                    lengths = []
+                    length_at = len(headers)  # keep its place; normalised below
+                lengths += value.split(",")
+            elif kind == _RESP_TE:
                 te = value if te is None else te + ", " + value
-            elif lname == "connection":
+            elif kind == _RESP_CONNECTION:
                 conn_tokens = _tokens(value) | set(conn_tokens)
                 nominated = nominated or bool(conn_tokens - {"close", "keep-alive"})
             continue
-        if lname == "content-length":
-            if lengths is None:
-                lengths = []
-                length_at = len(headers)  # keep its place; normalised below
-            lengths += value.split(",")
-            continue
-        headers.append((name, value))
-    if headers and not _TOKEN("".join(n for n, _ in headers)):
-        bad = next(n for n, _ in headers if not _TOKEN(n))
-        raise BadBackendResponse("invalid header name %r" % bad[:80], backend)
+        append((name, value.strip(" \t")))
     length = None
     if lengths is not None:
         values = {v.strip(" \t") for v in lengths}
         if len(values) != 1:
             raise BadBackendResponse("conflicting Content-Length values", backend)
-        value = values.pop()
-        if not _DIGITS(value) or len(value) > 18:
-            raise BadBackendResponse("invalid Content-Length %r" % value[:40], backend)
-        length = int(value)
+        length_value = values.pop()
+        if not _DIGITS(length_value) or len(length_value) > 18:
+            raise BadBackendResponse("invalid Content-Length %r" % length_value[:40], backend)
+        length = int(length_value)
     chunked = False
     if te is not None:
         if lengths is not None:
@@ -752,10 +782,10 @@ def _parse_head(head, backend):
             raise BadBackendResponse("unsupported Transfer-Encoding %r" % te[:40], backend)
         chunked = True
     if length is not None and status != 204:  # a 204 has no Content-Length
-        headers.insert(length_at, ("Content-Length", str(length)))
+        headers.insert(length_at, ("Content-Length", length_value))
     if nominated:
         headers = [h for h in headers if h[0].lower() not in conn_tokens]
-    return version, status, reason, headers, (length, chunked, conn_tokens)
+    return "1." + version, status, reason or "", headers, (length, chunked, conn_tokens)
 
 
 _TRANSPORTS = {
