@@ -56,9 +56,11 @@ setup(
             "main = wsgiproxy.wsgiapp:make_app",
             "real_proxy = wsgiproxy.wsgiapp:make_real_proxy",
             "sample = wsgiproxy.wsgiapp:make_sample_app",
+            "spawn = wsgiproxy.wsgiapp:make_spawn",
         ],
         "paste.filter_app_factory": [
             "main = wsgiproxy.wsgiapp:make_middleware",
+            "demo_user = wsgiproxy.sampleapp:make_demo_user_filter",
         ],
         "console_scripts": [
             "wsgiproxy = wsgiproxy.command:main",

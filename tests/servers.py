@@ -36,12 +36,14 @@ class WaitressServer:
         return self
 
     def __exit__(self, *exc):
-        # run() returns once no channel is left, so close kept-alive ones too.
-        self.server.close()
-        for channel in list(self.server._map.values()):
-            channel.close()
-        self.server.task_dispatcher.shutdown(timeout=5)
+        # run() returns once no channel is left, so close kept-alive ones too,
+        # from the server's own thread (through its trigger) to avoid races.
+        def close_all():
+            for channel in list(self.server._map.values()):
+                channel.close()
+        self.server.trigger.pull_trigger(close_all)
         self.thread.join(5)
+        self.server.task_dispatcher.shutdown(timeout=5)
 
 
 def serve(app, **options):

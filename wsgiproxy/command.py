@@ -1,9 +1,11 @@
-"""The ``wsgiproxy`` command: ``wsgiproxy serve CONFIG.ini``.
+"""The ``wsgiproxy`` command: ``wsgiproxy serve CONFIG.ini [NAME=VALUE ...]``.
 
 It loads ``[app:main]`` (or a pipeline/composite named main) and
 ``[server:main]`` with PasteDeploy and serves them.  Every further
 ``[server:NAME]`` whose ``NAME`` also names an app section is served in the
 same process, so one ``.ini`` can run a proxy and a sample backend together.
+``NAME=VALUE`` arguments fill ``%(NAME)s`` in the file (``http_port=8000``),
+as with ``pserve``; spawn uses that to hand a child its port.
 """
 
 import argparse
@@ -33,7 +35,18 @@ def servers_in(path):
     return sorted(names, key=lambda n: n != "main")
 
 
-def serve(config, names=None):
+def parse_vars(items):
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; anything else is a usage error."""
+    out = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit("wsgiproxy: expected NAME=VALUE, got %r" % item)
+        out[name.strip()] = value
+    return out
+
+
+def serve(config, names=None, variables=None):
     """Load and run the servers of ``config``; returns when they all stop."""
     path = os.path.abspath(config)
     if not os.path.exists(path):
@@ -41,8 +54,8 @@ def serve(config, names=None):
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.read(path)
     if any(s in parser for s in ("loggers", "handlers", "formatters")):
-        logging.config.fileConfig(path, {"__file__": path, "here": os.path.dirname(path)},
-                                  disable_existing_loggers=False)
+        defaults = dict(variables or {}, __file__=path, here=os.path.dirname(path))
+        logging.config.fileConfig(path, defaults, disable_existing_loggers=False)
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     names = names or servers_in(path)
@@ -51,8 +64,8 @@ def serve(config, names=None):
     uri = "config:" + path
     runners = []
     for name in names:
-        app = loadapp(uri, name=name)
-        server = loadserver(uri, name=name)
+        app = loadapp(uri, name=name, global_conf=variables)
+        server = loadserver(uri, name=name, global_conf=variables)
         runners.append((name, server, app))
     threads = []
     for name, server, app in runners[1:]:
@@ -73,9 +86,11 @@ def main(argv=None):
     p_serve.add_argument("config", help="a PasteDeploy .ini file")
     p_serve.add_argument("--name", action="append", dest="names",
                          help="serve only these server/app names (repeatable; default: all)")
+    p_serve.add_argument("variables", nargs="*", metavar="NAME=VALUE",
+                         help="values for %%(NAME)s in the config file")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.config, args.names)
+        serve(args.config, args.names, parse_vars(args.variables))
     return 0
 
 

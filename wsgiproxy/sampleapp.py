@@ -9,7 +9,7 @@ import json
 
 from .errors import wants_json
 
-__all__ = ["application", "make_sample_app"]
+__all__ = ["application", "make_sample_app", "make_demo_user_filter"]
 
 
 def _shown(value):
@@ -43,3 +43,19 @@ def make_sample_app(global_conf=None, **settings):
     if settings:
         raise TypeError("the sample app takes no options, got: %s" % ", ".join(sorted(settings)))
     return application
+
+
+def make_demo_user_filter(app, global_conf=None, user="demo"):
+    """Paste filter ``egg:WSGIProxy#demo_user``: sets REMOTE_USER, as a login would.
+
+    For the demo only: it shows REMOTE_USER travelling through the proxy as a
+    signed ``X-WSGIProxy-Str-N`` header.  ``?user=NAME`` overrides ``user``.
+    """
+    def demo_user(environ, start_response):
+        name = user
+        for pair in environ.get("QUERY_STRING", "").split("&"):
+            if pair.startswith("user=") and pair[5:].isalnum():
+                name = pair[5:]
+        environ["REMOTE_USER"] = name
+        return app(environ, start_response)
+    return demo_user

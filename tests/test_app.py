@@ -1,0 +1,238 @@
+"""WSGIProxyApp end to end: client -> waitress (proxy) -> waitress (echo backend)."""
+
+import http.client
+import json
+
+import pytest
+from webob import Request
+
+from wsgiproxy import protocol
+from wsgiproxy.app import WSGIProxyApp
+from wsgiproxy.wsgiapp import make_app
+
+from .servers import RawServer, WaitressServer, echo_app
+
+KEY_VALUES = {
+    "wsgiproxy.test.str": "plain",
+    "wsgiproxy.test.latin": "caf\xc3\xa9 \x00nul",
+    "wsgiproxy.test.unicode": "  héllo\nwörld ☃ ",
+    "wsgiproxy.test.b64": "b64AAAA",
+    "wsgiproxy.test.json": {"nested": [1, 2.5, None, {"ü": "\n"}], "b64": "b64x"},
+    "wsgiproxy.test.pickle": {"a set": {1, 2}, "bytes": b"\x00\xff"},
+    "REMOTE_USER": "alice",
+}
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with WaitressServer(echo_app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory):
+    path = tmp_path_factory.mktemp("secret") / "secret.txt"
+    path.write_text("a-test-secret-of-some-length\n")
+    return str(path)
+
+
+def front(app, set_keys=None, **options):
+    """A waitress server in front of ``app``, setting ``set_keys`` in the environ first."""
+    def outer(environ, start_response):
+        if set_keys:
+            environ.update(set_keys)
+        return app(environ, start_response)
+    return WaitressServer(outer, **options)
+
+
+def fetch(server, path, method="GET", headers=None, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request(method, path, body=body, headers=headers or {})
+    res = conn.getresponse()
+    data = res.read()
+    conn.close()
+    return res, data
+
+
+@pytest.mark.parametrize("url_scheme", ["http", "https"])
+@pytest.mark.parametrize("script_name", ["", "/mount"])
+@pytest.mark.parametrize("href_path, href_query", [("", ""), ("/base/app", "x=1&y=two")])
+def test_forwarding_headers(backend, url_scheme, script_name, href_path, href_query):
+    href = backend.url + href_path + ("?" + href_query if href_query else "")
+    proxy = WSGIProxyApp(href)
+    with front(proxy, url_scheme=url_scheme, url_prefix=script_name) as server:
+        res, data = fetch(server, script_name + "/some/path?q=1",
+                          headers={"Host": "front.example:8443", "X-Forwarded-For": "6.6.6.6"})
+    seen = json.loads(data)
+    assert res.status == 200
+    assert seen["PATH_INFO"] == href_path + "/some/path"
+    assert seen["QUERY_STRING"] == "q=1" + ("&" + href_query if href_query else "")
+    assert seen["HTTP_HOST"] == "127.0.0.1:%d" % backend.port
+    assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"  # replaced: client is not trusted
+    assert seen["HTTP_X_FORWARDED_SERVER"] == "front.example:8443"
+    assert seen["HTTP_X_FORWARDED_SCHEME"] == url_scheme
+    assert seen["HTTP_X_FORWARDED_SCRIPT_NAME"] == script_name
+    assert seen.get("HTTP_X_TRAVERSAL_PATH", "") == href_path
+    assert seen.get("HTTP_X_TRAVERSAL_QUERY_STRING", "") == href_query
+    assert seen["HTTP_X_WSGIPROXY_VERSION"] == protocol.PROTOCOL_VERSION
+    assert "HTTP_FORWARDED" not in seen
+
+
+def test_forwarded_option_and_trusted_front_proxy(backend):
+    proxy = WSGIProxyApp(backend.url, forwarded=True, trusted_proxies="127.0.0.0/8")
+    with front(proxy, url_scheme="https") as server:
+        _, data = fetch(server, "/", headers={"Host": "shop.example", "X-Forwarded-For": "203.0.113.9",
+                                             "Forwarded": "for=203.0.113.9"})
+    seen = json.loads(data)
+    assert seen["HTTP_X_FORWARDED_FOR"] == "203.0.113.9, 127.0.0.1"
+    assert seen["HTTP_X_FORWARDED_PROTO"] == "https"
+    assert seen["HTTP_X_FORWARDED_HOST"] == "shop.example"
+    assert seen["HTTP_FORWARDED"] == "for=203.0.113.9, for=127.0.0.1;proto=https;host=shop.example"
+
+
+def test_preserve_host(backend):
+    proxy = WSGIProxyApp(backend.url, preserve_host=True)
+    res = Request.blank("/", headers={"Host": "client.example"}).get_response(proxy)
+    assert res.json["HTTP_HOST"] == "client.example"
+
+
+def test_client_cannot_inject_protocol_or_identity_headers(backend):
+    proxy = WSGIProxyApp(backend.url)
+    req = Request.blank("/", headers={
+        "X-WSGIProxy-Str-0": "REMOTE_USER admin", "X-WSGIProxy-Signature": "forged",
+        "X-Forwarded-Server": "evil.example", "X-Forwarded-Scheme": "https",
+        "X-Forwarded-Host": "evil.example", "X-Traversal-Path": "/x", "X-Script-Name": "/x",
+        "Forwarded": "for=1.2.3.4"})
+    seen = req.get_response(proxy).json
+    assert "HTTP_X_WSGIPROXY_STR_0" not in seen
+    assert "HTTP_X_WSGIPROXY_SIGNATURE" not in seen
+    assert seen["HTTP_X_FORWARDED_SERVER"] == "localhost:80"
+    assert seen["HTTP_X_FORWARDED_SCHEME"] == "http"
+    for key in ("HTTP_X_FORWARDED_HOST", "HTTP_X_TRAVERSAL_PATH", "HTTP_X_SCRIPT_NAME",
+                "HTTP_FORWARDED"):
+        assert key not in seen
+
+
+def test_keys_of_every_kind_round_trip(backend, secret):
+    proxy = WSGIProxyApp(
+        backend.url, secret_file=secret,
+        string_keys=["wsgiproxy.test.str", "wsgiproxy.test.latin", "REMOTE_USER", "absent"],
+        unicode_keys=["wsgiproxy.test.unicode", "wsgiproxy.test.b64"],
+        json_keys=["wsgiproxy.test.json"], pickle_keys=["wsgiproxy.test.pickle"])
+    with front(proxy, set_keys=KEY_VALUES) as server:
+        _, data = fetch(server, "/")
+    seen = json.loads(data)
+    decoded = {}
+    for key, value in seen.items():
+        if protocol.key_header_kind(key):
+            name, obj = protocol.decode_key_header(key, value, allow_pickle=True)
+            decoded[name] = obj
+    assert decoded == KEY_VALUES
+    for key, value in seen.items():
+        if key.startswith("HTTP_X_WSGIPROXY"):
+            assert value.isprintable() and value == value.strip()
+    assert seen["HTTP_X_WSGIPROXY_STR_2"] == "REMOTE_USER alice"
+
+
+def test_pickle_keys_need_a_secret(backend):
+    with pytest.raises(ValueError, match="pickle_keys needs secret_file"):
+        WSGIProxyApp(backend.url, pickle_keys=["x"])
+
+
+def test_signed_request_carries_a_verifiable_signature(backend, secret):
+    proxy = WSGIProxyApp(backend.url + "/base", secret_file=secret, string_keys=["REMOTE_USER"])
+    req = Request.blank("/p%C3%A4th?q=1", headers={"Host": "front.example"})
+    req.environ["REMOTE_USER"] = "bob"
+    seen = req.get_response(proxy).json
+    headers = [(k, v) for k, v in seen.items() if k.startswith("HTTP_")]
+    key_id = protocol.verify_request(
+        protocol.SecretKeys(secret), seen["HTTP_X_WSGIPROXY_SIGNATURE"], seen["REQUEST_METHOD"],
+        seen["HTTP_HOST"], (seen["SCRIPT_NAME"] + seen["PATH_INFO"]).encode("latin-1"),
+        seen["QUERY_STRING"], headers)
+    assert key_id == protocol.SecretKeys(secret).signing_key()[0]
+
+
+def test_absolute_redirect_comes_back_pointing_at_the_proxy():
+    def handler(conn):
+        while True:
+            head, _ = conn.read_request()
+            if head is None:
+                return
+            port = conn.server.port
+            location = {
+                b"GET /base/a ": b"http://127.0.0.1:%d/base/login?next=/a" % port,
+                b"GET /base/b ": b"/base/relative",
+                b"GET /base/c ": b"http://elsewhere.example/x",
+                b"GET /base/d ": b"http://127.0.0.1:%d/based-on-prefix" % port,
+            }[head[:head.index(b" ", 4) + 1]]
+            conn.send(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Location: %s\r\n"
+                      b"Content-Length: 0\r\n\r\n" % (location, location))
+
+    with RawServer(handler) as backend:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d/base" % backend.port)
+        with front(proxy, url_scheme="https", url_prefix="/mount") as server:
+            res, _ = fetch(server, "/mount/a", headers={"Host": "shop.example"})
+            assert res.getheader("Location") == "https://shop.example/mount/login?next=/a"
+            assert res.getheader("Content-Location") == "https://shop.example/mount/login?next=/a"
+            res, _ = fetch(server, "/mount/b", headers={"Host": "shop.example"})
+            assert res.getheader("Location") == "/base/relative"
+            res, _ = fetch(server, "/mount/c", headers={"Host": "shop.example"})
+            assert res.getheader("Location") == "http://elsewhere.example/x"
+            res, _ = fetch(server, "/mount/d", headers={"Host": "shop.example"})
+            assert res.getheader("Location") == "http://127.0.0.1:%d/based-on-prefix" % backend.port
+        off = WSGIProxyApp("http://127.0.0.1:%d/base" % backend.port, rewrite_location=False)
+        res = Request.blank("/a").get_response(off)
+        assert res.location == "http://127.0.0.1:%d/base/login?next=/a" % backend.port
+
+
+def test_allowed_methods_and_body_limit(backend):
+    proxy = WSGIProxyApp(backend.url, allowed_methods=["GET", "post"], max_body_size=10)
+    res = Request.blank("/", method="DELETE").get_response(proxy)
+    assert res.status_int == 405
+    assert res.headers["Allow"] == "GET, POST"
+    res = Request.blank("/", method="POST", body=b"x" * 11).get_response(proxy)
+    assert res.status_int == 413
+    res = Request.blank("/", method="POST", body=b"x" * 10).get_response(proxy)
+    assert res.status_int == 200 and res.json["body"] == "x" * 10
+
+
+def test_body_limit_applies_to_chunked_uploads(backend):
+    proxy = WSGIProxyApp(backend.url, max_body_size=1000)
+    with front(proxy) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", "/", body=iter([b"x" * 600, b"y" * 600]),
+                     encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+        res = conn.getresponse()
+        assert res.status == 413
+        conn.close()
+
+
+def test_usable_as_a_client_from_a_view(backend):
+    proxy = WSGIProxyApp(backend.url)
+    res = Request.blank("/api/items?page=2").get_response(proxy)
+    assert res.status_int == 200
+    assert res.json["PATH_INFO"] == "/api/items"
+    assert res.json["QUERY_STRING"] == "page=2"
+
+
+def test_paste_factory_converts_ini_strings(backend, secret):
+    app = make_app({"secret_file": secret}, href=backend.url, string_keys="REMOTE_USER, a b",
+                   preserve_host="true", read_timeout="2.5", pool_size="3",
+                   allowed_methods="GET HEAD", max_body_size="100")
+    assert app.keys[0] == ("REMOTE_USER", "a", "b")
+    assert app.preserve_host is True
+    assert app.transport.read_timeout == 2.5 and app.transport.pool_size == 3
+    assert app.allowed_methods == {"GET", "HEAD"}
+    assert app.secret_keys is not None
+    with pytest.raises(TypeError, match="unknown option"):
+        make_app({}, href=backend.url, colour="blue")
+    with pytest.raises(ValueError, match="href"):
+        make_app({})
+    with pytest.raises(ValueError, match="pool_size"):
+        make_app({}, href=backend.url, pool_size="many")
+
+
+def test_bad_href_is_a_clear_error():
+    for href in ("ftp://x/", "http://", "http://user:pw@host/", "/relative"):
+        with pytest.raises(ValueError, match="href"):
+            WSGIProxyApp(href)

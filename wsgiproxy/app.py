@@ -1,0 +1,266 @@
+"""WSGIProxyApp: forward every request to one backend, with the original request's identity.
+
+The backend learns what the proxy hides (the client's Host, scheme, address
+and SCRIPT_NAME, and chosen environ keys) from headers described in
+:doc:`protocol`; :class:`wsgiproxy.middleware.WSGIProxyMiddleware` on the
+backend turns them back into the original environ.
+"""
+
+import logging
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from . import protocol
+from .errors import error_response
+from .forwarding import DEFAULT_SKIP, environ_headers, forward, quote_path, safe_target
+from .transport import RequestBodyError, Transport, make_transport
+
+__all__ = ["WSGIProxyApp", "BodyTooLarge"]
+
+log = logging.getLogger("wsgiproxy.app")
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Identity headers are ours to set: whatever the client sent under these
+# names is dropped, so it can never be signed and believed.
+_SKIP = DEFAULT_SKIP | {"HTTP_FORWARDED", "HTTP_X_SCRIPT_NAME"}
+_SKIP_PREFIXES = ("HTTP_X_WSGIPROXY_", "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_")
+
+
+class BodyTooLarge(RequestBodyError):
+    """The request body is larger than ``max_body_size``."""
+
+    status = 413
+
+
+class _LimitedInput:
+    """Wraps ``wsgi.input`` of a body without a length, stopping past ``limit`` bytes."""
+
+    def __init__(self, stream, limit):
+        self.stream = stream
+        self.left = limit
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        self.left -= len(data)
+        if self.left < 0:
+            raise BodyTooLarge("request body larger than the limit")
+        return data
+
+
+class WSGIProxyApp:
+    """A WSGI app that forwards every request to ``href``.
+
+    :param href: ``http(s)://host[:port][/path][?query]``.  The request path
+        is appended to href's path, and href's query to the request's query.
+    :param secret_file: a file of shared secrets; requests are then signed
+        (``X-WSGIProxy-Signature``) so the middleware can trust them.
+    :param string_keys, unicode_keys, json_keys, pickle_keys: environ keys
+        sent as ``X-WSGIProxy-Str-N`` / ``-Unicode-N`` / ``-Json-N`` /
+        ``-Pickle-N`` headers (e.g. ``string_keys=["REMOTE_USER"]``).
+        Pickled values are only unpickled by a middleware that verified the
+        signature, so ``pickle_keys`` needs ``secret_file``.
+    :param preserve_host: send the client's Host instead of href's host.
+    :param trusted_proxies: addresses/CIDR ranges of front proxies whose
+        ``X-Forwarded-For`` is kept and appended to; from anyone else it is
+        replaced by REMOTE_ADDR.  ``"*"`` trusts every client (unsafe).
+    :param forwarded: also send RFC 7239 ``Forwarded`` and
+        ``X-Forwarded-Proto``/``X-Forwarded-Host``, for backends without the
+        middleware (Django's ``SECURE_PROXY_SSL_HEADER``, Werkzeug's ProxyFix).
+    :param rewrite_location: rewrite ``Location``/``Content-Location`` that
+        point into href to the URL the client used (default on).
+    :param allowed_methods: methods to forward; others get 405.  ``None``:
+        all methods.
+    :param max_body_size: request bodies larger than this get 413.
+    :param sign_body_max: with ``secret_file``, bodies up to this many bytes
+        (with a Content-Length) are covered by the signature (0: off).
+    :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
+        :class:`~wsgiproxy.transport.Transport` instance; the remaining
+        keyword arguments (``connect_timeout``, ``read_timeout``,
+        ``pool_size``, ``ca_certs``, ``verify``...) configure it.
+    """
+
+    def __init__(self, href, secret_file=None, string_keys=(), unicode_keys=(),
+                 json_keys=(), pickle_keys=(), preserve_host=False, trusted_proxies=(),
+                 forwarded=False, rewrite_location=True, allowed_methods=None,
+                 max_body_size=None, sign_body_max=0, transport="http", **transport_options):
+        parts = urlsplit(href)
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError("href must be http(s)://host[:port][/path][?query], got %r" % href)
+        if parts.fragment or parts.username or parts.password:
+            raise ValueError("href may not carry a fragment or credentials: %r" % href)
+        self.href = href
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self.host_header = parts.netloc.lower()
+        self.path = parts.path.rstrip("/")  # joined with PATH_INFO, which starts with "/"
+        self.query = parts.query
+        self.traversal_headers = [(name, value) for name, value in (
+            ("X-Traversal-Path", self.path), ("X-Traversal-Query-String", self.query)) if value]
+        self.keys = (tuple(string_keys), tuple(unicode_keys), tuple(json_keys),
+                     tuple(pickle_keys))
+        self.has_keys = any(self.keys)
+        self.secret_keys = protocol.SecretKeys(secret_file) if secret_file else None
+        if pickle_keys and self.secret_keys is None:
+            raise ValueError("pickle_keys needs secret_file: the middleware only unpickles "
+                             "values from signed requests")
+        self.sign_body_max = int(sign_body_max or 0)
+        self.preserve_host = preserve_host
+        self.trusted_proxies = protocol.TrustedNetworks(trusted_proxies) if trusted_proxies else None
+        self.forwarded = forwarded
+        self.rewrite_location = rewrite_location
+        self.allowed_methods = (frozenset(m.upper() for m in allowed_methods)
+                                if allowed_methods else None)
+        self.max_body_size = int(max_body_size) if max_body_size is not None else None
+        if isinstance(transport, Transport):
+            if transport_options:
+                raise TypeError("transport options given with a ready transport: %s"
+                                % ", ".join(sorted(transport_options)))
+            self.transport = transport
+        else:
+            self.transport = make_transport(transport, **transport_options)
+        base = "%s://%s" % (self.scheme, self.host_header)
+        self._location_prefixes = tuple({base + self.path, "%s://%s%s" % (
+            self.scheme, _netloc(self.scheme, self.host, self.port), self.path)})
+
+    def __repr__(self):
+        return "<WSGIProxyApp %s>" % self.href
+
+    def close(self):
+        """Close the transport's pooled connections."""
+        self.transport.close()
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD") or "GET"
+        if self.allowed_methods is not None and method not in self.allowed_methods:
+            allow = ", ".join(sorted(self.allowed_methods))
+            return error_response(environ, start_response, 405,
+                                  "method %s is not allowed here (allowed: %s)" % (method, allow),
+                                  [("Allow", allow)])
+        if self.max_body_size is not None:
+            refused = self._check_body_size(environ)
+            if refused:
+                return error_response(environ, start_response, 413, refused)
+
+        headers = environ_headers(environ, _SKIP, _SKIP_PREFIXES)
+        url_scheme = environ.get("wsgi.url_scheme", "http")
+        client_host = environ.get("HTTP_HOST") or _server_host(environ)
+        script_name = environ.get("SCRIPT_NAME", "")
+        remote = environ.get("REMOTE_ADDR", "")
+
+        forwarded_for = remote
+        incoming = environ.get("HTTP_X_FORWARDED_FOR")
+        if incoming and self.trusted_proxies is not None and remote in self.trusted_proxies:
+            forwarded_for = "%s, %s" % (incoming, remote) if remote else incoming
+        headers += [
+            ("Host", client_host if self.preserve_host else self.host_header),
+            ("X-Forwarded-For", forwarded_for),
+            ("X-Forwarded-Server", client_host),
+            ("X-Forwarded-Scheme", url_scheme),
+            ("X-Forwarded-Script-Name", protocol.encode_path_header(script_name)),
+            ("X-WSGIProxy-Version", protocol.PROTOCOL_VERSION),
+        ]
+        if self.traversal_headers:
+            headers += self.traversal_headers
+        if self.forwarded:
+            headers += [
+                ("Forwarded", self._forwarded(environ, remote, url_scheme, client_host)),
+                ("X-Forwarded-Proto", url_scheme),
+                ("X-Forwarded-Host", client_host),
+            ]
+        if self.has_keys:
+            try:
+                headers += protocol.encode_key_headers(environ, *self.keys)
+            except (TypeError, ValueError) as exc:
+                log.error("cannot encode environ keys: %s", exc)
+                return error_response(environ, start_response, 500,
+                                      "the proxy could not encode an environ key")
+
+        path = self.path + _path_info(environ)
+        query = environ.get("QUERY_STRING", "")
+        if self.query:
+            query = query + "&" + self.query if query else self.query
+        target = path + "?" + query if query else path
+        before_send = self._sign if self.secret_keys is not None else None
+        rewrite = None
+        if self.rewrite_location:
+            client_base = "%s://%s%s" % (url_scheme, client_host, quote_path(script_name))
+            rewrite = self._location_rewriter(client_base)
+        return forward(self.transport, environ, start_response, self.scheme, self.host,
+                       self.port, target, headers, rewrite, before_send)
+
+    def _forwarded(self, environ, remote, url_scheme, client_host):
+        """RFC 7239 ``Forwarded`` for this hop, after a trusted front proxy's own."""
+        try:
+            node = protocol.forwarded_node(remote)
+        except ValueError:
+            node = "unknown"
+        hop = protocol.format_forwarded([{"for": node, "proto": url_scheme, "host": client_host}])
+        incoming = environ.get("HTTP_FORWARDED")
+        if incoming and self.trusted_proxies is not None and remote in self.trusted_proxies:
+            return incoming + ", " + hop
+        return hop
+
+    def _check_body_size(self, environ):
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            if length.isdigit() and int(length) > self.max_body_size:
+                return ("request body of %s bytes is larger than the limit of %d bytes"
+                        % (length, self.max_body_size))
+        elif environ.get("HTTP_TRANSFER_ENCODING") and "wsgi.input" in environ:
+            environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], self.max_body_size)
+        return None
+
+    def _sign(self, method, target, headers, body):
+        """Add the signature header; called by forward() once the body is known."""
+        path, _, query = target.partition("?")
+        host = next(v for n, v in reversed(headers) if n == "Host")
+        digest_body = (body if isinstance(body, (bytes, bytearray))
+                       and len(body) <= self.sign_body_max else None)
+        headers.append((protocol.SIGNATURE_HEADER, protocol.sign_request(
+            self.secret_keys, method, host, path, query, headers, body=digest_body)))
+
+    def _location_rewriter(self, client_base):
+        prefixes = self._location_prefixes
+
+        def rewrite(headers):
+            out = None
+            for i, (name, value) in enumerate(headers):
+                if name.lower() in ("location", "content-location") and value.startswith(prefixes):
+                    for prefix in prefixes:
+                        rest = value[len(prefix):]
+                        if value.startswith(prefix) and (not rest or rest[0] in "/?#"):
+                            if out is None:
+                                out = list(headers)
+                            out[i] = (name, client_base + rest)
+                            break
+            return headers if out is None else out
+        return rewrite
+
+
+def _netloc(scheme, host, port):
+    host = "[%s]" % host if ":" in host else host
+    return host if port == _DEFAULT_PORTS[scheme] else "%s:%d" % (host, port)
+
+
+def _server_host(environ):
+    scheme = environ.get("wsgi.url_scheme", "http")
+    name = environ.get("SERVER_NAME", "localhost")
+    port = environ.get("SERVER_PORT", "")
+    if not port or port == str(_DEFAULT_PORTS.get(scheme)):
+        return name
+    return "%s:%s" % (name, port)
+
+
+def _path_info(environ):
+    """PATH_INFO as sent on the wire; the raw target's own spelling when it is consistent."""
+    path_info = environ.get("PATH_INFO", "")
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw and "%" in raw:
+        raw_path = raw.partition("?")[0]
+        script = quote_path(environ.get("SCRIPT_NAME", ""))
+        if raw_path.startswith(script):
+            rest = raw_path[len(script):]
+            if unquote_to_bytes(rest) == path_info.encode("latin-1", "replace"):
+                return safe_target(rest)
+    return quote_path(path_info)

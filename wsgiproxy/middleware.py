@@ -1,0 +1,644 @@
+"""WSGIProxyMiddleware: rebuild the original environ behind a proxy, trusting nothing unverified.
+
+The receiving end of ``WSGIProxyApp``, and a stricter
+cousin of Werkzeug's ``ProxyFix`` for other front proxies (nginx, HAProxy,
+load balancers).  All parsing and signature checking lives in
+:mod:`wsgiproxy.protocol`; this module decides what to believe and rewrites
+the environ.  See ``docs/middleware.rst``.
+"""
+
+import importlib
+import io
+import logging
+
+from paste.deploy.converters import asbool, asint, aslist
+
+from .errors import error_response
+from .protocol import (
+    DEFAULT_MAX_SIGNED_BODY, DEFAULT_SIGNATURE_WINDOW, KEY_KINDS, LOOPBACK, PROTOCOL_VERSION,
+    MemoryNonceStore, ProtocolError, SecretKeys, SignatureError, TrustedNetworks,
+    decode_key_header, decode_path_header, default_port, join_host, key_header_kind,
+    nth_from_right, parse_forwarded, parse_node, parse_signature, split_host, verify_request,
+)
+
+__all__ = ["WSGIProxyMiddleware"]
+
+log = logging.getLogger("wsgiproxy.middleware")
+
+_PROTOCOL_PREFIX = "HTTP_X_WSGIPROXY_"
+_SIGNATURE_KEY = "HTTP_X_WSGIPROXY_SIGNATURE"
+_VERSION_KEY = "HTTP_X_WSGIPROXY_VERSION"
+_SCHEMES = ("http", "https")
+_RESERVED_KEY_PREFIXES = ("wsgi.", "wsgiproxy.", _PROTOCOL_PREFIX)
+_KIND_ORDER = {kind: i for i, kind in enumerate(KEY_KINDS)}
+_ORIG_KEYS = ("REMOTE_ADDR", "wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT",
+              "SCRIPT_NAME", "PATH_INFO")
+
+
+class _Forbidden(ProtocolError):
+    """Refused for a reason other than the signature itself (answered 403)."""
+
+
+def _header(environ, key):
+    """A header's value stripped of whitespace, or None when absent or empty (empty = absent)."""
+    value = environ.get(key)
+    if not isinstance(value, str):
+        return None
+    value = value.strip(" \t")
+    return value or None
+
+
+def _check_scheme(value, header):
+    scheme = value.strip(" \t").lower()
+    if scheme not in _SCHEMES:
+        raise ProtocolError("%s must be http or https, not %r" % (header, value[:40]))
+    return scheme
+
+
+def _check_port(value, what):
+    text = str(value).strip(" \t")
+    if not text.isdigit() or not text.isascii() or not 0 < int(text) <= 65535:
+        raise ProtocolError("%s must be a port number, not %r" % (what, text[:40]))
+    return str(int(text))
+
+
+def _path_prefix(value, header):
+    """A path-prefix header (X-Forwarded-Prefix, -Script-Name...) as SCRIPT_NAME: decoded, no
+    trailing slash, and starting with '/' unless empty."""
+    path = decode_path_header(value, header).rstrip("/")
+    if path and not path.startswith("/"):
+        raise ProtocolError("%s gives %r, which does not start with /" % (header, path[:200]))
+    return path
+
+
+def _named(header, func, *args):
+    """Call a protocol parser and prefix its error with the header it came from."""
+    try:
+        return func(*args)
+    except ProtocolError as exc:
+        message = str(exc)
+        if message.startswith(header + ":"):
+            raise
+        raise ProtocolError("%s: %s" % (header, message)) from None
+
+
+class _State:
+    """The request identity being rebuilt; written to the environ only once all checks pass."""
+
+    def __init__(self, environ):
+        self.scheme = environ.get("wsgi.url_scheme") or "http"
+        self.host = environ.get("HTTP_HOST")
+        self.server_name = environ.get("SERVER_NAME")
+        self.server_port = environ.get("SERVER_PORT")
+        self.remote_addr = environ.get("REMOTE_ADDR")
+        self.remote_port = None
+        self.script_name = environ.get("SCRIPT_NAME") or ""
+        self.path_info = environ.get("PATH_INFO") or ""
+        self.host_set = False
+
+    def set_host(self, value, header):
+        name, port = _named(header, split_host, value)
+        self.host = value.strip(" \t")
+        self.server_name = name
+        self.server_port = None if port is None else str(port)
+        self.host_set = True
+
+    def host_name(self):
+        if self.host:
+            return _named("Host", split_host, self.host)[0]
+        return self.server_name or "localhost"
+
+    def set_port(self, port):
+        self.server_port = port
+        if self.host:
+            self.host = join_host(self.host_name(), port)
+
+    def write(self, environ):
+        if self.host_set and self.server_port is None:
+            self.server_port = str(default_port(self.scheme))
+        values = {"wsgi.url_scheme": self.scheme, "HTTP_HOST": self.host,
+                  "SERVER_NAME": self.server_name, "SERVER_PORT": self.server_port,
+                  "REMOTE_ADDR": self.remote_addr, "REMOTE_PORT": self.remote_port,
+                  "SCRIPT_NAME": self.script_name, "PATH_INFO": self.path_info}
+        for key, value in values.items():
+            if value is not None:
+                environ[key] = value
+
+
+def _opt_str(value, name):
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _int(value, name):
+    try:
+        return asint(value)
+    except ValueError:
+        raise ValueError("%s must be an integer, not %r" % (name, value)) from None
+
+
+def _bool(value, name):
+    try:
+        return asbool(value)
+    except ValueError:
+        raise ValueError("%s must be true or false, not %r" % (name, value)) from None
+
+
+def _opt_bool(value, name):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _bool(value, name)
+
+
+def _list(value, name):
+    if isinstance(value, str):
+        value = value.replace(",", " ")
+    return [item for item in aslist(value) if item] or None
+
+
+def _nonce_store(value, name):
+    """``module:attribute`` naming a NonceStore instance, class or factory (``.ini`` form)."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if not value or value == "memory":
+        return None
+    module_name, _, attr = value.partition(":")
+    if not attr:
+        raise ValueError("nonce_store must be 'package.module:name', not %r" % value)
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, type) or not hasattr(obj, "check_and_add"):
+        obj = obj()  # a class or factory
+    return obj
+
+
+_CONFIG = {
+    "secret_file": _opt_str, "trust_ips": _list,
+    "prefix": _opt_str, "pop_prefix": _opt_str, "scheme": _opt_str, "host": _opt_str,
+    "domain": _opt_str, "port": _opt_str,
+    "x_for": _int, "x_proto": _int, "x_host": _int, "x_port": _int, "x_prefix": _int,
+    "forwarded": _int, "signature_window": _int, "nonce_store": _nonce_store,
+    "nonce_cache_size": _int, "require_signature": _opt_bool, "require_body_digest": _bool,
+    "max_signed_body_size": _int, "allow_pickle_from_trusted_ips": _bool,
+}
+
+
+class WSGIProxyMiddleware:
+    """Rebuild the environ of a request that came through WSGIProxy or another proxy.
+
+    The headers a proxy adds (``X-Forwarded-*``, ``Forwarded``,
+    ``X-WSGIProxy-*``) are believed only when the request carries a valid
+    signature made with the shared secret, or comes from an address listed
+    in ``trust_ips``: anyone can send those headers, and believing them lets
+    a client choose its own IP address, host name or ``REMOTE_USER``.
+
+    ``app``
+        The WSGI application to call with the rebuilt environ.
+    ``secret_file``
+        Path of the file shared with ``WSGIProxyApp``
+        (or a :class:`~wsgiproxy.protocol.SecretKeys`).  Requests signed with
+        one of its keys are trusted; when it is set, unsigned requests are
+        refused (403 "missing") unless they come from ``trust_ips`` or
+        ``require_signature`` is false.  Re-read when it changes.
+    ``trust_ips``
+        Addresses and CIDR ranges (list or comma/space separated string,
+        IPv4 and IPv6) whose unsigned requests are trusted.  ``"*"`` trusts
+        everyone, as the original WSGIProxy did: unsafe unless the server is
+        unreachable except through the proxy.  With neither ``secret_file``
+        nor ``trust_ips``, loopback peers are trusted and a warning logged.
+    ``prefix``
+        Force ``SCRIPT_NAME`` to this value (``PATH_INFO`` unchanged).
+    ``pop_prefix``
+        Move this leading part of ``PATH_INFO`` to ``SCRIPT_NAME``; a request
+        outside it gets a 400.  Excludes ``prefix``.
+    ``scheme``
+        Force ``wsgi.url_scheme`` (``http`` or ``https``).
+    ``host``
+        Force ``HTTP_HOST``, ``SERVER_NAME`` and ``SERVER_PORT`` from
+        ``name[:port]`` (the port defaults to the scheme's).  Excludes
+        ``domain`` and ``port``.
+    ``domain``
+        Force the host name, keeping the request's port.
+    ``port``
+        Force the port, keeping the request's host name.
+    ``x_for``, ``x_proto``, ``x_host``, ``x_port``, ``x_prefix``
+        Werkzeug ``ProxyFix`` semantics: how many trusted proxies set
+        ``X-Forwarded-For``/``-Proto``/``-Host``/``-Port``/``-Prefix``; the
+        value that many places from the right is used, a header with fewer
+        values is ignored, 0 ignores the header.
+
+    Keyword-only options:
+
+    ``forwarded`` (0)
+        How many trusted proxies append to the RFC 7239 ``Forwarded``
+        header; when above 0 its ``for``/``proto``/``host`` are used *instead
+        of* ``X-Forwarded-For/-Proto/-Host/-Port``, which are then ignored (a
+        proxy that writes one family often passes the other through from the
+        client unchecked).
+    ``signature_window`` (300)
+        Seconds a signature's timestamp may differ from this server's clock.
+    ``nonce_store`` (None: a :class:`~wsgiproxy.protocol.MemoryNonceStore`)
+        Where used nonces are remembered to refuse replays; share one
+        (e.g. Redis) between processes that serve the same secret.
+    ``nonce_cache_size`` (100000)
+        Size cap of the default in-memory nonce store.
+    ``require_signature`` (None: true when ``secret_file`` is set)
+        Refuse unsigned requests from peers not in ``trust_ips`` with 403.
+        When false they are served with all forwarded headers ignored.
+    ``require_body_digest`` (False)
+        Refuse a signed request whose body is not covered by the signature.
+    ``max_signed_body_size`` (1 MiB)
+        Largest body read to check a signed body digest (it is held in
+        memory); a larger one is refused.
+    ``allow_pickle_from_trusted_ips`` (False)
+        Also unpickle ``X-WSGIProxy-Pickle-*`` headers from unsigned requests
+        of ``trust_ips`` peers.  Unpickling runs arbitrary code: anyone who
+        can connect from those addresses can then run code in this process.
+        Without it pickles need a valid signature, else 403.
+
+    Errors are answered, never raised: a malformed header gets a 400 and a
+    refused signature a 403 naming the reason (HTML, or JSON when the client
+    prefers it); both are logged to ``wsgiproxy.middleware`` without secrets.
+    The ``X-WSGIProxy-*`` headers are removed before the app is called;
+    ``environ["wsgiproxy.orig"]`` keeps the values that were replaced and
+    ``environ["wsgiproxy.key_id"]`` the id of the key that verified the
+    request (or None).
+    """
+
+    def __init__(self, app, secret_file=None, trust_ips=None, prefix=None, pop_prefix=None,
+                 scheme=None, host=None, domain=None, port=None, x_for=1, x_proto=1, x_host=0,
+                 x_port=0, x_prefix=0, *, forwarded=0,
+                 signature_window=DEFAULT_SIGNATURE_WINDOW, nonce_store=None,
+                 nonce_cache_size=100000, require_signature=None, require_body_digest=False,
+                 max_signed_body_size=DEFAULT_MAX_SIGNED_BODY,
+                 allow_pickle_from_trusted_ips=False):
+        self.app = app
+        if secret_file is None or isinstance(secret_file, SecretKeys):
+            self.keys = secret_file
+        else:
+            self.keys = SecretKeys(secret_file)
+        self.trust_ips_configured = bool(trust_ips)
+        self.trusted = TrustedNetworks(trust_ips) if trust_ips else TrustedNetworks()
+        if self.trusted.everything:
+            log.warning("trust_ips = * : every peer may set forwarded headers (host, scheme, "
+                        "client address, keys); only safe if nothing but the proxy can connect")
+        if self.keys is None and not self.trusted:
+            self.trusted = LOOPBACK
+            log.warning("neither secret_file nor trust_ips is configured: trusting forwarded "
+                        "headers from loopback peers (127.0.0.0/8, ::1) only")
+
+        if prefix is not None and pop_prefix is not None:
+            raise ValueError("prefix and pop_prefix exclude each other: prefix sets SCRIPT_NAME, "
+                             "pop_prefix moves part of PATH_INFO into it")
+        self.prefix = self._config_path(prefix, "prefix", allow_empty=True)
+        self.pop_prefix = self._config_path(pop_prefix, "pop_prefix", allow_empty=False)
+        self.scheme = None
+        if scheme is not None:
+            if str(scheme).lower() not in _SCHEMES:
+                raise ValueError("scheme must be http or https, not %r" % (scheme,))
+            self.scheme = str(scheme).lower()
+        if host is not None and (domain is not None or port is not None):
+            raise ValueError("host excludes domain and port: give host = name:port, or "
+                             "domain and/or port")
+        self.host = None
+        if host is not None:
+            try:
+                self.host = split_host(str(host))
+            except ProtocolError:
+                raise ValueError("host must be name[:port], not %r" % (host,)) from None
+        self.domain = None
+        if domain is not None:
+            try:
+                name, domain_port = split_host(str(domain))
+            except ProtocolError:
+                domain_port = True
+            if domain_port is not None:
+                raise ValueError("domain must be a host name without a port, not %r" % (domain,))
+            self.domain = name
+        self.port = None
+        if port is not None:
+            try:
+                self.port = _check_port(port, "port")
+            except ProtocolError:
+                raise ValueError("port must be a number from 1 to 65535, not %r" % (port,)) \
+                    from None
+
+        for name, value in (("x_for", x_for), ("x_proto", x_proto), ("x_host", x_host),
+                            ("x_port", x_port), ("x_prefix", x_prefix), ("forwarded", forwarded)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError("%s must be a whole number of trusted proxies (0 or more), "
+                                 "not %r" % (name, value))
+        self.x_for, self.x_proto, self.x_host = x_for, x_proto, x_host
+        self.x_port, self.x_prefix, self.forwarded = x_port, x_prefix, forwarded
+
+        if signature_window <= 0:
+            raise ValueError("signature_window must be positive")
+        if max_signed_body_size < 0:
+            raise ValueError("max_signed_body_size must not be negative")
+        self.signature_window = signature_window
+        self.max_signed_body_size = max_signed_body_size
+        if require_signature is None:
+            require_signature = self.keys is not None
+        if (require_signature or require_body_digest) and self.keys is None:
+            raise ValueError("require_signature and require_body_digest need a secret_file")
+        self.require_signature = bool(require_signature)
+        self.require_body_digest = bool(require_body_digest)
+        if allow_pickle_from_trusted_ips and not self.trust_ips_configured:
+            raise ValueError("allow_pickle_from_trusted_ips needs trust_ips")
+        if allow_pickle_from_trusted_ips:
+            log.warning("allow_pickle_from_trusted_ips is on: any process that can connect from "
+                        "%r can run code in this one", self.trusted)
+        self.allow_pickle_from_trusted_ips = bool(allow_pickle_from_trusted_ips)
+        if nonce_store is None and self.keys is not None:
+            nonce_store = MemoryNonceStore(max_entries=nonce_cache_size)
+        self.nonce_store = nonce_store
+
+    @staticmethod
+    def _config_path(value, name, allow_empty):
+        if value is None:
+            return None
+        value = str(value).rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("%s must start with /, not %r" % (name, value))
+        if not value and not allow_empty:
+            raise ValueError("%s must not be empty or /" % name)
+        return value
+
+    @classmethod
+    def from_config(cls, app, global_conf, **settings):
+        """Build from PasteDeploy settings (all strings), as ``[filter:...]`` gives them.
+
+        ``secret_file`` and ``trust_ips`` fall back to the ``[DEFAULT]``
+        section (``global_conf``) when not set here, as in the original.
+        Lists take commas or whitespace.  Unknown settings raise
+        ``TypeError`` naming them.
+        """
+        unknown = sorted(set(settings) - set(_CONFIG))
+        if unknown:
+            raise TypeError("unknown WSGIProxyMiddleware setting(s): %s (known: %s)"
+                            % (", ".join(unknown), ", ".join(sorted(_CONFIG))))
+        global_conf = global_conf or {}
+        for name in ("secret_file", "trust_ips"):
+            if settings.get(name) in (None, "") and global_conf.get(name):
+                settings[name] = global_conf[name]
+        kwargs = {name: _CONFIG[name](value, name) for name, value in settings.items()}
+        return cls(app, **{k: v for k, v in kwargs.items() if v is not None})
+
+    # -- request handling ---------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        try:
+            self._rebuild(environ)
+        except (SignatureError, _Forbidden) as exc:
+            return self._refuse(environ, start_response, 403, exc)
+        except ProtocolError as exc:
+            return self._refuse(environ, start_response, 400, exc)
+        return self.app(environ, start_response)
+
+    def _refuse(self, environ, start_response, code, exc):
+        peer = environ.get("REMOTE_ADDR")
+        path = environ.get("PATH_INFO")
+        if code == 403:
+            log.warning("refused request from %s for %r: %s", peer, path, exc)
+        else:
+            log.info("bad request from %s for %r: %s", peer, path, exc)
+        error_environ = dict(environ)
+        if not isinstance(error_environ.get("REQUEST_METHOD"), str):
+            error_environ["REQUEST_METHOD"] = "GET"
+        return error_response(error_environ, start_response, code, str(exc))
+
+    def _rebuild(self, environ):
+        """Check, decode and rewrite ``environ`` in place; raise ProtocolError to refuse it."""
+        protocol_keys = [k for k in environ
+                         if isinstance(k, str) and k.startswith(_PROTOCOL_PREFIX)]
+        has_pickle = any(key_header_kind(k) == "Pickle" and _header(environ, k) is not None
+                         for k in protocol_keys)
+        ip_trusted = environ.get("REMOTE_ADDR") in self.trusted
+
+        key_id = None
+        signature = _header(environ, _SIGNATURE_KEY)
+        if self.keys is not None and signature is not None:
+            key_id = self._verify(environ, signature)
+        elif signature is not None:
+            log.debug("ignoring X-WSGIProxy-Signature: no secret_file is configured")
+        signed = key_id is not None
+
+        pickle_ok = signed or (ip_trusted and self.allow_pickle_from_trusted_ips)
+        if has_pickle and not pickle_ok:
+            raise _Forbidden("X-WSGIProxy-Pickle headers are only accepted on requests with a "
+                             "valid X-WSGIProxy-Signature; nothing was unpickled")
+        if self.keys is not None and self.require_signature and not signed and not ip_trusted:
+            raise SignatureError("missing", "this server only accepts signed requests")
+
+        state = _State(environ)
+        keys = {}
+        if signed or ip_trusted:
+            version = _header(environ, _VERSION_KEY)
+            if version is not None and version != PROTOCOL_VERSION:
+                raise ProtocolError("X-WSGIProxy-Version %r is not supported (this side speaks %s)"
+                                    % (version[:20], PROTOCOL_VERSION))
+            self._apply_front_proxies(environ, state)
+            self._apply_wsgiproxy(environ, state)
+            self._apply_paths(environ, state)
+            keys = self._decode_keys(environ, protocol_keys, pickle_ok)
+        self._apply_forced(state)
+
+        orig = {k: environ[k] for k in _ORIG_KEYS if k in environ}
+        state.write(environ)
+        for k in protocol_keys:
+            environ.pop(k, None)
+        environ.update(keys)
+        environ["wsgiproxy.orig"] = orig
+        environ["wsgiproxy.key_id"] = key_id
+
+    def _verify(self, environ, signature):
+        parsed = parse_signature(signature)
+        body = None
+        if parsed.body_digest != "-":
+            body = self._read_body(environ)
+        elif self.require_body_digest and self._has_body(environ):
+            raise SignatureError("body mismatch", "the request has a body the signature does not "
+                                 "cover, and require_body_digest is on")
+        path = (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "")
+        try:
+            path = path.encode("latin-1")
+        except (UnicodeEncodeError, AttributeError):
+            raise ProtocolError("SCRIPT_NAME/PATH_INFO are not native strings") from None
+        headers = [(k, v) for k, v in environ.items()
+                   if isinstance(k, str) and k.startswith("HTTP_")]
+        return verify_request(self.keys, signature, environ.get("REQUEST_METHOD") or "",
+                              environ.get("HTTP_HOST") or "", path,
+                              environ.get("QUERY_STRING") or "", headers,
+                              window=self.signature_window, nonce_store=self.nonce_store,
+                              body=body)
+
+    def _content_length(self, environ):
+        text = environ.get("CONTENT_LENGTH")
+        if text is None or (isinstance(text, str) and not text.strip()):
+            return None
+        text = str(text).strip()
+        if not (text.isdigit() and text.isascii()):
+            raise ProtocolError("Content-Length %r is not a number" % text[:40])
+        return int(text)
+
+    def _read_body(self, environ):
+        """Read the body to check its digest, bounded, and give the app a fresh stream of it."""
+        limit = self.max_signed_body_size
+        length = self._content_length(environ)
+        stream = environ.get("wsgi.input")
+        if length is not None and length > limit:
+            raise SignatureError("body mismatch", "the body is %d bytes, more than "
+                                 "max_signed_body_size (%d), so it cannot be checked"
+                                 % (length, limit))
+        chunks, size = [], 0
+        want = length if length is not None else (limit + 1 if environ.get(
+            "wsgi.input_terminated") else 0)
+        try:
+            while size < want:
+                chunk = stream.read(min(want - size, 65536)) if stream is not None else b""
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except (OSError, ValueError) as exc:
+            raise ProtocolError("the request body could not be read: %s" % exc) from None
+        data = b"".join(chunks)
+        if length is not None and size < length:
+            raise ProtocolError("the body ended after %d of its %d bytes" % (size, length))
+        if size > limit:
+            raise SignatureError("body mismatch", "the body is more than max_signed_body_size "
+                                 "(%d bytes), so it cannot be checked" % limit)
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        return data
+
+    def _has_body(self, environ):
+        length = self._content_length(environ)
+        if length is not None:
+            return length > 0
+        if not environ.get("wsgi.input_terminated") or environ.get("wsgi.input") is None:
+            return False
+        try:
+            first = environ["wsgi.input"].read(1)
+        except (OSError, ValueError):
+            return True
+        if first:
+            return True
+        environ["wsgi.input"] = io.BytesIO(b"")
+        return False
+
+    def _apply_front_proxies(self, environ, state):
+        """X-Forwarded-* (or Forwarded) from proxies in front, counted from the right."""
+        if self.forwarded:
+            raw = _header(environ, "HTTP_FORWARDED")
+            elements = _named("Forwarded", parse_forwarded, raw) if raw else []
+            if len(elements) >= self.forwarded:
+                element = elements[-self.forwarded]
+                if "for" in element:
+                    state.remote_addr, port = _named("Forwarded for", parse_node, element["for"])
+                    if port is not None and port.isdigit():
+                        state.remote_port = port
+                if "proto" in element:
+                    state.scheme = _check_scheme(element["proto"], "Forwarded proto")
+                if "host" in element:
+                    state.set_host(element["host"], "Forwarded host")
+        else:
+            value = nth_from_right(_header(environ, "HTTP_X_FORWARDED_FOR"), self.x_for)
+            if value:
+                state.remote_addr, port = _named("X-Forwarded-For", parse_node, value)
+                if port is not None and port.isdigit():
+                    state.remote_port = port
+            value = nth_from_right(_header(environ, "HTTP_X_FORWARDED_PROTO"), self.x_proto)
+            if value:
+                state.scheme = _check_scheme(value, "X-Forwarded-Proto")
+            value = nth_from_right(_header(environ, "HTTP_X_FORWARDED_HOST"), self.x_host)
+            if value:
+                state.set_host(value, "X-Forwarded-Host")
+            value = nth_from_right(_header(environ, "HTTP_X_FORWARDED_PORT"), self.x_port)
+            if value:
+                state.set_port(_check_port(value, "X-Forwarded-Port"))
+
+    def _apply_wsgiproxy(self, environ, state):
+        """The headers WSGIProxyApp sends: the original scheme, host and paths."""
+        value = _header(environ, "HTTP_X_FORWARDED_SCHEME")
+        if value:
+            state.scheme = _check_scheme(value, "X-Forwarded-Scheme")
+        value = _header(environ, "HTTP_X_FORWARDED_SERVER")
+        if value:
+            state.set_host(value, "X-Forwarded-Server")
+
+    def _apply_paths(self, environ, state):
+        """SCRIPT_NAME and PATH_INFO: X-Traversal-Path comes off the physical path, then the
+        prefix headers say what SCRIPT_NAME the client saw."""
+        value = _header(environ, "HTTP_X_TRAVERSAL_PATH")
+        traversal = decode_path_header(value, "X-Traversal-Path").rstrip("/") if value else ""
+        if traversal:
+            if not traversal.startswith("/"):
+                traversal = "/" + traversal  # the original sender left the slash out
+            full = (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "")
+            if not (full == traversal or full.startswith(traversal + "/")):
+                raise ProtocolError("The header X-Traversal-Path gives %r but the request path is "
+                                    "%r (it should start with X-Traversal-Path)"
+                                    % (traversal[:200], full[:200]))
+            state.script_name = ""
+            state.path_info = full[len(traversal):]
+        value = nth_from_right(_header(environ, "HTTP_X_FORWARDED_PREFIX"), self.x_prefix)
+        if value:
+            state.script_name = _path_prefix(value, "X-Forwarded-Prefix")
+        value = _header(environ, "HTTP_X_FORWARDED_SCRIPT_NAME")
+        if value:
+            state.script_name = _path_prefix(value, "X-Forwarded-Script-Name")
+        value = _header(environ, "HTTP_X_SCRIPT_NAME")
+        if value:
+            state.script_name = _path_prefix(value, "X-Script-Name") + state.script_name
+
+    def _decode_keys(self, environ, protocol_keys, allow_pickle):
+        """The key headers as ``{environ key: value}``, in Str/Unicode/Json/Pickle order."""
+        found = []
+        for k in protocol_keys:
+            kind = key_header_kind(k)
+            if kind is not None and _header(environ, k) is not None:
+                found.append((_KIND_ORDER[kind], k))
+        found.sort()
+        keys = {}
+        for _, k in found:
+            header = "X-WSGIProxy-" + k[len(_PROTOCOL_PREFIX):].replace("_", "-").title()
+            name, value = _named(header, decode_key_header, k, environ[k], allow_pickle)
+            if name.startswith(_RESERVED_KEY_PREFIXES):
+                raise ProtocolError("%s names the reserved environ key %r" % (header, name[:100]))
+            if name in keys:
+                raise ProtocolError("environ key %r is sent twice" % name[:100])
+            keys[name] = value
+        return keys
+
+    def _apply_forced(self, state):
+        """The configured values: they win over anything a header said."""
+        if self.scheme is not None:
+            state.scheme = self.scheme
+        if self.host is not None:
+            name, port = self.host
+            port = default_port(state.scheme) if port is None else port
+            state.host = join_host(name, port, state.scheme)
+            state.server_name, state.server_port = name, str(port)
+        if self.port is not None:
+            name = self.domain or state.host_name()
+            state.server_port = self.port
+            state.host = join_host(name, self.port, state.scheme)
+        if self.domain is not None:
+            port = state.server_port or str(default_port(state.scheme))
+            state.server_name = self.domain
+            state.host = join_host(self.domain, port, state.scheme)
+        if self.prefix is not None:
+            state.script_name = self.prefix
+        elif self.pop_prefix is not None:
+            pop, path = self.pop_prefix, state.path_info
+            if path == pop or path.startswith(pop + "/"):
+                state.script_name += pop
+                state.path_info = path[len(pop):]
+            else:
+                raise ProtocolError("It was expected that all requests would start with the path "
+                                    "%r, but got a request with %r" % (pop, path[:200]))
