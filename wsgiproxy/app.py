@@ -152,12 +152,15 @@ class WSGIProxyApp:
         incoming = environ.get("HTTP_X_FORWARDED_FOR")
         if incoming and self.trusted_proxies is not None and remote in self.trusted_proxies:
             forwarded_for = "%s, %s" % (incoming, remote) if remote else incoming
+        host_header = client_host if self.preserve_host else self.host_header
+        headers.append(("Host", host_header))
+        identity_at = len(headers)  # from here on: the headers the signature covers
         headers += [
-            ("Host", client_host if self.preserve_host else self.host_header),
             ("X-Forwarded-For", forwarded_for),
             ("X-Forwarded-Server", client_host),
             ("X-Forwarded-Scheme", url_scheme),
-            ("X-Forwarded-Script-Name", protocol.encode_path_header(script_name)),
+            ("X-Forwarded-Script-Name",
+             protocol.encode_path_header(script_name) if script_name else ""),
             ("X-WSGIProxy-Version", protocol.PROTOCOL_VERSION),
         ]
         if self.traversal_headers:
@@ -181,7 +184,10 @@ class WSGIProxyApp:
         if self.query:
             query = query + "&" + self.query if query else self.query
         target = path + "?" + query if query else path
-        before_send = self._sign if self.secret_keys is not None else None
+        before_send = None
+        if self.secret_keys is not None:
+            def before_send(method, target, headers, body):
+                self._sign(method, host_header, target, headers, identity_at, body)
         rewrite = None
         if self.rewrite_location:
             client_base = "%s://%s%s" % (url_scheme, client_host, quote_path(script_name))
@@ -211,14 +217,18 @@ class WSGIProxyApp:
             environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], self.max_body_size)
         return None
 
-    def _sign(self, method, target, headers, body):
-        """Add the signature header; called by forward() once the body is known."""
+    def _sign(self, method, host, target, headers, identity_at, body):
+        """Add the signature header; called by forward() once the body is known.
+
+        Only ``headers[identity_at:]`` can be signed ones: the client's own
+        identity headers were dropped, so the rest need not be looked at.
+        """
         path, _, query = target.partition("?")
-        host = next(v for n, v in reversed(headers) if n == "Host")
         digest_body = (body if isinstance(body, (bytes, bytearray))
                        and len(body) <= self.sign_body_max else None)
         headers.append((protocol.SIGNATURE_HEADER, protocol.sign_request(
-            self.secret_keys, method, host, path, query, headers, body=digest_body)))
+            self.secret_keys, method, host, path, query, headers[identity_at:],
+            body=digest_body)))
 
     def _location_rewriter(self, client_base):
         prefixes = self._location_prefixes

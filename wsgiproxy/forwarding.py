@@ -7,6 +7,7 @@ answers, and handing the streaming response to the WSGI server.
 """
 
 import logging
+import re
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import error_response
@@ -92,8 +93,13 @@ def request_body(environ):
     return None, 0
 
 
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match  # needs no escaping
+
+
 def quote_path(path):
     """Percent-encode a WSGI path (latin-1 "bytes in a str") for a request line."""
+    if _PLAIN_PATH(path):
+        return path
     return quote(path.encode("latin-1"), safe=_PATH_SAFE)
 
 

@@ -412,10 +412,31 @@ def is_signed_header(name):
     """
     if not isinstance(name, str):
         return False
+    return _signed_name(name) is not None
+
+
+# name as given -> its canonical name if signed, else None.  Bounded, so a
+# stream of made-up header names cannot grow it without limit.
+_signed_names = {}
+_SIGNED_NAMES_MAX = 4096
+_UNSEEN = object()
+
+
+def _signed_name(name):
+    """The canonical name of a signed header, ``None`` for others (cached)."""
+    try:
+        return _signed_names[name]
+    except KeyError:
+        pass
     canonical = canonical_header_name(name)
-    if canonical == _SIGNATURE_CANONICAL:
-        return False
-    return canonical.startswith(_SIGNED_PREFIXES) or canonical in _SIGNED_NAMES
+    if canonical == _SIGNATURE_CANONICAL or not (
+            canonical.startswith(_SIGNED_PREFIXES) or canonical in _SIGNED_NAMES):
+        canonical = None
+    elif not _CANON_NAME_RE.match(canonical):
+        raise ProtocolError("header name %r is not a valid token" % (name,))
+    if len(_signed_names) < _SIGNED_NAMES_MAX:
+        _signed_names[name] = canonical
+    return canonical
 
 
 def _b64url(digest):
@@ -435,13 +456,17 @@ def _signed_headers(headers):
     items = headers.items() if hasattr(headers, "items") else headers
     seen = {}
     for name, value in items:
-        if not is_signed_header(name):
+        if not isinstance(name, str):
             continue
-        canonical = canonical_header_name(name)
-        if not _CANON_NAME_RE.match(canonical):
-            raise ProtocolError("header name %r is not a valid token" % (name,))
-        check_header_value(value, "header %s" % canonical)
-        value = value.strip(" \t")
+        canonical = _signed_names.get(name, _UNSEEN)
+        if canonical is _UNSEEN:
+            canonical = _signed_name(name)
+        if canonical is None:
+            continue
+        if not isinstance(value, str):
+            raise ProtocolError("header %s must be a str, not %s"
+                                % (canonical, type(value).__name__))
+        value = value.strip(" \t")  # CR, LF and NUL are refused in _canonical_bytes
         if not value:  # intermediaries may drop empty headers: treat empty as absent
             continue
         if canonical in seen:
@@ -450,7 +475,12 @@ def _signed_headers(headers):
     return sorted(seen.items())
 
 
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match  # canonical as it is
+
+
 def _canonical_path(path):
+    if isinstance(path, str) and _PLAIN_PATH(path):
+        return path
     if isinstance(path, (bytes, bytearray)):
         raw = bytes(path)  # already percent-decoded (SCRIPT_NAME + PATH_INFO)
     elif isinstance(path, str):
@@ -476,24 +506,38 @@ def canonical_request(method, host, path, query, timestamp, nonce, body_digest, 
     headers that are not signed; only :func:`is_signed_header` ones are used.
     Exposed so that other implementations can compare their canonical form.
     """
-    lines = ["wsgiproxy-signature-v1",
-             check_header_value(method or "", "the method").upper(),
-             check_header_value(host or "", "the host").lower(),
-             _canonical_path(path),
-             check_header_value(query or "", "the query string"),
-             str(int(timestamp)),
-             check_header_value(nonce, "the nonce"),
-             check_header_value(body_digest, "the body digest")]
-    lines.extend("%s:%s" % item for item in _signed_headers(headers))
+    return _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest,
+                            _signed_headers(headers))
+
+
+def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, signed):
+    """canonical_request() for headers already reduced by _signed_headers()."""
+    lines = ["wsgiproxy-signature-v1", method or "", host or "", _canonical_path(path),
+             query or "", str(int(timestamp)), nonce, body_digest]
+    for i, value in enumerate(lines):
+        if not isinstance(value, str):
+            raise ProtocolError("%s must be a str, not %s"
+                                % (_CANONICAL_FIELDS[i], type(value).__name__))
+    lines[1] = lines[1].upper()
+    lines[2] = lines[2].lower()
+    lines += ["%s:%s" % item for item in signed]
+    text = "\n".join(lines)
+    # One scan instead of one per value: a CR, LF or NUL anywhere is refused.
+    if text.count("\n") != len(lines) - 1 or "\r" in text or "\0" in text:
+        raise ProtocolError("the request to sign contains CR, LF or NUL")
     try:
-        return "\n".join(lines).encode("latin-1")
+        return text.encode("latin-1")
     except UnicodeEncodeError:
         raise ProtocolError("the request contains characters outside ISO-8859-1 "
                             "(header values are bytes on the wire)") from None
 
 
+_CANONICAL_FIELDS = ("the prefix", "the method", "the host", "the path", "the query string",
+                     "the timestamp", "the nonce", "the body digest")
+
+
 def _hmac(secret, canonical):
-    return _b64url(hmac.new(secret, canonical, hashlib.sha256).digest())
+    return _b64url(hmac.digest(secret, canonical, "sha256"))
 
 
 def _as_keys(keys):
@@ -521,7 +565,7 @@ def sign_request(keys, method, host, path, query, headers, *, body=None, now=Non
     digest = _body_digest(body)
     headers = _signed_headers(headers)  # once: ``headers`` may be an iterator
     names = [name for name, _ in headers]
-    canonical = canonical_request(method, host, path, query, timestamp, nonce, digest, headers)
+    canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, headers)
     return "v1 kid=%s, ts=%d, nonce=%s, body=%s, headers=%s, sig=%s" % (
         key_id, timestamp, nonce, digest, ";".join(names) or "-", _hmac(secret, canonical))
 
@@ -601,8 +645,8 @@ def verify_request(keys, signature, method, host, path, query, headers, *, now=N
         if extra:
             detail.append("header(s) %s are not covered by the signature" % ", ".join(extra))
         raise SignatureError("bad signature", "; ".join(detail))
-    canonical = canonical_request(method, host, path, query, parsed.timestamp, parsed.nonce,
-                                  parsed.body_digest, received)
+    canonical = _canonical_bytes(method, host, path, query, parsed.timestamp, parsed.nonce,
+                                 parsed.body_digest, received)
     if not hmac.compare_digest(_hmac(secret, canonical), parsed.sig):
         raise SignatureError("bad signature", "the request differs from the one signed")
     now = time.time() if now is None else now
