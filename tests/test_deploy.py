@@ -116,3 +116,13 @@ href = http://127.0.0.1:%d/
                 seen = get_json(port, "/g/%d" % i)
                 assert seen["PATH_INFO"] == "/g/%d" % i
                 assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
+            # A chunked upload: gunicorn hands it over with wsgi.input_terminated
+            # and no CONTENT_LENGTH; the proxy streams it on, chunked.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            pieces = [b"%06d" % i * 1000 for i in range(40)]
+            conn.request("POST", "/upload", body=iter(pieces), encode_chunked=True,
+                         headers={"Accept": "application/json"})
+            res = conn.getresponse()
+            seen = json.loads(res.read())
+            conn.close()
+            assert seen["body"] == b"".join(pieces).decode()
