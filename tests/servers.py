@@ -11,6 +11,7 @@ import ssl
 import threading
 
 import waitress
+from waitress import wasyncore
 
 __all__ = ["WaitressServer", "RawServer", "RawConnection", "echo_app", "serve"]
 
@@ -36,14 +37,26 @@ class WaitressServer:
         return self
 
     def __exit__(self, *exc):
-        # run() returns once no channel is left, so close kept-alive ones too,
-        # from the server's own thread (through its trigger) to avoid races.
-        def close_all():
-            for channel in list(self.server._map.values()):
-                channel.close()
-        self.server.trigger.pull_trigger(close_all)
+        # run() returns once no channel is left.  Close the channels from the
+        # server's own thread (through its trigger), let the worker threads
+        # finish, and only then close the trigger they use to wake the loop:
+        # waitress's own close() closes the trigger first, which races with
+        # workers still finishing a response (EBADF in a worker thread).
+        server = self.server
+        closed = threading.Event()
+
+        def close_channels():
+            for channel in list(server._map.values()):
+                if channel is server:
+                    wasyncore.dispatcher.close(server)
+                elif channel is not server.trigger:
+                    channel.close()
+            closed.set()
+        server.trigger.pull_trigger(close_channels)
+        closed.wait(5)
+        server.task_dispatcher.shutdown(timeout=5)
+        server.trigger.pull_trigger(server.trigger.close)
         self.thread.join(5)
-        self.server.task_dispatcher.shutdown(timeout=5)
 
 
 def serve(app, **options):

@@ -58,7 +58,8 @@ use = egg:WSGIProxy#sample
 
 
 def test_servers_in_lists_main_first():
-    assert servers_in(os.path.join(ROOT, "development.ini")) == ["main", "backend"]
+    assert servers_in(os.path.join(ROOT, "development.ini")) == ["main"]
+    assert servers_in(os.path.join(ROOT, "docs", "examples", "demo-backend.ini")) == ["main"]
 
 
 def test_wsgiproxy_serve_runs_proxy_and_backend(tmp_path):
@@ -84,14 +85,15 @@ listen = 127.0.0.1:%d
     assert seen["HTTP_X_FORWARDED_SERVER"] == "demo.example"
 
 
-def test_development_ini_demo_serves(tmp_path):
-    """The demo config itself: the README's first command runs exactly this."""
+def test_development_ini_demo_serves():
+    """The demo config itself (the README's first command): spawn starts the signed backend."""
     with Process([os.path.join(BIN, "wsgiproxy"), "serve", os.path.join(ROOT, "development.ini")],
                  cwd=ROOT) as proc:
         wait_for_port(8080, process=proc.proc)
-        wait_for_port(8081, process=proc.proc)
         seen = get_json(8080, "/demo?user=alice", {"Host": "demo.example:8080"})
-    # The sample app sees the original request, rebuilt by the middleware.
+        child = seen["wsgiproxy.sample.pid"]
+        assert child != proc.proc.pid
+    # The sample app saw the original request, rebuilt by the middleware.
     assert seen["HTTP_HOST"] == "demo.example:8080"
     assert seen["PATH_INFO"] == "/demo"
     assert seen["SCRIPT_NAME"] == ""
@@ -99,6 +101,20 @@ def test_development_ini_demo_serves(tmp_path):
     assert seen["REMOTE_ADDR"] == "127.0.0.1"
     assert seen["wsgi.url_scheme"] == "http"
     assert seen["wsgiproxy.key_id"]
+    # Stopping the demo stops the backend it spawned.
+    wait_for_exit(child)
+
+
+def wait_for_exit(pid, timeout=15.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("process %d still running" % pid)
 
 
 def test_gunicorn_paste(tmp_path):

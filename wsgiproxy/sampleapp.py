@@ -6,6 +6,7 @@ so it doubles as an echo server for tests and for checking a deployment.
 
 import html
 import json
+import os
 
 from .errors import wants_json
 
@@ -24,6 +25,7 @@ def application(environ, start_response):
     body = environ["wsgi.input"].read(int(length)) if length and length.isdigit() else b""
     data = {key: _shown(value) for key, value in sorted(environ.items())}
     data["wsgiproxy.sample.body_length"] = len(body)
+    data["wsgiproxy.sample.pid"] = os.getpid()  # which process answered
     if "format=json" in environ.get("QUERY_STRING", "") or wants_json(environ):
         out = json.dumps(data, indent=1, sort_keys=True).encode()
         content_type = "application/json"
