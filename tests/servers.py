@@ -12,8 +12,10 @@ import threading
 
 import waitress
 from waitress import wasyncore
+from webob import Request
 
-__all__ = ["WaitressServer", "RawServer", "RawConnection", "echo_app", "serve"]
+__all__ = ["WaitressServer", "RawServer", "RawConnection", "echo_app", "serve", "scripted",
+           "blank", "OK"]
 
 
 class WaitressServer:
@@ -52,10 +54,13 @@ class WaitressServer:
                 elif channel is not server.trigger:
                     channel.close()
             closed.set()
-        server.trigger.pull_trigger(close_channels)
-        closed.wait(5)
-        server.task_dispatcher.shutdown(timeout=5)
-        server.trigger.pull_trigger(server.trigger.close)
+        try:
+            server.trigger.pull_trigger(close_channels)
+            closed.wait(5)
+            server.task_dispatcher.shutdown(timeout=5)
+            server.trigger.pull_trigger(server.trigger.close)
+        except OSError:  # the loop already ended and closed the trigger
+            pass
         self.thread.join(5)
 
 
@@ -111,7 +116,10 @@ class RawConnection:
         if b"transfer-encoding: chunked" in lower:
             while True:
                 while b"\r\n" not in self.buf:
-                    self.buf += self.sock.recv(65536)
+                    data = self.sock.recv(65536)
+                    if not data:
+                        raise EOFError("client closed in the middle of a chunked body")
+                    self.buf += data
                 line, _, self.buf = self.buf.partition(b"\r\n")
                 size = int(line.split(b";")[0], 16)
                 if not size:
@@ -158,6 +166,7 @@ class RawServer:
         self.requests = []
         self.errors = []
         self._open = []
+        self._handlers = []
         self._stop = False
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
@@ -172,6 +181,16 @@ class RawServer:
         except OSError:
             pass
         self.sock.close()
+        # Wake the handlers (shutdown) and let them finish before their fds
+        # are closed: a TLS handler blocked in SSL_read would otherwise write
+        # its alert into whatever socket reuses the fd number later.
+        for conn in list(self._open):
+            try:
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._handlers:
+            thread.join(5)
         for conn in self._open:
             conn.close()
         self._thread.join(5)
@@ -192,7 +211,9 @@ class RawServer:
                     continue
             conn = RawConnection(sock, self)
             self._open.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self._handlers.append(thread)
+            thread.start()
 
     def _run(self, conn):
         try:
@@ -253,3 +274,39 @@ class Process:
         except Exception:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def scripted(*responses):
+    """A RawServer handler answering each request on a connection with the next response.
+
+    ``None`` closes without answering; a response ending in ``<close>`` closes
+    after it; when the list is used up every request gets :data:`OK`.
+    """
+    lock = threading.Lock()
+    queue = list(responses)
+
+    def handler(conn):
+        while True:
+            head, _ = conn.read_request()
+            if head is None:
+                return
+            with lock:
+                answer = queue.pop(0) if queue else OK
+            if answer is None:
+                return
+            conn.send(answer)
+            if answer.endswith(b"<close>"):
+                return
+    return handler
+
+
+def blank(path, port, host="127.0.0.1", scheme="http", **kw):
+    """A webob request aimed (through SERVER_NAME/PORT) at ``host:port``, for the exact proxy."""
+    req = Request.blank(path, **kw)
+    req.environ["SERVER_NAME"] = host
+    req.environ["SERVER_PORT"] = str(port)
+    req.environ["wsgi.url_scheme"] = scheme
+    return req

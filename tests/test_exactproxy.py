@@ -2,8 +2,6 @@
 
 import http.client
 import io
-import json
-import socket
 import threading
 
 import pytest
@@ -13,14 +11,7 @@ from wsgiproxy import exactproxy
 from wsgiproxy.exactproxy import (ExactProxy, filter_paste_httpserver_proxy,
                                   proxy_exact_request)
 
-from .servers import RawServer, WaitressServer, echo_app
-
-
-def blank(path, port, host="127.0.0.1", **kw):
-    req = Request.blank(path, **kw)
-    req.environ["SERVER_NAME"] = host
-    req.environ["SERVER_PORT"] = str(port)
-    return req
+from .servers import RawServer, WaitressServer, blank, echo_app
 
 
 @pytest.fixture(scope="module")

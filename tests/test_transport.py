@@ -16,30 +16,7 @@ from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.transport import (BackendTimeout, BadBackendResponse, HTTPTransport,
                                  make_transport)
 
-from .servers import RawServer, WaitressServer, echo_app
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-def scripted(*responses):
-    """A handler answering each request on a connection with the next response, in turn."""
-    lock = threading.Lock()
-    queue = list(responses)
-
-    def handler(conn):
-        while True:
-            head, _ = conn.read_request()
-            if head is None:
-                return
-            with lock:
-                answer = queue.pop(0) if queue else OK
-            if answer is None:  # close without answering
-                return
-            conn.send(answer)
-            if answer.endswith(b"<close>"):
-                return
-    return handler
-
+from .servers import OK, RawServer, scripted
 
 def get(proxy, port, path="/", method="GET", **kw):
     req = Request.blank(path, method=method, **kw)

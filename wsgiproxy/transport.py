@@ -29,7 +29,8 @@ import weakref
 __all__ = [
     "HOP_BY_HOP", "Transport", "HTTPTransport", "Response", "make_transport",
     "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
-    "InvalidRequest", "RequestBodyError",
+    "InvalidRequest", "RequestBodyError", "request_head", "parse_response_head",
+    "make_ssl_context",
 ]
 
 log = logging.getLogger("wsgiproxy.transport")
@@ -336,6 +337,17 @@ class _BodyReader:
         self._finish()
 
 
+def make_ssl_context(ca_certs=None, verify=True, cert_file=None, key_file=None):
+    """A client TLS context: the system CAs or ``ca_certs``, optional client certificate."""
+    ctx = ssl.create_default_context(cafile=ca_certs)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 _live_transports = weakref.WeakSet()
 
 
@@ -379,6 +391,8 @@ class HTTPTransport(Transport):
         self.idle_timeout = float(idle_timeout)
         if self.pool_size < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("timeouts must be positive and pool_size not negative")
+        if not isinstance(verify, bool):  # "false" from an .ini would silently mean True
+            raise TypeError("verify must be True or False, not %r" % (verify,))
         self._ssl_args = (ca_certs, verify, cert_file, key_file)
         self._ssl_context = ssl_context
         self._idle = {}
@@ -427,14 +441,7 @@ class HTTPTransport(Transport):
     def ssl_context(self):
         """The TLS context for HTTPS backends, made on first use."""
         if self._ssl_context is None:
-            ca_certs, verify, cert_file, key_file = self._ssl_args
-            ctx = ssl.create_default_context(cafile=ca_certs)
-            if not verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            if cert_file:
-                ctx.load_cert_chain(cert_file, key_file)
-            self._ssl_context = ctx
+            self._ssl_context = make_ssl_context(*self._ssl_args)
         return self._ssl_context
 
     def _connect(self, key, backend):
@@ -479,7 +486,7 @@ class HTTPTransport(Transport):
             body_length = len(body)
         elif body is None:
             body_length = 0
-        head = _request_head(method, target, headers, body_length,
+        head = request_head(method, target, headers, body_length,
                              body is not None and body_length is None)
         key = (scheme, host, port)
         conn = self._acquire(key)
@@ -567,7 +574,7 @@ class HTTPTransport(Transport):
     def _read_response(self, conn, method, backend, reusable):
         for _ in range(MAX_INTERIM):
             head = self._read_head(conn, backend)
-            version, status, reason, headers, framing = _parse_head(head, backend)
+            version, status, reason, headers, framing = parse_response_head(head, backend)
             if status >= 200:
                 break
             if status == 101:
@@ -621,8 +628,12 @@ def _request_name_kind(name):
     return kind
 
 
-def _request_head(method, target, headers, body_length, chunked):
-    """Serialise the request line and headers; hop-by-hop and framing headers are ours."""
+def request_head(method, target, headers, body_length, chunked):
+    """Serialise the request line and headers (bytes); hop-by-hop and framing headers are ours.
+
+    Raises :class:`InvalidRequest` for anything that could split or smuggle a
+    request.  Shared by every transport so they cannot drift apart.
+    """
     if not _TOKEN(method):
         raise InvalidRequest("invalid method %r" % method)
     if not target or _BAD_TARGET(target):
@@ -716,8 +727,8 @@ def _response_name_kind(name, line, backend):
     return kind
 
 
-def _parse_head(head, backend):
-    """Parse a response header block into its parts, rejecting anything ambiguous.
+def parse_response_head(head, backend):
+    """Parse a response header block into its parts, rejecting anything ambiguous (every transport's parser).
 
     Returns ``(version, status, reason, headers, (content_length, chunked,
     connection_tokens))`` with hop-by-hop headers already removed.

@@ -37,6 +37,14 @@ TRANSPORT_OPTIONS = {
     "verify": asbool,
     "cert_file": str,
     "key_file": str,
+    # transport = httplib2 only; that transport parses these strings itself.
+    "cache_dir": str,
+    "credentials": str,
+    "proxy_info": str,
+    "proxy_from_env": asbool,
+    "no_proxy": str,
+    "max_buffered_body": str,
+    "max_request_body": str,
 }
 
 APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
