@@ -5,7 +5,6 @@ import json
 import os
 import sys
 
-import pytest
 from paste.deploy import loadapp
 from webob import Request
 

@@ -9,11 +9,9 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 
 import pytest
-import waitress
 from hypothesis import HealthCheck, given, settings, strategies as st
 from webob import Request
 
@@ -22,6 +20,8 @@ from wsgiproxy.protocol import (
     MemoryNonceStore, SecretKeys, encode_key_headers, encode_path_header, key_id_for,
     sign_request,
 )
+
+from .servers import WaitressServer
 
 SECRET = "middleware-test-secret-0123456789"
 KEYS = SecretKeys.from_secrets([SECRET])
@@ -706,21 +706,14 @@ def test_random_headers_never_500(headers, path, remote, which):
 # -- through a real waitress server -----------------------------------------------
 
 class Server:
-    """waitress on a free loopback port, in a thread."""
+    """waitress on a free loopback port (tests.servers.WaitressServer), with request helpers."""
 
     def __init__(self, app, **options):
-        options.setdefault("clear_untrusted_proxy_headers", False)
-        self.server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, **options)
-        self.port = int(self.server.effective_port)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
+        self.waitress = WaitressServer(app, threads=4, **options).__enter__()
+        self.port = self.waitress.port
 
     def close(self):
-        self.server.close()
-        for channel in list(self.server._map.values()):
-            channel.close()
-        self.server.task_dispatcher.shutdown(timeout=5)
-        self.thread.join(5)
+        self.waitress.__exit__(None, None, None)
 
     def request(self, method, target, headers=(), body=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)

@@ -184,8 +184,9 @@ class WSGIProxyApp:
         if self.query:
             query = query + "&" + self.query if query else self.query
         target = path + "?" + query if query else path
-        before_send = None
-        if self.secret_keys is not None:
+        if self.secret_keys is None:
+            before_send = None
+        else:
             def before_send(method, target, headers, body):
                 self._sign(method, host_header, target, headers, identity_at, body)
         rewrite = None

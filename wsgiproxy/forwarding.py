@@ -153,6 +153,18 @@ def forward(transport, environ, start_response, scheme, host, port, target,
     except (InvalidRequest, RequestBodyError) as exc:
         log.info("%s %s: bad request: %s", method, target, exc)
         return error_response(environ, start_response, exc.status, str(exc))
+    body = response.body
+    if body is None:
+        # Streaming: wait for the first piece before starting the response
+        # (a WSGI server sends nothing before it anyway), so a backend that
+        # fails before its first body byte still gets a clean 502/504.
+        chunks = iter(response)
+        try:
+            first = next(chunks, b"")
+        except BackendError as exc:
+            response.close()
+            log.warning("%s %s: %s", method, target, exc)
+            return error_response(environ, start_response, exc.status, str(exc))
     out_headers = response.headers
     if response_headers is not None:
         out_headers = response_headers(out_headers)
@@ -161,6 +173,30 @@ def forward(transport, environ, start_response, scheme, host, port, target,
     except BaseException:
         response.close()
         raise
-    if response.body is not None:
-        return [response.body] if response.body else []
-    return response
+    if body is not None:
+        return [body] if body else []
+    return StreamedBody(first, chunks, response)
+
+
+class StreamedBody:
+    """The WSGI body of a streamed response: the first piece, then the rest as it comes.
+
+    ``close()`` (called by the WSGI server, also when the client went away)
+    discards a backend connection that was not read to the end.
+    """
+
+    __slots__ = ("first", "chunks", "response")
+
+    def __init__(self, first, chunks, response):
+        self.first = first
+        self.chunks = chunks
+        self.response = response
+
+    def __iter__(self):
+        if self.first:
+            yield self.first
+        self.first = None
+        yield from self.chunks
+
+    def close(self):
+        self.response.close()
