@@ -19,6 +19,7 @@ TESTS_REQUIRE = [
     "Flask>=3",
     "Django>=5",
     "sphinx>=7",
+    "redis>=5",
 ]
 
 setup(
@@ -50,6 +51,7 @@ setup(
     ],
     extras_require={
         "test": TESTS_REQUIRE,
+        "redis": ["redis>=5"],
     },
     entry_points={
         "paste.app_factory": [

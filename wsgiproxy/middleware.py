@@ -39,6 +39,25 @@ class _Forbidden(ProtocolError):
     """Refused for a reason other than the signature itself (answered 403)."""
 
 
+class _NonceStoreFailed(Exception):
+    """The nonce store raised: a signed request cannot be checked for replay (answered 503)."""
+
+
+class _GuardedNonceStore:
+    """Turns any exception of a nonce store into :class:`_NonceStoreFailed` (fail closed)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store):
+        self.store = store
+
+    def check_and_add(self, key_id, nonce, expires_at):
+        try:
+            return self.store.check_and_add(key_id, nonce, expires_at)
+        except Exception as exc:
+            raise _NonceStoreFailed(str(exc) or type(exc).__name__) from exc
+
+
 def _header(environ, key):
     """A header's value stripped of whitespace, or None when absent or empty (empty = absent)."""
     value = environ.get(key)
@@ -159,12 +178,16 @@ def _list(value, name):
 
 
 def _nonce_store(value, name):
-    """``module:attribute`` naming a NonceStore instance, class or factory (``.ini`` form)."""
+    """``module:attribute`` naming a NonceStore instance, class or factory (``.ini`` form),
+    or a ``redis://`` (``rediss://``, ``unix://``) URL for a RedisNonceStore."""
     if not isinstance(value, str):
         return value
     value = value.strip()
     if not value or value == "memory":
         return None
+    if "://" in value:
+        from .redisstore import RedisNonceStore  # redis-py is an optional extra
+        return RedisNonceStore(value)
     module_name, _, attr = value.partition(":")
     if not attr:
         raise ValueError("nonce_store must be 'package.module:name', not %r" % value)
@@ -243,7 +266,10 @@ class WSGIProxyMiddleware:
         Seconds a signature's timestamp may differ from this server's clock.
     ``nonce_store`` (None: a :class:`~wsgiproxy.protocol.MemoryNonceStore`)
         Where used nonces are remembered to refuse replays; share one
-        (e.g. Redis) between processes that serve the same secret.
+        (e.g. :class:`~wsgiproxy.redisstore.RedisNonceStore`, or
+        ``redis://host:port/db`` in the ``.ini``) between processes that
+        serve the same secret.  If the store raises, the request is answered
+        503 "nonce store unavailable" (fail closed).
     ``nonce_cache_size`` (100000)
         Size cap of the default in-memory nonce store.
     ``require_signature`` (None: true when ``secret_file`` is set)
@@ -397,6 +423,15 @@ class WSGIProxyMiddleware:
             return self._refuse(environ, start_response, 403, exc)
         except ProtocolError as exc:
             return self._refuse(environ, start_response, 400, exc)
+        except _NonceStoreFailed as exc:
+            log.error("nonce store unavailable, refusing a signed request from %s for %r: %s",
+                      environ.get("REMOTE_ADDR"), environ.get("PATH_INFO"), exc)
+            error_environ = dict(environ)
+            if not isinstance(error_environ.get("REQUEST_METHOD"), str):
+                error_environ["REQUEST_METHOD"] = "GET"
+            return error_response(error_environ, start_response, 503,
+                                  "nonce store unavailable: the signature cannot be checked "
+                                  "for replay now; try again later", [("Retry-After", "5")])
         return self.app(environ, start_response)
 
     def _refuse(self, environ, start_response, code, exc):
@@ -473,7 +508,9 @@ class WSGIProxyMiddleware:
         return verify_request(self.keys, signature, environ.get("REQUEST_METHOD") or "",
                               environ.get("HTTP_HOST") or "", path,
                               environ.get("QUERY_STRING") or "", headers,
-                              window=self.signature_window, nonce_store=self.nonce_store,
+                              window=self.signature_window,
+                              nonce_store=(None if self.nonce_store is None
+                                           else _GuardedNonceStore(self.nonce_store)),
                               body=body)
 
     def _content_length(self, environ):

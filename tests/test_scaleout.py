@@ -1,0 +1,768 @@
+"""Scale-out with real parts: gunicorn workers, a shared Redis nonce store, spawn under
+gunicorn, and nginx spreading requests over two backends.
+
+Every test starts its own servers on loopback (redis-server, gunicorn, nginx,
+waitress) and stops them; processes are followed by pid, and the tests
+synchronise on ports, pids, files and log lines with deadlines, never on bare
+sleeps.
+"""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import redis
+from paste.deploy import loadapp
+
+from wsgiproxy.app import WSGIProxyApp
+from wsgiproxy.middleware import WSGIProxyMiddleware
+from wsgiproxy.protocol import MemoryNonceStore
+
+from wsgiproxy.redisstore import NonceStoreUnavailable, RedisNonceStore
+
+from .servers import Process, RawServer, WaitressServer, echo_app, free_port, wait_for_port
+
+BIN = os.path.dirname(sys.executable)
+SECRET = "scale-out-test-secret-0123456789abcdef"
+PREFIX = "wsgiproxy:test:"
+
+pytestmark = pytest.mark.timeout(45)
+
+
+def need(program):
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.fail("%s is not installed (./dev test installs the Debian package)" % program)
+    return path
+
+
+# -- processes and pids -----------------------------------------------------------
+
+def wait_until(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
+
+
+def _stat(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def alive(pid):
+    """Running (a zombie waiting for a parent that does not reap it counts as gone)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def parent_of(pid):
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
+
+
+def children_of(pid):
+    """Live processes whose parent is ``pid`` (gunicorn's workers, say)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and parent_of(int(name)) == pid and alive(int(name)):
+            found.append(int(name))
+    return sorted(found)
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1:<port>, no persistence; stop() and start() again."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.port = free_port()
+        self.process = None
+        self.url = "redis://127.0.0.1:%d/0?prefix=%s" % (self.port, PREFIX)
+
+    def start(self):
+        log = open(os.path.join(self.directory, "redis.log"), "ab")
+        self.process = Process([need("redis-server"), "--port", str(self.port),
+                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", self.directory, "--daemonize", "no"],
+                               stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_port(self.port, process=self.process.proc, timeout=15)
+        return self
+
+    def stop(self):
+        if self.process is not None:
+            self.process.__exit__(None, None, None)
+            self.process = None
+
+    def client(self):
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_text(SECRET + "\n")
+    return str(path)
+
+
+GUNICORN_CONF = """
+import os
+
+def post_worker_init(worker):  # the worker has loaded the app and is about to serve
+    open(os.path.join({ready!r}, str(worker.pid)), "w").close()
+"""
+
+
+def gunicorn(tmp_path, ini, port, workers, *options):
+    """gunicorn --paste ``ini`` -w ``workers`` on ``port``, once every worker is ready.
+
+    The access log (with worker pids) goes to tmp_path/access.log; each worker
+    that has loaded the app touches tmp_path/ready/<pid>.
+    """
+    ready = tmp_path / "ready"
+    ready.mkdir(exist_ok=True)
+    conf = tmp_path / "gunicorn_conf.py"
+    conf.write_text(GUNICORN_CONF.format(ready=str(ready)))
+    log = open(str(tmp_path / "gunicorn.log"), "ab")
+    args = [os.path.join(BIN, "gunicorn"), "--paste", str(ini), "-c", str(conf),
+            "-b", "127.0.0.1:%d" % port, "-w", str(workers),
+            "--access-logfile", str(tmp_path / "access.log"),
+            "--access-logformat", "%(p)s %(s)s %(r)s", "--graceful-timeout", "10"]
+    proc = Process(args + list(options), stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    wait_for_port(port, process=proc.proc)
+    wait_until(lambda: len(ready_workers(tmp_path, proc.proc.pid)) == workers,
+               what="%d gunicorn workers to be ready" % workers)
+    return proc
+
+
+def ready_workers(tmp_path, master_pid):
+    """The master's live workers that have loaded the app."""
+    ready = {int(name) for name in os.listdir(str(tmp_path / "ready"))}
+    return sorted(ready.intersection(children_of(master_pid)))
+
+
+def access_log(tmp_path):
+    """``[(worker pid, status, request line)]`` from the gunicorn access log."""
+    path = tmp_path / "access.log"
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        pid, status, request = line.split(" ", 2)
+        entries.append((int(pid.strip("<>")), int(status), request))
+    return entries
+
+
+def set_user(app, user):
+    def outer(environ, start_response):
+        environ["REMOTE_USER"] = user
+        return app(environ, start_response)
+    return outer
+
+
+def fetch(port, path="/", method="GET", body=None, headers=None, timeout=20):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request(method, path, body=body,
+                 headers=dict({"Accept": "application/json"}, **(headers or {})))
+    res = conn.getresponse()
+    data = res.read()
+    conn.close()
+    return res.status, dict(res.getheaders()), data
+
+
+def capture_signed_request(secret_file, path):
+    """The exact bytes WSGIProxyApp sends for ``path`` (REMOTE_USER=alice), as Connection: close."""
+    def handler(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+    with RawServer(handler) as raw:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret_file,
+                             string_keys=["REMOTE_USER"])
+        with WaitressServer(set_user(proxy, "alice")) as front:
+            fetch(front.port, path, headers={"Host": "www.example.com"})
+        proxy.close()
+        head, body = raw.requests[0]
+    return head + b"\r\nConnection: close\r\n\r\n" + body
+
+
+def send_raw(port, data):
+    """Send ``data`` on a new connection and read the answer to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def status_of(response):
+    return int(response.split(b" ", 2)[1])
+
+
+BACKEND_INI = """
+[DEFAULT]
+secret_file = {secret}
+
+[pipeline:main]
+pipeline = verify sample
+
+[filter:verify]
+use = egg:WSGIProxy#main
+{store}
+
+[app:sample]
+use = egg:WSGIProxy#sample
+"""
+
+
+def backend_ini(tmp_path, secret_file, store):
+    path = tmp_path / "backend.ini"
+    path.write_text(BACKEND_INI.format(secret=secret_file, store=store))
+    return path
+
+
+# -- the Redis store on its own ---------------------------------------------------
+
+def test_redis_store_check_and_add_expiry_and_url(redis_server):
+    store = RedisNonceStore(redis_server.url + "&clock_skew=5&socket_timeout=0.25")
+    try:
+        assert store.prefix == PREFIX and store.clock_skew == 5.0 and store.retries == 1
+        kwargs = store.client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.25 and kwargs["socket_connect_timeout"] == 0.5
+        expires_at = time.time() + 60
+        assert store.check_and_add("kid1", "a" * 32, expires_at) is True
+        assert store.check_and_add("kid1", "a" * 32, expires_at) is False
+        assert store.check_and_add("kid2", "a" * 32, expires_at) is True  # per key id
+        direct = redis_server.client()
+        key = PREFIX + "kid1:" + "a" * 32
+        assert direct.exists(key)
+        ttl = direct.pttl(key)  # expires_at + clock_skew, from our clock
+        assert 60000 < ttl <= 65000, ttl
+        # Expired nonces go away on their own (kept at least a second).
+        assert store.check_and_add("kid1", "b" * 32, time.time() - 100) is True
+        assert 0 < direct.pttl(PREFIX + "kid1:" + "b" * 32) <= 1000
+        direct.close()
+    finally:
+        store.close()
+
+
+def test_redis_store_url_password_not_shown_and_bad_urls():
+    store = RedisNonceStore("redis://user:s3cret@127.0.0.1:1/2?prefix=x:")
+    assert "s3cret" not in repr(store) and "127.0.0.1:1/2" in repr(store)
+    assert store.prefix == "x:"
+    with pytest.raises(NonceStoreUnavailable) as info:
+        store.check_and_add("k", "n", time.time() + 10)  # nothing listens on port 1
+    assert "s3cret" not in str(info.value) and "nonce store unavailable" in str(info.value)
+    store.close()
+    with pytest.raises(ValueError, match="must start with redis://"):
+        RedisNonceStore("http://127.0.0.1:6379/0")
+    with pytest.raises(TypeError):
+        RedisNonceStore(42)
+
+
+class _LosesFirstAnswer:
+    """A redis client whose first SET reaches Redis but whose answer is lost (a timeout)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.lost = False
+
+    def set(self, *args, **kwargs):
+        result = self.client.set(*args, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return result
+
+    def get(self, key):
+        return self.client.get(key)
+
+
+def test_redis_store_retry_does_not_mistake_its_own_write_for_a_replay(redis_server):
+    client = redis_server.client()
+    store = RedisNonceStore(_LosesFirstAnswer(client), prefix=PREFIX)
+    assert store.check_and_add("k", "c" * 32, time.time() + 30) is True
+    # A nonce that really was used before stays refused, retry or not.
+    store = RedisNonceStore(_LosesFirstAnswer(client), prefix=PREFIX)
+    assert store.check_and_add("k", "c" * 32, time.time() + 30) is False
+
+    class Broken:
+        def set(self, *args, **kwargs):
+            raise redis.exceptions.ResponseError("READONLY You can't write against a replica.")
+        get = set
+    with pytest.raises(NonceStoreUnavailable, match="READONLY"):
+        RedisNonceStore(Broken()).check_and_add("k", "d" * 32, time.time() + 30)
+    client.close()
+
+
+def test_ini_spelling_and_lazy_import(redis_server, secret_file):
+    mw = WSGIProxyMiddleware.from_config(echo_app, {}, secret_file=secret_file,
+                                         nonce_store=redis_server.url)
+    assert isinstance(mw.nonce_store, RedisNonceStore)
+    assert mw.nonce_store.location == "redis://127.0.0.1:%d/0" % redis_server.port
+    mw.nonce_store.close()
+    mw = WSGIProxyMiddleware.from_config(echo_app, {}, secret_file=secret_file,
+                                         nonce_store="wsgiproxy.protocol:MemoryNonceStore")
+    assert isinstance(mw.nonce_store, MemoryNonceStore)
+    # The core package does not import redis-py.
+    code = ("import sys, wsgiproxy.middleware, wsgiproxy.wsgiapp, wsgiproxy.redisstore; "
+            "assert 'redis' not in sys.modules, 'redis imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+# -- gunicorn -w 4 with signing -------------------------------------------------
+
+def replay_until(port, data, tmp_path, enough, rounds=15, batch=8):
+    """Replay ``data`` in concurrent batches, a new connection each, until
+    ``enough(results, replays)`` (or ``rounds`` batches).
+
+    Returns ``[(status, response)]`` and the access log entries of the replays.
+    """
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(batch) as pool:
+        for _ in range(rounds):
+            results += [(status_of(r), r) for r in pool.map(
+                lambda _: send_raw(port, data), range(batch))]
+            wait_until(lambda: len([e for e in access_log(tmp_path) if "/replay" in e[2]])
+                       >= len(results), 10, "the access log")
+            replays = [e for e in access_log(tmp_path) if "/replay" in e[2]]
+            if enough(results, replays):
+                break
+    return results, replays
+
+
+def test_gunicorn_workers_share_the_redis_store_and_refuse_replays(tmp_path, redis_server,
+                                                                    secret_file):
+    port = free_port()
+    ini = backend_ini(tmp_path, secret_file, "nonce_store = " + redis_server.url)
+    with gunicorn(tmp_path, ini, port, 4):
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret_file,
+                             string_keys=["REMOTE_USER"])
+        with WaitressServer(set_user(proxy, "alice"), threads=8) as front:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda i: fetch(front.port, "/page/%d" % i,
+                                                        headers={"Host": "www.example.com"}),
+                                        range(40)))
+        proxy.close()
+        workers = set()
+        for status, _, body in answers:
+            assert status == 200, body
+            seen = json.loads(body)
+            assert seen["REMOTE_USER"] == "alice"
+            assert seen["HTTP_HOST"] == "www.example.com"
+            assert seen["wsgiproxy.key_id"]
+            workers.add(seen["wsgiproxy.sample.pid"])
+        assert len(workers) >= 2, "all 40 concurrent requests went to one worker"
+        # Every accepted nonce is in Redis, under the configured prefix.
+        direct = redis_server.client()
+        assert len(direct.keys(PREFIX + "*")) == 40
+
+        # A captured signed request, replayed straight to the backend, again and
+        # again on new connections: only the first is served, whichever worker
+        # gets the others.
+        data = capture_signed_request(secret_file, "/replay?format=json")
+        results, replays = replay_until(
+            port, data, tmp_path,
+            lambda results, replays: len({pid for pid, _, _ in replays}) >= 3)
+        assert [status for status, _ in results].count(200) == 1
+        for status, response in results:
+            assert status in (200, 403), response[:300]
+            if status == 403:
+                assert b"replayed" in response
+        assert len({pid for pid, status, _ in replays if status == 403}) >= 2
+        assert len(direct.keys(PREFIX + "*")) == 41
+        direct.close()
+
+
+def test_without_a_shared_store_replays_get_through_other_workers(tmp_path, secret_file):
+    """Why the store matters: each worker's in-memory store knows only its own nonces."""
+    port = free_port()
+    ini = backend_ini(tmp_path, secret_file, "")
+    with gunicorn(tmp_path, ini, port, 4):
+        data = capture_signed_request(secret_file, "/replay?format=json")
+        results, replays = replay_until(
+            port, data, tmp_path,
+            lambda results, replays: [s for s, _ in results].count(200) >= 2)
+    served = [pid for pid, status, _ in replays if status == 200]
+    # The same signed request was served more than once: once per worker that got it.
+    assert len(served) >= 2, replays
+    assert len(served) == len(set(served)) <= 4
+    for status, response in results:
+        assert status == 200 or b"replayed" in response
+
+
+# -- fail closed --------------------------------------------------------------------
+
+def test_redis_down_or_stalled_fails_closed_with_503(tmp_path, redis_server, secret_file):
+    ini = backend_ini(tmp_path, secret_file, "nonce_store = %s&socket_timeout=0.3"
+                      % redis_server.url)
+    backend_app = loadapp("config:" + str(ini))
+    store = backend_app.nonce_store
+    with WaitressServer(backend_app) as backend:
+        proxy = WSGIProxyApp(backend.url, secret_file=secret_file, string_keys=["REMOTE_USER"])
+        with WaitressServer(set_user(proxy, "alice")) as front:
+            def through_proxy():
+                return fetch(front.port, "/p", headers={"Host": "www.example.com"})
+
+            assert through_proxy()[0] == 200
+            captured = capture_signed_request(secret_file, "/replay?format=json")
+            assert status_of(send_raw(backend.port, captured)) == 200
+
+            def assert_refused():
+                started = time.monotonic()
+                status, headers, body = through_proxy()
+                elapsed = time.monotonic() - started
+                assert status == 503, body
+                assert b"nonce store unavailable" in body
+                assert headers.get("Retry-After") == "5"
+                assert json.loads(body)["error"]["code"] == 503
+                replay = send_raw(backend.port, captured)
+                assert status_of(replay) == 503, replay[:300]  # never 200
+                return elapsed
+
+            # Stalled: Redis accepts connections but does not answer (SIGSTOP).
+            os.kill(redis_server.process.proc.pid, signal.SIGSTOP)
+            try:
+                elapsed = assert_refused()
+            finally:
+                os.kill(redis_server.process.proc.pid, signal.SIGCONT)
+            # Two attempts of 0.3 s each, plus connecting: bounded by the timeouts.
+            assert elapsed < 3, elapsed
+            assert through_proxy()[0] == 200
+
+            # Down: the server is gone.
+            redis_server.stop()
+            assert_refused()
+            # Unsigned requests are refused as before (403), not 503.
+            status, _, body = fetch(backend.port, "/x")
+            assert status == 403 and b"missing" in body
+
+            # Back (same port, empty): requests are served again.
+            redis_server.start()
+            assert through_proxy()[0] == 200
+            # A restart between two requests leaves a closed pooled connection,
+            # which is replaced without an error.
+            redis_server.stop()
+            redis_server.start()
+            assert through_proxy()[0] == 200
+        proxy.close()
+    store.close()
+
+
+def test_any_store_exception_is_answered_503_not_500(secret_file, caplog):
+    class Broken:
+        def check_and_add(self, key_id, nonce, expires_at):
+            raise RuntimeError("disk on fire")
+
+    with WaitressServer(WSGIProxyMiddleware(echo_app, secret_file=secret_file,
+                                            nonce_store=Broken())) as backend:
+        proxy = WSGIProxyApp(backend.url, secret_file=secret_file)
+        with WaitressServer(proxy) as front:
+            status, headers, body = fetch(front.port, "/x", headers={"Accept": "text/html"})
+        proxy.close()
+    assert status == 503 and headers.get("Retry-After") == "5"
+    assert b"nonce store unavailable" in body and b"Traceback" not in body
+    assert b"disk on fire" not in body  # the details are logged, not shown
+    assert any("disk on fire" in r.getMessage() and r.levelname == "ERROR"
+               for r in caplog.records)
+
+
+# -- spawn under several gunicorn workers -----------------------------------------
+
+CHILD = r'''
+import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port, piddir = int(sys.argv[1]), sys.argv[2]
+open(os.path.join(piddir, str(os.getpid())), "w").close()
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/hold"):  # until the test creates piddir/release
+            open(os.path.join(piddir, "hold-%d-%d" % (os.getpid(), time.monotonic_ns())),
+                 "w").close()
+            release, deadline = os.path.join(piddir, "release"), time.monotonic() + 20
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "port": port}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def spawn_ini(tmp_path):
+    """An ``egg:WSGIProxy#spawn`` config; children write their pid into ``piddir``.
+
+    At teardown no child may be left; any that is (a test failed, or the
+    SIGKILL test) is killed by its pid, as a safety net.
+    """
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    ini = tmp_path / "spawn.ini"
+    ini.write_text(textwrap.dedent("""
+        [app:main]
+        use = egg:WSGIProxy#spawn
+        start_script = {python} {child} __PORT__ {piddir}
+        stop_timeout = 5
+        read_timeout = 30
+        """).format(python=sys.executable, child=child, piddir=piddir))
+    yield ini, str(piddir)
+    left = [pid for pid in child_pids(str(piddir)) if alive(pid)]
+    for pid in left:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, "children left running: %s" % left
+
+
+def child_pids(piddir):
+    return sorted(int(name) for name in os.listdir(piddir) if name.isdigit())
+
+
+def get_child(port, path="/"):
+    status, _, body = fetch(port, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_each_gunicorn_worker_supervises_its_own_children(tmp_path, spawn_ini):
+    ini, piddir = spawn_ini
+    port = free_port()
+    with gunicorn(tmp_path, ini, port, 3, "-k", "sync") as master:
+        master_pid = master.proc.pid
+        workers = wait_until(lambda: len(children_of(master_pid)) == 3
+                             and children_of(master_pid), what="3 workers")
+        # Three requests held open at once: a sync worker serves one at a time,
+        # so each worker gets one, and each starts a child of its own.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            held = [pool.submit(get_child, port, "/hold") for _ in range(3)]
+            holding = wait_until(
+                lambda: len([n for n in os.listdir(piddir) if n.startswith("hold-")]) == 3
+                and [int(n.split("-")[1]) for n in os.listdir(piddir) if n.startswith("hold-")],
+                what="three held requests")
+            open(os.path.join(piddir, "release"), "w").close()
+            answers = [f.result(timeout=30) for f in held]
+        children = sorted(a["pid"] for a in answers)
+        assert sorted(holding) == children and len(set(children)) == 3
+        assert len({a["port"] for a in answers}) == 3  # free ports, no clash
+        worker_of = {a["pid"]: a["ppid"] for a in answers}
+        assert sorted(worker_of.values()) == workers  # one child per worker
+        assert child_pids(piddir) == children
+
+        # gunicorn stops one worker (SIGTERM, as on scale-down or a timeout
+        # restart): its child goes with it, the others are untouched, and the
+        # master starts a replacement worker.
+        first = children[0]
+        os.kill(worker_of[first], signal.SIGTERM)
+        wait_until(lambda: not alive(first), what="the stopped worker's child to exit")
+        wait_until(lambda: len(children_of(master_pid)) == 3
+                   and worker_of[first] not in children_of(master_pid), what="a new worker")
+        assert all(alive(pid) for pid in children[1:])
+
+        # SIGHUP: gunicorn reloads, replacing every worker; every old child is stopped.
+        os.kill(master_pid, signal.SIGHUP)
+        wait_until(lambda: not any(alive(pid) for pid in children[1:]),
+                   what="the old workers' children to exit")
+        wait_until(lambda: len(children_of(master_pid)) == 3
+                   and not set(children_of(master_pid)) & set(workers), what="new workers")
+        fresh = get_child(port)
+        assert fresh["pid"] not in children and alive(fresh["pid"])
+        assert fresh["ppid"] in children_of(master_pid)
+
+        # Stopping the master stops every worker, and every worker its children.
+        os.kill(master_pid, signal.SIGTERM)
+        master.proc.wait(30)
+    started = child_pids(piddir)
+    assert fresh["pid"] in started
+    wait_until(lambda: not any(alive(pid) for pid in started), 10, "every child to exit")
+
+
+def test_worker_restarted_after_max_requests_stops_its_children(tmp_path, spawn_ini):
+    ini, piddir = spawn_ini
+    port = free_port()
+    with gunicorn(tmp_path, ini, port, 2, "-k", "sync", "--max-requests", "3") as master:
+        seen = {}  # child pid -> worker pid
+        for _ in range(12):
+            answer = get_child(port)
+            seen[answer["pid"]] = answer["ppid"]
+        # 12 requests, 3 per worker life: at least 4 workers, each with its child.
+        assert len(set(seen.values())) >= 4, seen
+        for child, worker in seen.items():
+            if worker not in children_of(master.proc.pid):
+                wait_until(lambda: not alive(child), what="child %d of the restarted worker "
+                           "%d to exit" % (child, worker))
+        os.kill(master.proc.pid, signal.SIGTERM)
+        master.proc.wait(30)
+    wait_until(lambda: not any(alive(pid) for pid in child_pids(piddir)), 10,
+               "every child to exit")
+
+
+def test_sigkilled_worker_leaves_its_child_running(tmp_path, spawn_ini):
+    """The known limitation (docs/scaleout.rst): SIGKILL gives a worker no chance to stop
+    its children.  If this fails because the child is gone, spawn has learnt to tie its
+    children's lives to the worker's: update the documentation."""
+    ini, piddir = spawn_ini
+    port = free_port()
+    with gunicorn(tmp_path, ini, port, 1, "-k", "sync") as master:
+        first = get_child(port)
+        os.kill(first["ppid"], signal.SIGKILL)
+        wait_until(lambda: children_of(master.proc.pid)
+                   and first["ppid"] not in children_of(master.proc.pid), what="a new worker")
+        second = get_child(port)  # the new worker starts a child of its own
+        assert second["pid"] != first["pid"] and second["port"] != first["port"]
+        assert alive(first["pid"]) and parent_of(first["pid"]) != first["ppid"]  # orphaned
+        os.killpg(first["pid"], signal.SIGKILL)  # by hand, as the docs say
+        wait_until(lambda: not alive(first["pid"]), what="the orphan to die")
+        os.kill(master.proc.pid, signal.SIGTERM)
+        master.proc.wait(30)
+    wait_until(lambda: not alive(second["pid"]), 10, "the new worker's child to exit")
+
+
+# -- several backend hosts behind nginx ---------------------------------------------
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 256; }}
+
+http {{
+    log_format upstreams '$request $status $upstream_addr';
+    access_log {prefix}/access.log upstreams;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+
+    upstream wsgiproxy_backends {{
+        server 127.0.0.1:{backend_a};
+        server 127.0.0.1:{backend_b};
+        keepalive 16;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port};
+
+        location / {{
+            proxy_pass http://wsgiproxy_backends;
+            # Keep-alive to the backends.
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # The Host WSGIProxyApp signed; nginx would send the upstream's name.
+            proxy_set_header Host $http_host;
+            # X-Forwarded-* and X-WSGIProxy-* pass through unchanged: do not
+            # set them here (they are covered by the signature).
+        }}
+
+        # Without proxy_set_header Host: nginx sends "Host: wsgiproxy_backends".
+        location /default-host/ {{
+            proxy_pass http://wsgiproxy_backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def test_nginx_spreads_signed_requests_over_two_backends(tmp_path, secret_file):
+    counts = {"a": 0, "b": 0}
+    lock = threading.Lock()
+
+    def named(name):
+        def app(environ, start_response):
+            with lock:
+                counts[name] += 1
+            environ["test.backend"] = name
+            return echo_app(environ, start_response)
+        # Each backend verifies with the same secret file.
+        return WSGIProxyMiddleware(app, secret_file=secret_file)
+
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    with WaitressServer(named("a")) as backend_a, WaitressServer(named("b")) as backend_b:
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            user="user root;" if os.geteuid() == 0 else "", prefix=prefix, port=port,
+            backend_a=backend_a.port, backend_b=backend_b.port))
+        log = open(str(prefix / "stdout.log"), "ab")
+        nginx = Process([need("nginx"), "-p", str(prefix), "-c", str(conf),
+                         "-e", str(prefix / "error.log")], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        with nginx:
+            wait_for_port(port, process=nginx.proc)
+            proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret_file,
+                                 string_keys=["REMOTE_USER"], sign_body_max=65536)
+            with WaitressServer(set_user(proxy, "alice")) as front:
+                for i in range(20):
+                    status, _, body = fetch(front.port, "/item/%d?q=%d" % (i, i),
+                                            headers={"Host": "shop.example:8080"})
+                    assert status == 200, body
+                    seen = json.loads(body)
+                    assert seen["REMOTE_USER"] == "alice"  # a string key, signed
+                    assert seen["HTTP_HOST"] == "shop.example:8080"
+                    assert seen["PATH_INFO"] == "/item/%d" % i
+                    assert seen["QUERY_STRING"] == "q=%d" % i
+                    assert seen["REMOTE_ADDR"] == "127.0.0.1"
+                    assert seen["wsgiproxy.key_id"]
+                # A body, covered by the signature, through nginx.
+                status, _, body = fetch(front.port, "/upload", method="POST",
+                                        body=b"x" * 5000,
+                                        headers={"Content-Type": "text/plain"})
+                assert status == 200, body
+                assert json.loads(body)["body"] == "x" * 5000
+                # nginx's default Host breaks the signature: the setting matters.
+                status, _, body = fetch(front.port, "/default-host/x")
+                assert status == 403 and b"bad signature" in body
+            proxy.close()
+    assert counts["a"] >= 5 and counts["b"] >= 5, counts  # round robin over both
+    assert sum(counts.values()) == 21  # the refused request never reached an app
+    upstreams = (prefix / "access.log").read_text()
+    assert "127.0.0.1:%d" % backend_a.port in upstreams
+    assert "127.0.0.1:%d" % backend_b.port in upstreams
