@@ -212,8 +212,8 @@ class RawServer:
             conn = RawConnection(sock, self)
             self._open.append(conn)
             thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
-            self._handlers.append(thread)
             thread.start()
+            self._handlers.append(thread)  # only started threads: __exit__ joins them
 
     def _run(self, conn):
         try:
