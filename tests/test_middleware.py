@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from webob import Request
 
 from wsgiproxy.middleware import WSGIProxyMiddleware
+from wsgiproxy.wsgiapp import make_middleware
 from wsgiproxy.protocol import (
     MemoryNonceStore, SecretKeys, encode_key_headers, encode_path_header, key_id_for,
     sign_request,
@@ -628,10 +629,10 @@ def test_nonce_store_is_shared_between_instances():
 
 # -- PasteDeploy ----------------------------------------------------------------
 
-def test_from_config(tmp_path):
+def test_paste_filter_factory(tmp_path):
     path = tmp_path / "secret"
     path.write_text(SECRET + "\n")
-    mw = WSGIProxyMiddleware.from_config(
+    mw = make_middleware(
         Recorder(), {"secret_file": str(path), "trust_ips": "10.0.0.1", "here": "/x"},
         x_for="2", x_proto="0", forwarded="0", require_body_digest="true",
         allow_pickle_from_trusted_ips="yes", max_signed_body_size="100", prefix="",
@@ -641,22 +642,22 @@ def test_from_config(tmp_path):
     assert (mw.x_for, mw.x_proto, mw.max_signed_body_size, mw.signature_window) == (2, 0, 100, 30)
     assert mw.require_body_digest and mw.allow_pickle_from_trusted_ips and mw.prefix is None
     assert mw.nonce_store.max_entries == 5
-    mw = WSGIProxyMiddleware.from_config(Recorder(), {"trust_ips": "10.0.0.1"},
+    mw = make_middleware(Recorder(), {"trust_ips": "10.0.0.1"},
                                          trust_ips="192.0.2.0/24,  2001:db8::/32 10.1.0.0/16")
     assert "192.0.2.9" in mw.trusted and "2001:db8::1" in mw.trusted and "10.1.2.3" in mw.trusted
     assert "10.0.0.1" not in mw.trusted  # local setting wins over [DEFAULT]
 
 
-def test_from_config_nonce_store_and_errors():
-    mw = WSGIProxyMiddleware.from_config(Recorder(), {}, secret_file=None, trust_ips="*",
+def test_paste_filter_factory_nonce_store_and_errors():
+    mw = make_middleware(Recorder(), {}, secret_file=None, trust_ips="*",
                                          nonce_store="wsgiproxy.protocol:MemoryNonceStore")
     assert isinstance(mw.nonce_store, MemoryNonceStore)
     with pytest.raises(TypeError, match="bogus.*x_forr|x_forr.*bogus"):
-        WSGIProxyMiddleware.from_config(Recorder(), {}, bogus="1", x_forr="1")
+        make_middleware(Recorder(), {}, bogus="1", x_forr="1")
     with pytest.raises(ValueError, match="x_for"):
-        WSGIProxyMiddleware.from_config(Recorder(), {}, x_for="many")
+        make_middleware(Recorder(), {}, x_for="many")
     with pytest.raises(ValueError, match="require_body_digest"):
-        WSGIProxyMiddleware.from_config(Recorder(), {}, require_body_digest="perhaps")
+        make_middleware(Recorder(), {}, require_body_digest="perhaps")
 
 
 # -- hypothesis: any header set gets 2xx or 4xx, never 500 ------------------------

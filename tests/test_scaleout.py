@@ -26,6 +26,7 @@ from paste.deploy import loadapp
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
+from wsgiproxy.wsgiapp import make_middleware
 from wsgiproxy.protocol import MemoryNonceStore
 
 from wsgiproxy.redisstore import NonceStoreUnavailable, RedisNonceStore
@@ -325,12 +326,12 @@ def test_redis_store_retry_does_not_mistake_its_own_write_for_a_replay(redis_ser
 
 
 def test_ini_spelling_and_lazy_import(redis_server, secret_file):
-    mw = WSGIProxyMiddleware.from_config(echo_app, {}, secret_file=secret_file,
+    mw = make_middleware(echo_app, {}, secret_file=secret_file,
                                          nonce_store=redis_server.url)
     assert isinstance(mw.nonce_store, RedisNonceStore)
     assert mw.nonce_store.location == "redis://127.0.0.1:%d/0" % redis_server.port
     mw.nonce_store.close()
-    mw = WSGIProxyMiddleware.from_config(echo_app, {}, secret_file=secret_file,
+    mw = make_middleware(echo_app, {}, secret_file=secret_file,
                                          nonce_store="wsgiproxy.protocol:MemoryNonceStore")
     assert isinstance(mw.nonce_store, MemoryNonceStore)
     # The core package does not import redis-py.

@@ -7,11 +7,8 @@ load balancers).  All parsing and signature checking lives in
 the environ.  See ``docs/middleware.rst``.
 """
 
-import importlib
 import io
 import logging
-
-from paste.deploy.converters import asbool, asint, aslist
 
 from .errors import error_response
 from .protocol import (
@@ -142,72 +139,6 @@ class _State:
         for key, value in values.items():
             if value is not None:
                 environ[key] = value
-
-
-def _opt_str(value, name):
-    if value is None:
-        return None
-    value = str(value).strip()
-    return value or None
-
-
-def _int(value, name):
-    try:
-        return asint(value)
-    except ValueError:
-        raise ValueError("%s must be an integer, not %r" % (name, value)) from None
-
-
-def _bool(value, name):
-    try:
-        return asbool(value)
-    except ValueError:
-        raise ValueError("%s must be true or false, not %r" % (name, value)) from None
-
-
-def _opt_bool(value, name):
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _bool(value, name)
-
-
-def _list(value, name):
-    if isinstance(value, str):
-        value = value.replace(",", " ")
-    return [item for item in aslist(value) if item] or None
-
-
-def _nonce_store(value, name):
-    """``module:attribute`` naming a NonceStore instance, class or factory (``.ini`` form),
-    or a ``redis://`` (``rediss://``, ``unix://``) URL for a RedisNonceStore."""
-    if not isinstance(value, str):
-        return value
-    value = value.strip()
-    if not value or value == "memory":
-        return None
-    if "://" in value:
-        from .redisstore import RedisNonceStore  # redis-py is an optional extra
-        return RedisNonceStore(value)
-    module_name, _, attr = value.partition(":")
-    if not attr:
-        raise ValueError("nonce_store must be 'package.module:name', not %r" % value)
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if isinstance(obj, type) or not hasattr(obj, "check_and_add"):
-        obj = obj()  # a class or factory
-    return obj
-
-
-_CONFIG = {
-    "secret_file": _opt_str, "trust_ips": _list,
-    "prefix": _opt_str, "pop_prefix": _opt_str, "scheme": _opt_str, "host": _opt_str,
-    "domain": _opt_str, "port": _opt_str,
-    "x_for": _int, "x_proto": _int, "x_host": _int, "x_port": _int, "x_prefix": _int,
-    "forwarded": _int, "signature_window": _int, "nonce_store": _nonce_store,
-    "nonce_cache_size": _int, "require_signature": _opt_bool, "require_body_digest": _bool,
-    "max_signed_body_size": _int, "allow_pickle_from_trusted_ips": _bool,
-}
 
 
 class WSGIProxyMiddleware:
@@ -393,26 +324,6 @@ class WSGIProxyMiddleware:
         if not value and not allow_empty:
             raise ValueError("%s must not be empty or /" % name)
         return value
-
-    @classmethod
-    def from_config(cls, app, global_conf, **settings):
-        """Build from PasteDeploy settings (all strings), as ``[filter:...]`` gives them.
-
-        ``secret_file`` and ``trust_ips`` fall back to the ``[DEFAULT]``
-        section (``global_conf``) when not set here, as in the original.
-        Lists take commas or whitespace.  Unknown settings raise
-        ``TypeError`` naming them.
-        """
-        unknown = sorted(set(settings) - set(_CONFIG))
-        if unknown:
-            raise TypeError("unknown WSGIProxyMiddleware setting(s): %s (known: %s)"
-                            % (", ".join(unknown), ", ".join(sorted(_CONFIG))))
-        global_conf = global_conf or {}
-        for name in ("secret_file", "trust_ips"):
-            if settings.get(name) in (None, "") and global_conf.get(name):
-                settings[name] = global_conf[name]
-        kwargs = {name: _CONFIG[name](value, name) for name, value in settings.items()}
-        return cls(app, **{k: v for k, v in kwargs.items() if v is not None})
 
     # -- request handling ---------------------------------------------------
 

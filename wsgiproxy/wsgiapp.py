@@ -5,12 +5,13 @@ files.  Entry points (``setup.py``) keep the original WSGIProxy names:
 ``egg:WSGIProxy#main`` (app and filter), ``#real_proxy``, plus ``#sample``.
 """
 
+import importlib
 import re
 
 from paste.deploy.converters import asbool, asint
 
 __all__ = ["make_app", "make_middleware", "make_real_proxy", "make_sample_app",
-           "make_spawn", "aslist", "convert"]
+           "make_spawn", "aslist", "convert", "nonce_store"]
 
 
 def aslist(value):
@@ -64,18 +65,52 @@ APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
 })
 
 
+def nonce_store(value):
+    """A nonce store from its ``.ini`` spelling.
+
+    ``memory`` (the default), a ``redis://`` (``rediss://``, ``unix://``)
+    URL for a :class:`~wsgiproxy.redisstore.RedisNonceStore`, or
+    ``package.module:name`` naming a store, its class or a factory.
+    """
+    if value == "memory":
+        return None
+    if "://" in value:
+        from .redisstore import RedisNonceStore  # redis-py is an optional extra
+        return RedisNonceStore(value)
+    module_name, _, attr = value.partition(":")
+    if not attr:
+        raise ValueError("nonce_store must be memory, a redis:// URL or "
+                         "'package.module:name', not %r" % value)
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, type) or not hasattr(obj, "check_and_add"):
+        obj = obj()  # a class or factory
+    return obj
+
+
 def convert(settings, spec, what):
-    """Convert ``.ini`` strings by ``spec``; unknown or unparseable options fail clearly."""
+    """Convert ``.ini`` strings by ``spec``; unknown or unparseable options fail clearly.
+
+    An empty value (``prefix =``) means the option's default, as does a
+    converter's ``None``.
+    """
     unknown = sorted(set(settings) - set(spec))
     if unknown:
         raise TypeError("%s: unknown option(s) %s (known: %s)"
                         % (what, ", ".join(unknown), ", ".join(sorted(spec))))
     out = {}
     for name, value in settings.items():
-        try:
-            out[name] = spec[name](value) if isinstance(value, str) else value
-        except ValueError as exc:
-            raise ValueError("%s: option %s = %r: %s" % (what, name, value, exc)) from None
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                continue
+            try:
+                value = spec[name](value)
+            except ValueError as exc:
+                raise ValueError("%s: option %s = %r: %s" % (what, name, value, exc)) from None
+        if value is not None:
+            out[name] = value
     return out
 
 
@@ -89,10 +124,43 @@ def make_app(global_conf, **settings):
     return WSGIProxyApp(**convert(settings, APP_OPTIONS, "egg:WSGIProxy#main"))
 
 
+MIDDLEWARE_OPTIONS = {
+    "secret_file": str,
+    "trust_ips": aslist,
+    "prefix": str,
+    "pop_prefix": str,
+    "scheme": str,
+    "host": str,
+    "domain": str,
+    "port": str,
+    "x_for": asint,
+    "x_proto": asint,
+    "x_host": asint,
+    "x_port": asint,
+    "x_prefix": asint,
+    "forwarded": asint,
+    "signature_window": asint,
+    "nonce_store": nonce_store,
+    "nonce_cache_size": asint,
+    "require_signature": asbool,
+    "require_body_digest": asbool,
+    "max_signed_body_size": asint,
+    "allow_pickle_from_trusted_ips": asbool,
+}
+
+
 def make_middleware(app, global_conf, **settings):
-    """``egg:WSGIProxy#main`` as a filter: a :class:`~wsgiproxy.middleware.WSGIProxyMiddleware`."""
+    """``egg:WSGIProxy#main`` as a filter: a :class:`~wsgiproxy.middleware.WSGIProxyMiddleware`.
+
+    ``secret_file`` and ``trust_ips`` fall back to ``[DEFAULT]``, as in the
+    original WSGIProxy.
+    """
     from .middleware import WSGIProxyMiddleware
-    return WSGIProxyMiddleware.from_config(app, global_conf, **settings)
+    for name in ("secret_file", "trust_ips"):
+        if not settings.get(name) and (global_conf or {}).get(name):
+            settings[name] = global_conf[name]
+    return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
+                                              "egg:WSGIProxy#main (filter)"))
 
 
 def make_real_proxy(global_conf, **settings):
