@@ -7,6 +7,7 @@ backend turns them back into the original environ.
 """
 
 import logging
+from functools import partial
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from . import protocol
@@ -191,8 +192,7 @@ class WSGIProxyApp:
                 self._sign(method, host_header, target, headers, identity_at, body)
         rewrite = None
         if self.rewrite_location:
-            client_base = "%s://%s%s" % (url_scheme, client_host, quote_path(script_name))
-            rewrite = self._location_rewriter(client_base)
+            rewrite = partial(self._rewrite_locations, url_scheme, client_host, script_name)
         return forward(self.transport, environ, start_response, self.scheme, self.host,
                        self.port, target, headers, rewrite, before_send)
 
@@ -231,22 +231,22 @@ class WSGIProxyApp:
             self.secret_keys, method, host, path, query, headers[identity_at:],
             body=digest_body)))
 
-    def _location_rewriter(self, client_base):
+    def _rewrite_locations(self, url_scheme, client_host, script_name, headers):
+        """Point ``Location``/``Content-Location`` headers that lead into href at the client's URL."""
+        out = None
         prefixes = self._location_prefixes
-
-        def rewrite(headers):
-            out = None
-            for i, (name, value) in enumerate(headers):
-                if name.lower() in ("location", "content-location") and value.startswith(prefixes):
-                    for prefix in prefixes:
-                        rest = value[len(prefix):]
-                        if value.startswith(prefix) and (not rest or rest[0] in "/?#"):
-                            if out is None:
-                                out = list(headers)
-                            out[i] = (name, client_base + rest)
-                            break
-            return headers if out is None else out
-        return rewrite
+        for i, (name, value) in enumerate(headers):
+            if (name[0] in "LlCc" and value.startswith(prefixes)
+                    and name.lower() in ("location", "content-location")):
+                for prefix in prefixes:
+                    rest = value[len(prefix):]
+                    if value.startswith(prefix) and (not rest or rest[0] in "/?#"):
+                        if out is None:
+                            out = list(headers)
+                        out[i] = (name, "%s://%s%s%s" % (url_scheme, client_host,
+                                                         quote_path(script_name), rest))
+                        break
+        return headers if out is None else out
 
 
 def _netloc(scheme, host, port):

@@ -29,7 +29,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
 import threading
 import time
 from collections import namedtuple
@@ -536,8 +535,20 @@ _CANONICAL_FIELDS = ("the prefix", "the method", "the host", "the path", "the qu
                      "the timestamp", "the nonce", "the body digest")
 
 
+# secret -> an HMAC-SHA256 keyed with it, copied per message (cheaper than
+# keying a new one each time).  Holds the few configured keys; bounded anyway.
+_keyed_hmacs = {}
+
+
 def _hmac(secret, canonical):
-    return _b64url(hmac.digest(secret, canonical, "sha256"))
+    keyed = _keyed_hmacs.get(secret)
+    if keyed is None:
+        keyed = hmac.new(secret, digestmod=hashlib.sha256)
+        if len(_keyed_hmacs) < 64:
+            _keyed_hmacs[secret] = keyed
+    mac = keyed.copy()
+    mac.update(canonical)
+    return _b64url(mac.digest())
 
 
 def _as_keys(keys):
@@ -559,7 +570,7 @@ def sign_request(keys, method, host, path, query, headers, *, body=None, now=Non
     key_id, secret = keys.signing_key()
     timestamp = int(time.time() if now is None else now)
     if nonce is None:
-        nonce = secrets.token_hex(16)
+        nonce = os.urandom(16).hex()  # what secrets.token_hex(16) does, one call less
     elif not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
         raise ValueError("a nonce must be 32 lowercase hex characters")
     digest = _body_digest(body)
