@@ -46,7 +46,10 @@ _REQUEST_SKIP = HOP_BY_HOP | {"content-length", "expect"}
 _IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
 _BODY_METHODS = frozenset(["POST", "PUT", "PATCH"])
 
-BUFSIZE = 65536
+BUFSIZE = 65536            # one recv() for a header block or a chunk
+BODY_RECV = 262144         # one recv() while streaming a body: fewer, larger pieces
+UPLOAD_CHUNK = 1048576     # one read() of a streamed request body: WSGI servers'
+                           # inputs (gunicorn's) cost per call, so read big pieces
 MAX_HEAD = 65536           # bytes in a response header block
 MAX_INTERIM = 16           # 1xx responses skipped before the final one
 MAX_CHUNK_LINE = 4096      # a chunk-size line with its extensions
@@ -259,7 +262,7 @@ class _BodyReader:
                 self._finish()
             yield buf
         while remaining:
-            data = self._recv(BUFSIZE if remaining > BUFSIZE else remaining)
+            data = self._recv(BODY_RECV if remaining > BODY_RECV else remaining)
             if not data:
                 raise BadBackendResponse(
                     "backend closed the connection %d bytes short of its Content-Length"
@@ -275,7 +278,7 @@ class _BodyReader:
         if buf:
             yield buf
         while True:
-            data = self._recv(BUFSIZE)
+            data = self._recv(BODY_RECV)
             if not data:
                 break
             yield data
@@ -683,7 +686,7 @@ def _send_stream(sock, body, length):
     if length is None:
         while True:
             try:
-                data = read(BUFSIZE)
+                data = read(UPLOAD_CHUNK)
             except RequestBodyError:
                 raise
             except Exception as exc:
@@ -695,7 +698,7 @@ def _send_stream(sock, body, length):
     remaining = length
     while remaining:
         try:
-            data = read(BUFSIZE if remaining > BUFSIZE else remaining)
+            data = read(UPLOAD_CHUNK if remaining > UPLOAD_CHUNK else remaining)
         except RequestBodyError:
             raise
         except Exception as exc:
