@@ -1,4 +1,11 @@
-"""Suite-wide guards: a run that executed no test, or passed none, is a failure."""
+"""Suite-wide guards (a run that executed no test, or passed none, is a failure) and shared fixtures."""
+
+import ssl
+
+import pytest
+import trustme
+
+from .servers import OK, RawServer, WaitressServer, echo_app, scripted
 
 _passed = 0
 
@@ -15,3 +22,32 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
         session.config.get_terminal_writer().line(
             "ERROR: no test passed (none ran, or all were skipped)", red=True)
+
+
+@pytest.fixture(scope="module")
+def echo():
+    """A waitress server answering with its environ as JSON."""
+    with WaitressServer(echo_app) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ca():
+    """A certificate authority made for the test run (trustme)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def tls_server(ca):
+    """A TLS raw server for 127.0.0.1/localhost answering OK twice."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    with RawServer(scripted(OK, OK), ssl_context=ctx) as server:
+        yield server

@@ -5,11 +5,9 @@ to the pool only after a complete, unambiguous response.
 """
 
 import socket
-import ssl
 import threading
 
 import pytest
-import trustme
 from webob import Request
 
 from wsgiproxy.exactproxy import ExactProxy
@@ -292,19 +290,6 @@ def test_header_injection_is_refused():
 
 
 # -- TLS -------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_server(ca):
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
-    with RawServer(scripted(OK, OK), ssl_context=ctx) as server:
-        yield server
-
 
 def test_https_backend_verified_with_ca_certs(ca, tls_server, tmp_path):
     ca_file = tmp_path / "ca.pem"
