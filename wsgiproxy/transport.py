@@ -172,7 +172,12 @@ class _Connection:
             pass
 
     def looks_alive(self):
-        """An idle keep-alive socket must have nothing to read: data or EOF means stale."""
+        """An idle keep-alive socket must have nothing to read: data or EOF means stale.
+
+        Checked before every reuse, however short the idle time: stray bytes a
+        backend sent after a complete response (a late packet) would otherwise
+        be read as the next request's response.  One select() per request.
+        """
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return False
