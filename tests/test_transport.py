@@ -317,3 +317,26 @@ def test_https_verification_can_be_turned_off(tls_server):
     response = transport.request("https", "127.0.0.1", tls_server.port, "GET", "/",
                                  [("Host", "localhost")])
     assert b"".join(response) == b"ok"
+
+
+def test_stray_bytes_arriving_after_a_response_are_never_read_as_the_next_one():
+    """Invariant 1: late bytes (after the response was read and pooled) make it stale."""
+    pooled, sent = threading.Event(), threading.Event()
+
+    def late_garbage(conn):
+        conn.read_request()
+        conn.send(OK)
+        assert pooled.wait(5)  # the proxy has read the response and pooled the connection
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")  # unasked for
+        sent.set()
+        while conn.read_request()[0] is not None:
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong")
+    transport = HTTPTransport()
+    with RawServer(late_garbage) as bad:
+        assert b"".join(transport_get(transport, bad.port)) == b"ok"
+        assert transport.idle_connections() == 1
+        pooled.set()
+        assert sent.wait(5)
+        # The pooled connection now has unasked-for bytes waiting: never reuse it.
+        assert b"".join(transport_get(transport, bad.port)) == b"ok"
+        assert bad.connections == 2
