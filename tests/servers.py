@@ -15,7 +15,8 @@ from waitress import wasyncore
 from webob import Request
 
 __all__ = ["WaitressServer", "RawServer", "RawConnection", "echo_app", "serve", "scripted",
-           "blank", "OK"]
+           "blank", "OK", "free_port", "wait_for_port", "wait_until", "Process", "send_raw",
+           "capture_signed_request"]
 
 
 class WaitressServer:
@@ -310,3 +311,54 @@ def blank(path, port, host="127.0.0.1", scheme="http", **kw):
     req.environ["SERVER_PORT"] = str(port)
     req.environ["wsgi.url_scheme"] = scheme
     return req
+
+
+def wait_until(predicate, timeout=15.0, what="condition"):
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout``."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
+
+
+def send_raw(port, data):
+    """Send ``data`` on a new connection to 127.0.0.1:``port`` and read the answer to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def capture_signed_request(secret_file, path, user="alice"):
+    """The exact bytes a signing WSGIProxyApp sends for ``path`` (REMOTE_USER passed as a key),
+    caught by a raw server, with ``Connection: close`` added for replaying with send_raw()."""
+    import http.client
+    from wsgiproxy.app import WSGIProxyApp
+
+    def answer(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def with_user(environ, start_response):
+        environ["REMOTE_USER"] = user
+        return proxy(environ, start_response)
+
+    with RawServer(answer) as raw:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret_file,
+                             string_keys=["REMOTE_USER"])
+        with WaitressServer(with_user) as front:
+            conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
+            conn.request("GET", path, headers={"Host": "www.example.com"})
+            conn.getresponse().read()
+            conn.close()
+        proxy.close()
+        head, body = raw.requests[0]
+    return head + b"\r\nConnection: close\r\n\r\n" + body

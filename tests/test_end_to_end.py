@@ -6,14 +6,13 @@ replayed requests are refused by the backend.
 
 import http.client
 import json
-import socket
 
 import pytest
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
 
-from .servers import RawServer, WaitressServer
+from .servers import WaitressServer, capture_signed_request, send_raw
 
 SECRET = "end-to-end-test-secret-0123456789"
 
@@ -111,34 +110,8 @@ def test_backend_builds_the_urls_the_client_used(secret_file, framework, url_sch
     assert seen["remote_user"] == "alice"
 
 
-def capture_signed_request(secret_file, path="/page/x"):
-    """The exact bytes WSGIProxyApp sends for ``path``, caught by a raw server."""
-    def handler(conn):
-        conn.read_request()
-        conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
-    with RawServer(handler) as raw:
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret_file,
-                             string_keys=["REMOTE_USER"])
-        with WaitressServer(set_user(proxy, "alice")) as front:
-            request(front.port, path, {"Host": "www.example.com"})
-        head, body = raw.requests[0]
-    return head + b"\r\n\r\n" + body
-
-
-def send_raw(port, data):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        out = b""
-        while True:  # the request says Connection: close, so read to EOF
-            chunk = sock.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
-
-
 def test_replayed_and_tampered_requests_are_refused(secret_file):
-    data = capture_signed_request(secret_file)
-    data = data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    data = capture_signed_request(secret_file, "/page/x")
     with WaitressServer(WSGIProxyMiddleware(flask_app(), secret_file=secret_file)) as backend:
         first = send_raw(backend.port, data)
         assert first.startswith(b"HTTP/1.1 200"), first[:300]
@@ -146,8 +119,7 @@ def test_replayed_and_tampered_requests_are_refused(secret_file):
         again = send_raw(backend.port, data)
         assert again.startswith(b"HTTP/1.1 403") and b"replayed" in again
 
-        fresh = capture_signed_request(secret_file).replace(
-            b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        fresh = capture_signed_request(secret_file, "/page/x")
         for old, new in [(b"GET /page/x", b"GET /page/y"),
                          (b"Host: 127.0.0.1", b"Host: evil.example"),
                          (b"X-Forwarded-Server: www.example.com", b"X-Forwarded-Server: evil.example"),

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,7 +30,8 @@ from wsgiproxy.protocol import MemoryNonceStore
 
 from wsgiproxy.redisstore import NonceStoreUnavailable, RedisNonceStore
 
-from .servers import Process, RawServer, WaitressServer, echo_app, free_port, wait_for_port
+from .servers import (Process, WaitressServer, capture_signed_request, echo_app, free_port,
+                      send_raw, wait_for_port, wait_until)
 
 BIN = os.path.dirname(sys.executable)
 SECRET = "scale-out-test-secret-0123456789abcdef"
@@ -48,16 +48,6 @@ def need(program):
 
 
 # -- processes and pids -----------------------------------------------------------
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
-
 
 def _stat(pid):
     try:
@@ -196,33 +186,6 @@ def fetch(port, path="/", method="GET", body=None, headers=None, timeout=20):
     data = res.read()
     conn.close()
     return res.status, dict(res.getheaders()), data
-
-
-def capture_signed_request(secret_file, path):
-    """The exact bytes WSGIProxyApp sends for ``path`` (REMOTE_USER=alice), as Connection: close."""
-    def handler(conn):
-        conn.read_request()
-        conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
-    with RawServer(handler) as raw:
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret_file,
-                             string_keys=["REMOTE_USER"])
-        with WaitressServer(set_user(proxy, "alice")) as front:
-            fetch(front.port, path, headers={"Host": "www.example.com"})
-        proxy.close()
-        head, body = raw.requests[0]
-    return head + b"\r\nConnection: close\r\n\r\n" + body
-
-
-def send_raw(port, data):
-    """Send ``data`` on a new connection and read the answer to EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        out = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
 
 
 def status_of(response):

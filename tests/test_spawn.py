@@ -23,7 +23,7 @@ from paste.deploy import loadapp
 
 from wsgiproxy.spawn import SpawningApplication
 
-from .servers import Process, WaitressServer, free_port, wait_for_port
+from .servers import Process, WaitressServer, free_port, wait_for_port, wait_until
 
 BIN = os.path.dirname(sys.executable)
 
@@ -160,16 +160,6 @@ int main(int argc, char **argv) {
 def Front(app):
     """waitress in front of ``app`` (many threads: the tests send concurrent requests)."""
     return WaitressServer(app, threads=16)
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
 
 
 def pid_gone(pid):

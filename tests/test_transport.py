@@ -1,10 +1,12 @@
-"""HTTPTransport framing, pooling, timeouts and TLS, against raw and real servers.
+"""HTTPTransport itself: framing, pooling, reuse and timeouts, against raw servers.
+
+The cases every transport shares (through ExactProxy) are in
+test_end_to_end_transports.py.
 
 Invariant 1 of the design notes runs through this file: a connection returns
 to the pool only after a complete, unambiguous response.
 """
 
-import socket
 import threading
 
 import pytest
@@ -33,37 +35,11 @@ def proxy():
     p.close()
 
 
-@pytest.mark.parametrize("response, body", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: t\r\n\r\n", b"hello"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", b""),
-    (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
-    (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 99\r\n\r\n", b""),
-    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
-     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"hi"),
-])
-def test_framed_responses_keep_the_connection(proxy, response, body):
-    with RawServer(scripted(response, OK)) as server:
-        res = get(proxy, server.port)
-        assert res.body == body
-        assert get(proxy, server.port).body == b"ok"
-        assert server.connections == 1
-
-
 def test_304_keeps_its_content_length_and_204_drops_it(proxy):
     with RawServer(scripted(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
                             b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")) as server:
         assert get(proxy, server.port).headers["Content-Length"] == "99"
         assert "Content-Length" not in get(proxy, server.port).headers
-
-
-def test_head_response_has_no_body_whatever_its_headers_say(proxy):
-    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", OK)) as server:
-        res = get(proxy, server.port, method="HEAD")
-        assert res.headers["Content-Length"] == "1000"
-        assert get(proxy, server.port).body == b"ok"
-        assert server.connections == 1
 
 
 def test_close_delimited_body_is_read_to_eof_and_not_reused(proxy):
@@ -112,43 +88,6 @@ def test_exception_in_the_middle_of_a_body_discards_the_connection():
         assert transport.idle_connections() == 0
 
 
-def test_extra_bytes_after_content_length_never_reach_the_next_request(proxy):
-    with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"
-                            b"Content-Length: 6\r\n\r\nsmuggl", OK, OK)) as server:
-        assert get(proxy, server.port).body == b"ok"
-        assert get(proxy, server.port).body == b"ok"
-        assert proxy.transport.idle_connections() <= 1
-        assert server.connections == 2
-
-
-@pytest.mark.parametrize("response, reason", [
-    (b"garbage\r\n\r\n", "invalid status line"),
-    (b"HTTP/1.1 20 OK\r\n\r\n", "invalid status line"),
-    (b"HTTP/2 200 OK\r\n\r\n", "invalid status line"),
-    (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", "invalid header name"),
-    (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", "control characters"),
-    (b"HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n", "bare CR or LF"),
-    (b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n", "obsolete line folding"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
-     "both Transfer-Encoding and Content-Length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
-     "conflicting Content-Length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "invalid Content-Length"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "unsupported Transfer-Encoding"),
-    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", "larger than"),
-    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "switched protocols"),
-    (b"HTTP/1.1 200 OK\r\nContent-Len<close>", "in the middle of the response headers"),
-])
-def test_malformed_responses_are_502_and_never_reused(proxy, response, reason):
-    with RawServer(scripted(response, OK)) as server:
-        res = get(proxy, server.port)
-        assert res.status_int == 502, res.text
-        assert reason in res.text
-        assert "127.0.0.1:%d" % server.port in res.text
-        assert proxy.transport.idle_connections() == 0
-
-
 def test_conflicting_content_length_identical_values_are_accepted(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")) as server:
         assert get(proxy, server.port).body == b"ok"
@@ -161,42 +100,6 @@ def test_bad_chunk_size_is_an_error_mid_body():
         with pytest.raises(BadBackendResponse, match="invalid chunk-size"):
             b"".join(transport_get(transport, server.port))
         assert transport.idle_connections() == 0
-
-
-def test_refused_is_502_with_json_when_asked(proxy):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    res = get(proxy, port, headers={"Accept": "application/json"})
-    assert res.status_int == 502
-    assert res.json["error"]["code"] == 502
-    assert res.json["error"]["type"] == "BadGateway"
-    assert "connection refused" in res.json["error"]["message"]
-    html = get(proxy, port, headers={"Accept": "text/html"})
-    assert html.status_int == 502 and "text/html" in html.content_type
-
-
-def test_unknown_host_is_502(proxy):
-    req = Request.blank("/")
-    req.environ.update(SERVER_NAME="no-such-host.invalid", SERVER_PORT="80")
-    res = req.get_response(proxy)
-    assert res.status_int == 502
-    assert "unknown host" in res.text
-
-
-def test_read_timeout_is_504():
-    proxy = ExactProxy(read_timeout=0.3)
-    release = threading.Event()
-
-    def silent(conn):
-        conn.read_request()
-        release.wait(10)
-    with RawServer(silent) as server:
-        res = get(proxy, server.port)
-        release.set()
-    assert res.status_int == 504
-    assert "timed out" in res.text
 
 
 def test_stall_between_chunks_raises_timeout_mid_body():
@@ -277,46 +180,6 @@ def test_pool_keeps_at_most_pool_size_idle_connections():
 def test_make_transport_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown transport 'carrier-pigeon'"):
         make_transport("carrier-pigeon")
-
-
-def test_header_injection_is_refused():
-    transport = HTTPTransport()
-    for headers in ([("Host", "x"), ("X-A", "a\r\nX-Injected: 1")], [("Host", "x\x00")],
-                    [("Host", "x"), ("Bad Name", "v")]):
-        with pytest.raises(ValueError):
-            transport.request("http", "127.0.0.1", 1, "GET", "/", headers)
-    with pytest.raises(ValueError):
-        transport.request("http", "127.0.0.1", 1, "GET", "/a b", [("Host", "x")])
-
-
-# -- TLS -------------------------------------------------------------------
-
-def test_https_backend_verified_with_ca_certs(ca, tls_server, tmp_path):
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    transport = HTTPTransport(ca_certs=str(ca_file))
-    for _ in range(2):
-        response = transport.request("https", "127.0.0.1", tls_server.port, "GET", "/",
-                                     [("Host", "localhost")])
-        assert b"".join(response) == b"ok"
-    assert tls_server.connections == 1
-
-
-def test_https_backend_with_unknown_ca_is_502(tls_server):
-    proxy = ExactProxy()
-    req = Request.blank("/")
-    req.environ.update(SERVER_NAME="127.0.0.1", SERVER_PORT=str(tls_server.port))
-    req.environ["wsgi.url_scheme"] = "https"
-    res = req.get_response(proxy)
-    assert res.status_int == 502
-    assert "certificate verification failed" in res.text
-
-
-def test_https_verification_can_be_turned_off(tls_server):
-    transport = HTTPTransport(verify=False)
-    response = transport.request("https", "127.0.0.1", tls_server.port, "GET", "/",
-                                 [("Host", "localhost")])
-    assert b"".join(response) == b"ok"
 
 
 def test_stray_bytes_arriving_after_a_response_are_never_read_as_the_next_one():
