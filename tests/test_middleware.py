@@ -825,3 +825,15 @@ def test_http_waitress_default_strips_signed_headers_and_says_so():
         server.close()
     assert status == 403
     assert "clear_untrusted_proxy_headers" in body["error"]["message"]
+
+
+def test_full_nonce_store_is_503_not_replayed():
+    """A store full of live nonces refuses new signed requests without calling them replays."""
+    mw = WSGIProxyMiddleware(Recorder(), secret_file=KEYS,
+                             nonce_store=MemoryNonceStore(max_entries=1))
+    assert signed("/a").get_response(mw).status_int == 200
+    res = signed("/b", accept="application/json").get_response(mw)
+    assert res.status_int == 503
+    assert "nonce store" in res.json["error"]["message"]
+    assert "replayed" not in res.text
+    assert res.headers["Retry-After"]

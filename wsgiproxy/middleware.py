@@ -12,8 +12,8 @@ import logging
 
 from .errors import error_response
 from .protocol import (
-    DEFAULT_MAX_SIGNED_BODY, DEFAULT_SIGNATURE_WINDOW, KEY_KINDS, LOOPBACK, PROTOCOL_VERSION,
-    MemoryNonceStore, ProtocolError, SecretKeys, SignatureError, TrustedNetworks,
+    DEFAULT_MAX_SIGNED_BODY, DEFAULT_NONCE_CAPACITY, DEFAULT_SIGNATURE_WINDOW, KEY_KINDS,
+    LOOPBACK, PROTOCOL_VERSION, MemoryNonceStore, ProtocolError, SecretKeys, SignatureError, TrustedNetworks,
     decode_key_header, decode_path_header, default_port, join_host, key_header_kind,
     nth_from_right, parse_forwarded, parse_node, parse_signature, split_host, verify_request,
 )
@@ -201,7 +201,7 @@ class WSGIProxyMiddleware:
         ``redis://host:port/db`` in the ``.ini``) between processes that
         serve the same secret.  If the store raises, the request is answered
         503 "nonce store unavailable" (fail closed).
-    ``nonce_cache_size`` (100000)
+    ``nonce_cache_size`` (500000)
         Size cap of the default in-memory nonce store.
     ``require_signature`` (None: true when ``secret_file`` is set)
         Refuse unsigned requests from peers not in ``trust_ips`` with 403.
@@ -230,7 +230,8 @@ class WSGIProxyMiddleware:
                  scheme=None, host=None, domain=None, port=None, x_for=1, x_proto=1, x_host=0,
                  x_port=0, x_prefix=0, *, forwarded=0,
                  signature_window=DEFAULT_SIGNATURE_WINDOW, nonce_store=None,
-                 nonce_cache_size=100000, require_signature=None, require_body_digest=False,
+                 nonce_cache_size=DEFAULT_NONCE_CAPACITY, require_signature=None,
+                 require_body_digest=False,
                  max_signed_body_size=DEFAULT_MAX_SIGNED_BODY,
                  allow_pickle_from_trusted_ips=False):
         self.app = app
