@@ -236,3 +236,22 @@ def test_bad_href_is_a_clear_error():
     for href in ("ftp://x/", "http://", "http://user:pw@host/", "/relative"):
         with pytest.raises(ValueError, match="href"):
             WSGIProxyApp(href)
+
+
+def test_request_at_exactly_the_mount_point(backend):
+    """SCRIPT_NAME=/mount, PATH_INFO='' with an href without a path: the target is '/'."""
+    proxy = WSGIProxyApp(backend.url)
+    req = Request.blank("/")
+    req.environ.update(SCRIPT_NAME="/mount", PATH_INFO="")
+    res = req.get_response(proxy)
+    assert res.status_int == 200
+    assert res.json["PATH_INFO"] == "/"
+    assert res.json["HTTP_X_FORWARDED_SCRIPT_NAME"] == "/mount"
+
+
+@pytest.mark.parametrize("raw", ["/mount/a%2Fb", "http://front.example/mount/a%2Fb"])
+def test_raw_target_spelling_survives_under_a_script_name(backend, raw):
+    proxy = WSGIProxyApp(backend.url + "/base")
+    req = Request.blank("/")
+    req.environ.update(SCRIPT_NAME="/mount", PATH_INFO="/a/b", RAW_URI=raw)
+    assert req.get_response(proxy).json["REQUEST_URI"] == "/base/a%2Fb"

@@ -8,11 +8,11 @@ backend turns them back into the original environ.
 
 import logging
 from functools import partial
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import urlsplit
 
 from . import protocol
 from .errors import error_response
-from .forwarding import DEFAULT_SKIP, environ_headers, forward, quote_path, safe_target
+from .forwarding import DEFAULT_SKIP, environ_headers, forward, quote_path, request_path
 from .transport import RequestBodyError, Transport, make_transport
 
 __all__ = ["WSGIProxyApp", "BodyTooLarge"]
@@ -180,7 +180,8 @@ class WSGIProxyApp:
                 return error_response(environ, start_response, 500,
                                       "the proxy could not encode an environ key")
 
-        path = self.path + _path_info(environ)
+        # PATH_INFO is empty for a request at exactly the mount point.
+        path = self.path + request_path(environ, include_script_name=False) or "/"
         query = environ.get("QUERY_STRING", "")
         if self.query:
             query = query + "&" + self.query if query else self.query
@@ -261,17 +262,3 @@ def _server_host(environ):
     if not port or port == str(_DEFAULT_PORTS.get(scheme)):
         return name
     return "%s:%s" % (name, port)
-
-
-def _path_info(environ):
-    """PATH_INFO as sent on the wire; the raw target's own spelling when it is consistent."""
-    path_info = environ.get("PATH_INFO", "")
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw and "%" in raw:
-        raw_path = raw.partition("?")[0]
-        script = quote_path(environ.get("SCRIPT_NAME", ""))
-        if raw_path.startswith(script):
-            rest = raw_path[len(script):]
-            if unquote_to_bytes(rest) == path_info.encode("latin-1", "replace"):
-                return safe_target(rest)
-    return quote_path(path_info)

@@ -48,7 +48,7 @@ class ExactProxy:
             host_header = host if port == _DEFAULT_PORTS[scheme] else "%s:%s" % (
                 "[%s]" % host if ":" in host and host[0] != "[" else host, port)
         headers.append(("Host", host_header))
-        target = request_path(environ)
+        target = request_path(environ) or "/"
         query = environ.get("QUERY_STRING")
         if query:
             target += "?" + query

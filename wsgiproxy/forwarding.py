@@ -110,24 +110,31 @@ def safe_target(target):
     return quote(target.encode("latin-1", "replace"), safe=_TARGET_SAFE)
 
 
-def request_path(environ):
-    """The request's path as sent on the wire, ``SCRIPT_NAME + PATH_INFO`` encoded.
+def request_path(environ, include_script_name=True):
+    """The request's path as sent on the wire: ``SCRIPT_NAME + PATH_INFO`` (or
+    ``PATH_INFO`` alone) percent-encoded; may be empty.
 
     When the server passes the raw request target (``RAW_URI`` from gunicorn,
     ``REQUEST_URI`` from others) and it decodes to the same path, it is used as
     it is, so encoded characters such as ``%2F`` survive.
     """
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    script_name = environ.get("SCRIPT_NAME", "")
+    path_info = environ.get("PATH_INFO", "")
+    path = script_name + path_info if include_script_name else path_info
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
         raw_path = raw.partition("?")[0]
         if raw_path[:1] != "/":  # absolute-form: http://host/path
-            scheme, sep, rest = raw_path.partition("://")
+            _, sep, rest = raw_path.partition("://")
             raw_path = "/" + rest.partition("/")[2] if sep else ""
-        if raw_path == path or (
-                "%" in raw_path and unquote_to_bytes(raw_path) == path.encode("latin-1", "replace")):
+        if not include_script_name:  # drop SCRIPT_NAME's own spelling
+            prefix = quote_path(script_name)
+            raw_path = raw_path[len(prefix):] if raw_path.startswith(prefix) else None
+        if raw_path is not None and (raw_path == path or (
+                "%" in raw_path
+                and unquote_to_bytes(raw_path) == path.encode("latin-1", "replace"))):
             return safe_target(raw_path)
-    return quote_path(path) or "/"
+    return quote_path(path)
 
 
 def forward(transport, environ, start_response, scheme, host, port, target,
