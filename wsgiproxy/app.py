@@ -122,7 +122,7 @@ class WSGIProxyApp:
             self.transport = make_transport(transport, **transport_options)
         base = "%s://%s" % (self.scheme, self.host_header)
         self._location_prefixes = tuple({base + self.path, "%s://%s%s" % (
-            self.scheme, _netloc(self.scheme, self.host, self.port), self.path)})
+            self.scheme, protocol.join_host(self.host, self.port, self.scheme), self.path)})
 
     def __repr__(self):
         return "<WSGIProxyApp %s>" % self.href
@@ -145,7 +145,8 @@ class WSGIProxyApp:
 
         headers = environ_headers(environ, _SKIP, _SKIP_PREFIXES)
         url_scheme = environ.get("wsgi.url_scheme", "http")
-        client_host = environ.get("HTTP_HOST") or _server_host(environ)
+        client_host = environ.get("HTTP_HOST") or protocol.join_host(
+            environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
         script_name = environ.get("SCRIPT_NAME", "")
         remote = environ.get("REMOTE_ADDR", "")
 
@@ -248,17 +249,3 @@ class WSGIProxyApp:
                                                          quote_path(script_name), rest))
                         break
         return headers if out is None else out
-
-
-def _netloc(scheme, host, port):
-    host = "[%s]" % host if ":" in host else host
-    return host if port == _DEFAULT_PORTS[scheme] else "%s:%d" % (host, port)
-
-
-def _server_host(environ):
-    scheme = environ.get("wsgi.url_scheme", "http")
-    name = environ.get("SERVER_NAME", "localhost")
-    port = environ.get("SERVER_PORT", "")
-    if not port or port == str(_DEFAULT_PORTS.get(scheme)):
-        return name
-    return "%s:%s" % (name, port)

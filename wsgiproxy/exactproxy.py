@@ -9,6 +9,7 @@ differ).  It adds no ``X-Forwarded-*`` headers; that is
 
 from .errors import error_response
 from .forwarding import environ_headers, forward, request_path
+from .protocol import join_host
 from .transport import make_transport
 
 __all__ = ["ExactProxy", "proxy_exact_request", "filter_paste_httpserver_proxy",
@@ -43,11 +44,7 @@ class ExactProxy:
                                   "cannot proxy to scheme %r, host %r, port %r"
                                   % (scheme, host, port))
         headers = environ_headers(environ)
-        host_header = environ.get("HTTP_HOST")
-        if not host_header:
-            host_header = host if port == _DEFAULT_PORTS[scheme] else "%s:%s" % (
-                "[%s]" % host if ":" in host and host[0] != "[" else host, port)
-        headers.append(("Host", host_header))
+        headers.append(("Host", environ.get("HTTP_HOST") or join_host(host, port, scheme)))
         target = request_path(environ) or "/"
         query = environ.get("QUERY_STRING")
         if query:

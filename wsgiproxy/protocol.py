@@ -1217,6 +1217,6 @@ def join_host(host, port=None, scheme=None):
         host = "[%s]" % host
     if port is None or port == "":
         return host
-    if scheme is not None and int(port) == default_port(scheme):
+    if scheme is not None and str(port) == str(default_port(scheme)):
         return host
     return "%s:%s" % (host, port)
