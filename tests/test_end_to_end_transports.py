@@ -362,3 +362,19 @@ def test_https_backend_with_unknown_ca_is_502(proxy, tls_server):
 def test_https_verification_can_be_turned_off(name, tls_server):
     assert get(ExactProxy(transport=name, verify=False), tls_server.port,
                scheme="https").body == b"ok"
+
+
+@pytest.mark.parametrize("name", TRANSPORTS)
+def test_a_forked_child_starts_with_an_empty_pool(name, echo):
+    """gunicorn --preload forks after the app (and its pool) exist: never share sockets."""
+    import os
+    proxy = ExactProxy(transport=name)
+    assert get(proxy, echo.port).status_int == 200
+    assert proxy.transport.idle_connections() == 1
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        os._exit(0 if proxy.transport.idle_connections() == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert proxy.transport.idle_connections() == 1  # the parent keeps its pool
+    proxy.close()

@@ -51,6 +51,7 @@ from paste.deploy.converters import asbool, asint
 from .transport import (BUFSIZE, HOP_BY_HOP, MAX_HEAD, MAX_INTERIM, BackendError,
                         BackendTimeout, BackendUnavailable, BadBackendResponse,
                         InvalidRequest, RequestBodyError, Response, Transport,
+                        BODY_METHODS, IDEMPOTENT_METHODS, forget_connections_after_fork,
                         make_ssl_context, parse_response_head, request_head)
 
 __all__ = ["Httplib2Transport", "ResponseTooLarge", "RequestTooLarge", "parse_credentials", "parse_size"]
@@ -59,8 +60,6 @@ log = logging.getLogger("wsgiproxy.httplib2transport")
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
-_IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
-_BODY_METHODS = frozenset(["POST", "PUT", "PATCH"])
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CONNECTING = frozenset(["connect", "proxy-connect", "tunnel", "tls"])
 
@@ -211,19 +210,6 @@ through untouched; this table is for one that checks option names.
 
 # -- the transport ------------------------------------------------------------------
 
-_live_transports = weakref.WeakSet()
-
-
-def _forget_pools_after_fork():
-    for transport in list(_live_transports):
-        transport._idle = []
-        transport._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_after_fork)
-
-
 class Httplib2Transport(Transport):
     """A transport on :class:`httplib2.Http`: whole bodies in memory, an optional shared cache.
 
@@ -316,7 +302,7 @@ class Httplib2Transport(Transport):
             self._no_proxy += _host_list(env.get("no", ""))
         self._idle = []
         self._lock = threading.Lock()
-        _live_transports.add(self)
+        forget_connections_after_fork(self)
 
     # -- configuration helpers --------------------------------------------
 
@@ -357,6 +343,10 @@ class Httplib2Transport(Transport):
         with self._lock:
             clients = list(self._idle)
         return sum(client.open_connections() for client in clients)
+
+    def forget_connections(self):
+        self._idle = []
+        self._lock = threading.Lock()
 
     def close(self):
         with self._lock:
@@ -873,7 +863,7 @@ class _ConnectionMixin:
         client = self.client
         transport = client.transport
         ctx = client.ctx
-        if ctx.failed is not None and ctx.method not in _IDEMPOTENT:
+        if ctx.failed is not None and ctx.method not in IDEMPOTENT_METHODS:
             raise _NotRetried(str(ctx.failed) or type(ctx.failed).__name__)
         proxy = transport.proxy_for("https" if self.tls else "http", self.host)
         ctx.proxy = proxy
@@ -909,7 +899,7 @@ class _ConnectionMixin:
             self.putheader(name, value)
         if body:
             self.putheader("Content-Length", str(len(body)))
-        elif method in _BODY_METHODS:
+        elif method in BODY_METHODS:
             self.putheader("Content-Length", "0")
         try:
             self.endheaders(body or None)

@@ -30,7 +30,7 @@ __all__ = [
     "HOP_BY_HOP", "Transport", "HTTPTransport", "Response", "make_transport",
     "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
     "InvalidRequest", "RequestBodyError", "request_head", "parse_response_head",
-    "make_ssl_context",
+    "make_ssl_context", "forget_connections_after_fork", "IDEMPOTENT_METHODS", "BODY_METHODS",
 ]
 
 log = logging.getLogger("wsgiproxy.transport")
@@ -43,8 +43,10 @@ HOP_BY_HOP = frozenset([
 # Request headers the transport writes itself (framing) or must not pass on:
 # the client's ``Expect: 100-continue`` was already answered by its WSGI server.
 _REQUEST_SKIP = HOP_BY_HOP | {"content-length", "expect"}
-_IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
-_BODY_METHODS = frozenset(["POST", "PUT", "PATCH"])
+#: Methods a transport may send again after a connection failed unanswered.
+IDEMPOTENT_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
+#: Methods that get ``Content-Length: 0`` when they have no body.
+BODY_METHODS = frozenset(["POST", "PUT", "PATCH"])
 
 BUFSIZE = 65536            # one recv() for a header block or a chunk
 BODY_RECV = 262144         # one recv() while streaming a body: fewer, larger pieces
@@ -121,6 +123,9 @@ class Transport:
 
     def close(self):
         """Close idle connections; the transport stays usable."""
+
+    def forget_connections(self):
+        """In a forked child: drop (without closing) the connections of the parent."""
 
 
 class Response:
@@ -359,12 +364,18 @@ def make_ssl_context(ca_certs=None, verify=True, cert_file=None, key_file=None):
 _live_transports = weakref.WeakSet()
 
 
+def forget_connections_after_fork(transport):
+    """Register ``transport`` so that a forked child calls its ``forget_connections()``.
+
+    A pool created before fork (gunicorn --preload) must not share sockets
+    between workers: each child starts with empty pools.
+    """
+    _live_transports.add(transport)
+
+
 def _forget_pools_after_fork():
-    # A pool created before fork (gunicorn --preload) must not share sockets
-    # between workers: each child starts with empty pools.
     for transport in list(_live_transports):
-        transport._idle = {}
-        transport._lock = threading.Lock()
+        transport.forget_connections()
 
 
 if hasattr(os, "register_at_fork"):
@@ -405,7 +416,7 @@ class HTTPTransport(Transport):
         self._ssl_context = ssl_context
         self._idle = {}
         self._lock = threading.Lock()
-        _live_transports.add(self)
+        forget_connections_after_fork(self)
 
     # -- pool -------------------------------------------------------------
 
@@ -436,6 +447,10 @@ class HTTPTransport(Transport):
             if key is not None:
                 return len(self._idle.get(key, ()))
             return sum(len(v) for v in self._idle.values())
+
+    def forget_connections(self):
+        self._idle = {}
+        self._lock = threading.Lock()
 
     def close(self):
         with self._lock:
@@ -504,7 +519,7 @@ class HTTPTransport(Transport):
             except _Stale as exc:
                 conn.close()
                 replayable = body is None or isinstance(body, (bytes, bytearray))
-                if not (replayable and method in _IDEMPOTENT):
+                if not (replayable and method in IDEMPOTENT_METHODS):
                     raise BackendUnavailable(
                         "a kept-alive connection was closed by the backend (%s); "
                         "%s requests are not retried" % (exc, method), backend) from None
@@ -666,7 +681,7 @@ def request_head(method, target, headers, body_length, chunked):
                      if line.partition(":")[0].lower() not in nominated]
     if chunked:
         append("Transfer-Encoding: chunked\r\n")
-    elif body_length or method in _BODY_METHODS:
+    elif body_length or method in BODY_METHODS:
         append("Content-Length: %d\r\n" % body_length)
     append("\r\n")
     text = "".join(lines)
