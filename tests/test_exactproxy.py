@@ -83,3 +83,10 @@ def test_exact_proxy_rejects_unknown_scheme():
     res = req.get_response(proxy_exact_request)
     assert res.status_int == 400
     assert "gopher" in res.text
+
+
+def test_blank_environ_gets_a_clean_400():
+    statuses = []
+    body = b"".join(proxy_exact_request({}, lambda status, headers: statuses.append(status)))
+    assert statuses == ["400 Bad Request"]
+    assert b"cannot proxy to scheme" in body

@@ -32,7 +32,10 @@ def error_response(environ, start_response, code, message, headers=()):
     """Answer with status ``code`` and a human-readable ``message``; returns the WSGI body.
 
     ``headers`` are extra response headers such as ``Retry-After`` or ``Allow``.
+    Any environ is answered, even a blank one: webob needs a method.
     """
+    if not isinstance(environ.get("REQUEST_METHOD"), str):
+        environ = dict(environ, REQUEST_METHOD="GET")
     exc_class = webob_exc.status_map[code]
     if wants_json(environ):
         kind = exc_class.__name__[4:] if exc_class.__name__.startswith("HTTP") else exc_class.__name__

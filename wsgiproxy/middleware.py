@@ -338,10 +338,7 @@ class WSGIProxyMiddleware:
         except _NonceStoreFailed as exc:
             log.error("nonce store unavailable, refusing a signed request from %s for %r: %s",
                       environ.get("REMOTE_ADDR"), environ.get("PATH_INFO"), exc)
-            error_environ = dict(environ)
-            if not isinstance(error_environ.get("REQUEST_METHOD"), str):
-                error_environ["REQUEST_METHOD"] = "GET"
-            return error_response(error_environ, start_response, 503,
+            return error_response(environ, start_response, 503,
                                   "nonce store unavailable: the signature cannot be checked "
                                   "for replay now; try again later", [("Retry-After", "5")])
         return self.app(environ, start_response)
@@ -353,10 +350,7 @@ class WSGIProxyMiddleware:
             log.warning("refused request from %s for %r: %s", peer, path, exc)
         else:
             log.info("bad request from %s for %r: %s", peer, path, exc)
-        error_environ = dict(environ)
-        if not isinstance(error_environ.get("REQUEST_METHOD"), str):
-            error_environ["REQUEST_METHOD"] = "GET"
-        return error_response(error_environ, start_response, code, str(exc))
+        return error_response(environ, start_response, code, str(exc))
 
     def _rebuild(self, environ):
         """Check, decode and rewrite ``environ`` in place; raise ProtocolError to refuse it."""
