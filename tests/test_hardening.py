@@ -222,6 +222,13 @@ def test_cr_lf_nul_in_forwarded_values_never_reach_the_wire():
     assert b"\r\nx-injected" not in heads
 
 
+def test_control_characters_in_the_host_are_400_with_forwarded_on():
+    proxy = WSGIProxyApp("http://127.0.0.1:%d" % free_port(), forwarded=True)
+    res = Request.blank("/", headers={"Host": "a\x01b"}).get_response(proxy)
+    assert res.status_int == 400
+    assert "control characters" in res.text
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600))
 def test_fuzz_response_head_parser_raises_only_backend_errors(data):

@@ -168,8 +168,13 @@ class WSGIProxyApp:
         if self.traversal_headers:
             headers += self.traversal_headers
         if self.forwarded:
+            try:
+                forwarded = self._forwarded(environ, remote, url_scheme, client_host)
+            except protocol.ProtocolError as exc:  # e.g. control characters in the Host
+                return error_response(environ, start_response, 400,
+                                      "cannot forward this request: %s" % exc)
             headers += [
-                ("Forwarded", self._forwarded(environ, remote, url_scheme, client_host)),
+                ("Forwarded", forwarded),
                 ("X-Forwarded-Proto", url_scheme),
                 ("X-Forwarded-Host", client_host),
             ]
