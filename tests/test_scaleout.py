@@ -462,36 +462,6 @@ def test_any_store_exception_is_answered_503_not_500(secret_file, caplog):
 
 # -- spawn under several gunicorn workers -----------------------------------------
 
-CHILD = r'''
-import json, os, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-port, piddir = int(sys.argv[1]), sys.argv[2]
-open(os.path.join(piddir, str(os.getpid())), "w").close()
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        if self.path.startswith("/hold"):  # until the test creates piddir/release
-            open(os.path.join(piddir, "hold-%d-%d" % (os.getpid(), time.monotonic_ns())),
-                 "w").close()
-            release, deadline = os.path.join(piddir, "release"), time.monotonic() + 20
-            while not os.path.exists(release) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "port": port}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-'''
-
-
 @pytest.fixture
 def spawn_ini(tmp_path):
     """An ``egg:WSGIProxy#spawn`` config; children write their pid into ``piddir``.
@@ -501,8 +471,7 @@ def spawn_ini(tmp_path):
     """
     piddir = tmp_path / "pids"
     piddir.mkdir()
-    child = tmp_path / "child.py"
-    child.write_text(CHILD)
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spawnchild.py")
     ini = tmp_path / "spawn.ini"
     ini.write_text(textwrap.dedent("""
         [app:main]
@@ -543,8 +512,8 @@ def test_each_gunicorn_worker_supervises_its_own_children(tmp_path, spawn_ini):
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             held = [pool.submit(get_child, port, "/hold") for _ in range(3)]
             holding = wait_until(
-                lambda: len([n for n in os.listdir(piddir) if n.startswith("hold-")]) == 3
-                and [int(n.split("-")[1]) for n in os.listdir(piddir) if n.startswith("hold-")],
+                lambda: len([n for n in os.listdir(piddir) if n.startswith("inflight-")]) == 3
+                and [int(n.split("-")[1]) for n in os.listdir(piddir) if n.startswith("inflight-")],
                 what="three held requests")
             open(os.path.join(piddir, "release"), "w").close()
             answers = [f.result(timeout=30) for f in held]
