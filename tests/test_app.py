@@ -10,7 +10,7 @@ from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.wsgiapp import make_app
 
-from .servers import RawServer, WaitressServer, echo_app
+from .servers import RawServer, WaitressServer, echo_app, scripted
 
 KEY_VALUES = {
     "wsgiproxy.test.str": "plain",
@@ -255,3 +255,50 @@ def test_raw_target_spelling_survives_under_a_script_name(backend, raw):
     req = Request.blank("/")
     req.environ.update(SCRIPT_NAME="/mount", PATH_INFO="/a/b", RAW_URI=raw)
     assert req.get_response(proxy).json["REQUEST_URI"] == "/base/a%2Fb"
+
+
+def test_query_string_with_a_space_or_non_ascii_is_escaped_not_refused(backend):
+    """A lenient WSGI server may pass a raw space or latin-1 bytes in QUERY_STRING."""
+    proxy = WSGIProxyApp(backend.url)
+    req = Request.blank("/q")
+    req.environ["QUERY_STRING"] = "a=b c&d=\xe9%20"
+    res = req.get_response(proxy)
+    assert res.status_int == 200
+    assert res.json["QUERY_STRING"] == "a=b%20c&d=%E9%20"
+    proxy.close()
+
+
+def test_connection_header_of_the_client_drops_only_client_headers(backend, secret):
+    """The headers a client's Connection names are its own: never the proxy's identity ones."""
+    proxy = WSGIProxyApp(backend.url, secret_file=secret)
+    res = Request.blank("/", remote_addr="203.0.113.9", headers={
+        "Connection": "X-Custom, X-Forwarded-For, X-WSGIProxy-Signature",
+        "X-Custom": "dropped", "X-Kept": "kept"}).get_response(proxy)
+    seen = res.json
+    assert "HTTP_X_CUSTOM" not in seen and "HTTP_CONNECTION" not in seen
+    assert seen["HTTP_X_KEPT"] == "kept"
+    assert seen["HTTP_X_FORWARDED_FOR"] == "203.0.113.9"
+    assert seen["HTTP_X_WSGIPROXY_SIGNATURE"].startswith("v1 ")
+    proxy.close()
+
+
+def test_sign_body_max_above_the_streaming_threshold_reads_and_signs_the_body(backend, secret):
+    proxy = WSGIProxyApp(backend.url, secret_file=secret, sign_body_max=100000)
+    for size, covered in ((90000, True), (100001, False)):
+        body = b"x" * size
+        res = Request.blank("/", method="POST", body=body).get_response(proxy)
+        signature = protocol.parse_signature(res.json["HTTP_X_WSGIPROXY_SIGNATURE"])
+        assert len(res.json["body"]) == size
+        assert (signature.body_digest != "-") is covered
+    proxy.close()
+
+
+def test_a_request_that_cannot_be_signed_is_a_400_and_is_not_sent(secret):
+    with RawServer(scripted()) as raw:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret)
+        req = Request.blank("/")
+        req.environ["HTTP_HOST"] = "caf\u00e9\u20ac.example"  # not latin-1: cannot be signed
+        res = req.get_response(proxy)
+        assert res.status_int == 400 and "cannot sign" in res.text
+        proxy.close()
+    assert raw.connections == 0

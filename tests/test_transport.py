@@ -203,3 +203,10 @@ def test_stray_bytes_arriving_after_a_response_are_never_read_as_the_next_one():
         # The pooled connection now has unasked-for bytes waiting: never reuse it.
         assert b"".join(transport_get(transport, bad.port)) == b"ok"
         assert bad.connections == 2
+
+
+def test_a_wrong_ca_or_certificate_path_fails_when_the_transport_is_made(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        HTTPTransport(ca_certs=str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(FileNotFoundError):
+        HTTPTransport(cert_file=str(tmp_path / "missing-cert.pem"))

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 
 from . import protocol
 from .errors import error_response
-from .forwarding import DEFAULT_SKIP, environ_headers, forward, quote_path, request_path
-from .transport import RequestBodyError, Transport, make_transport
+from .forwarding import (DEFAULT_SKIP, INLINE_BODY_MAX, EnvironHeaders, forward, quote_path,
+                         request_path, safe_target)
+from .transport import InvalidRequest, RequestBodyError, Transport, make_transport
 
 __all__ = ["WSGIProxyApp", "BodyTooLarge"]
 
@@ -23,8 +24,9 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Identity headers are ours to set: whatever the client sent under these
 # names is dropped, so it can never be signed and believed.
-_SKIP = DEFAULT_SKIP | {"HTTP_FORWARDED", "HTTP_X_SCRIPT_NAME"}
-_SKIP_PREFIXES = ("HTTP_X_WSGIPROXY_", "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_")
+_end_to_end_headers = EnvironHeaders(
+    DEFAULT_SKIP | {"HTTP_FORWARDED", "HTTP_X_SCRIPT_NAME"},
+    ("HTTP_X_WSGIPROXY_", "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
 
 
 class BodyTooLarge(RequestBodyError):
@@ -73,7 +75,10 @@ class WSGIProxyApp:
         all methods.
     :param max_body_size: request bodies larger than this get 413.
     :param sign_body_max: with ``secret_file``, bodies up to this many bytes
-        (with a Content-Length) are covered by the signature (0: off).
+        (with a Content-Length) are covered by the signature (0: off).  Such
+        bodies are read into memory before they are sent; larger ones stream
+        unsigned.  The middleware reads at most its ``max_signed_body_size``
+        (1 MiB) to check a digest.
     :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
         :class:`~wsgiproxy.transport.Transport` instance; the remaining
         keyword arguments (``connect_timeout``, ``read_timeout``,
@@ -106,6 +111,10 @@ class WSGIProxyApp:
             raise ValueError("pickle_keys needs secret_file: the middleware only unpickles "
                              "values from signed requests")
         self.sign_body_max = int(sign_body_max or 0)
+        # Bodies are read whole up to this size (the rest stream): as far as
+        # the signature must cover them.
+        self.inline_body_max = (max(INLINE_BODY_MAX, self.sign_body_max)
+                                if self.secret_keys is not None else INLINE_BODY_MAX)
         self.preserve_host = preserve_host
         self.trusted_proxies = protocol.TrustedNetworks(trusted_proxies) if trusted_proxies else None
         self.forwarded = forwarded
@@ -143,7 +152,7 @@ class WSGIProxyApp:
             if refused:
                 return error_response(environ, start_response, 413, refused)
 
-        headers = environ_headers(environ, _SKIP, _SKIP_PREFIXES)
+        headers = _end_to_end_headers(environ)
         url_scheme = environ.get("wsgi.url_scheme", "http")
         client_host = environ.get("HTTP_HOST") or protocol.join_host(
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
@@ -191,7 +200,7 @@ class WSGIProxyApp:
         query = environ.get("QUERY_STRING", "")
         if self.query:
             query = query + "&" + self.query if query else self.query
-        target = path + "?" + query if query else path
+        target = path + "?" + safe_target(query) if query else path
         if self.secret_keys is None:
             before_send = None
         else:
@@ -201,7 +210,7 @@ class WSGIProxyApp:
         if self.rewrite_location:
             rewrite = partial(self._rewrite_locations, url_scheme, client_host, script_name)
         return forward(self.transport, environ, start_response, self.scheme, self.host,
-                       self.port, target, headers, rewrite, before_send)
+                       self.port, target, headers, rewrite, before_send, self.inline_body_max)
 
     def _forwarded(self, environ, remote, url_scheme, client_host):
         """RFC 7239 ``Forwarded`` for this hop, after a trusted front proxy's own."""
@@ -234,9 +243,12 @@ class WSGIProxyApp:
         path, _, query = target.partition("?")
         digest_body = (body if isinstance(body, (bytes, bytearray))
                        and len(body) <= self.sign_body_max else None)
-        headers.append((protocol.SIGNATURE_HEADER, protocol.sign_request(
-            self.secret_keys, method, host, path, query, headers[identity_at:],
-            body=digest_body)))
+        try:
+            signature = protocol.sign_request(self.secret_keys, method, host, path, query,
+                                              headers[identity_at:], body=digest_body)
+        except protocol.ProtocolError as exc:  # e.g. CR/LF or non-latin-1 text in the Host
+            raise InvalidRequest("cannot sign this request: %s" % exc) from None
+        headers.append((protocol.SIGNATURE_HEADER, signature))
 
     def _rewrite_locations(self, url_scheme, client_host, script_name, headers):
         """Point ``Location``/``Content-Location`` headers that lead into href at the client's URL."""

@@ -8,7 +8,7 @@ differ).  It adds no ``X-Forwarded-*`` headers; that is
 """
 
 from .errors import error_response
-from .forwarding import environ_headers, forward, request_path
+from .forwarding import environ_headers, forward, request_path, safe_target
 from .protocol import join_host
 from .transport import make_transport
 
@@ -48,7 +48,7 @@ class ExactProxy:
         target = request_path(environ) or "/"
         query = environ.get("QUERY_STRING")
         if query:
-            target += "?" + query
+            target += "?" + safe_target(query)
         return forward(self.transport, environ, start_response, scheme, host, port,
                        target, headers)
 

@@ -11,9 +11,10 @@ import re
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import error_response
-from .transport import BackendError, InvalidRequest, RequestBodyError
+from .transport import (UNFORWARDED_REQUEST_HEADERS, BackendError, InvalidRequest,
+                        RequestBodyError, connection_tokens)
 
-__all__ = ["environ_headers", "request_body", "request_path", "forward",
+__all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path", "forward",
            "quote_path", "safe_target"]
 
 log = logging.getLogger("wsgiproxy")
@@ -22,48 +23,73 @@ log = logging.getLogger("wsgiproxy")
 # CGI CONTENT_* variables are authoritative over any HTTP_CONTENT_* duplicates.
 DEFAULT_SKIP = frozenset(["HTTP_HOST", "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"])
 
-_NAME_CACHE = {}
-_NAME_CACHE_MAX = 2048
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 _TARGET_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 INLINE_BODY_MAX = 65536  # request bodies up to this size are read first (and can be retried)
+_KEYS_MAX = 4096  # environ keys an EnvironHeaders remembers
+_PLAIN_CONNECTION = frozenset(["keep-alive", "close"])  # Connection values that name no header
 
 
-def header_name(key):
-    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For`` (cached, the cache is bounded)."""
-    name = _NAME_CACHE.get(key)
-    if name is None:
-        name = key[5:].replace("_", "-").title()
-        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-            _NAME_CACHE[key] = name
-    return name
+class EnvironHeaders:
+    """Picks a request's end-to-end headers out of an environ, as ``(name, value)`` pairs.
 
+    Calling it returns the headers of one environ: every ``HTTP_*`` key but
+    those in ``skip`` or starting with one of ``skip_prefixes``, as
+    ``X-Forwarded-For``-style names, then ``Content-Type``.  Hop-by-hop
+    headers, and those the client's ``Connection`` header names, are left
+    out here already (the transport would drop them anyway; doing it here
+    keeps its common case cheap).
 
-def environ_headers(environ, skip=DEFAULT_SKIP, skip_prefix=None):
-    """The request's end-to-end headers from an environ, as ``(name, value)`` pairs.
-
-    ``skip`` holds environ keys to leave out; ``skip_prefix`` an environ-key
-    prefix to leave out (``HTTP_X_WSGIPROXY_``).  Hop-by-hop headers are left
-    for the transport to drop.
+    It is on every request's path, so it remembers what each environ key it
+    has seen is (a header name, or nothing); the memory is bounded, so a
+    client sending made-up header names cannot grow it.
     """
-    headers = []
-    append = headers.append
-    for key, value in environ.items():
-        if key[:5] == "HTTP_" and key not in skip:
-            if skip_prefix is not None and key.startswith(skip_prefix):
-                continue
-            name = _NAME_CACHE.get(key) or header_name(key)
-            append((name, value))
-    content_type = environ.get("CONTENT_TYPE")
-    if content_type:
-        append(("Content-Type", content_type))
-    return headers
+
+    __slots__ = ("skip", "skip_prefixes", "_names")
+
+    def __init__(self, skip=DEFAULT_SKIP, skip_prefixes=()):
+        self.skip = frozenset(skip)
+        self.skip_prefixes = tuple(skip_prefixes)
+        self._names = {"CONTENT_TYPE": None}  # added at the end, under its own name
+
+    def _name(self, key):
+        """The header name of an environ key, or ``None`` if it is not forwarded."""
+        name = None
+        if key[:5] == "HTTP_" and key not in self.skip and not key.startswith(self.skip_prefixes):
+            name = key[5:].replace("_", "-").title()
+            if name.lower() in UNFORWARDED_REQUEST_HEADERS:
+                name = None
+        if len(self._names) < _KEYS_MAX:
+            self._names[key] = name
+        return name
+
+    def __call__(self, environ):
+        names = self._names
+        try:
+            headers = [(name, value) for key, value in environ.items() if (name := names[key])]
+        except KeyError:  # a key not seen before
+            name_of = self._name
+            headers = [(name, value) for key, value in environ.items()
+                       if (name := names[key] if key in names else name_of(key))]
+        connection = environ.get("HTTP_CONNECTION")
+        if connection and connection.lower() not in _PLAIN_CONNECTION:
+            nominated = connection_tokens(connection) - _PLAIN_CONNECTION
+            if nominated:
+                headers = [h for h in headers if h[0].lower() not in nominated]
+        content_type = environ.get("CONTENT_TYPE")
+        if content_type:
+            headers.append(("Content-Type", content_type))
+        return headers
 
 
-def request_body(environ):
+#: The headers of an environ, but Host: what ``proxy_exact_request`` forwards.
+environ_headers = EnvironHeaders()
+
+
+def request_body(environ, inline_max=INLINE_BODY_MAX):
     """``(body, length)`` for the transport: ``None``, bytes, or the input stream.
 
-    Bodies up to :data:`INLINE_BODY_MAX` are read whole (cheap, and a stale
+    Bodies up to ``inline_max`` bytes (:data:`INLINE_BODY_MAX` by default) are read whole (cheap, and a stale
     keep-alive connection can then be retried); larger ones and bodies without
     a length (chunked, ``wsgi.input_terminated``) stream.
     """
@@ -78,7 +104,7 @@ def request_body(environ):
         if not length:
             return None, 0
         stream = environ["wsgi.input"]
-        if length <= INLINE_BODY_MAX:
+        if length <= inline_max:
             try:
                 data = stream.read(length)
             except Exception as exc:
@@ -127,7 +153,7 @@ def request_path(environ, include_script_name=True):
         if raw_path[:1] != "/":  # absolute-form: http://host/path
             _, sep, rest = raw_path.partition("://")
             raw_path = "/" + rest.partition("/")[2] if sep else ""
-        if not include_script_name:  # drop SCRIPT_NAME's own spelling
+        if script_name and not include_script_name:  # drop SCRIPT_NAME's own spelling
             prefix = quote_path(script_name)
             raw_path = raw_path[len(prefix):] if raw_path.startswith(prefix) else None
         if raw_path is not None and (raw_path == path or (
@@ -138,7 +164,7 @@ def request_path(environ, include_script_name=True):
 
 
 def forward(transport, environ, start_response, scheme, host, port, target,
-            headers, response_headers=None, before_send=None):
+            headers, response_headers=None, before_send=None, inline_body_max=INLINE_BODY_MAX):
     """Send the request to ``scheme://host:port`` and return the WSGI response.
 
     ``response_headers``, if given, maps the backend's header list to the one
@@ -150,7 +176,7 @@ def forward(transport, environ, start_response, scheme, host, port, target,
     """
     method = environ.get("REQUEST_METHOD") or "GET"
     try:
-        body, length = request_body(environ)
+        body, length = request_body(environ, inline_body_max)
         if before_send is not None:
             before_send(method, target, headers, body)
         response = transport.request(scheme, host, port, method, target, headers, body, length)

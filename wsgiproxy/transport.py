@@ -27,7 +27,7 @@ import time
 import weakref
 
 __all__ = [
-    "HOP_BY_HOP", "Transport", "HTTPTransport", "Response", "make_transport",
+    "HOP_BY_HOP", "UNFORWARDED_REQUEST_HEADERS", "connection_tokens", "Transport", "HTTPTransport", "Response", "make_transport",
     "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
     "InvalidRequest", "RequestBodyError", "request_head", "parse_response_head",
     "make_ssl_context", "forget_connections_after_fork", "IDEMPOTENT_METHODS", "BODY_METHODS",
@@ -40,9 +40,10 @@ HOP_BY_HOP = frozenset([
     "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
 ])
-# Request headers the transport writes itself (framing) or must not pass on:
-# the client's ``Expect: 100-continue`` was already answered by its WSGI server.
-_REQUEST_SKIP = HOP_BY_HOP | {"content-length", "expect"}
+#: Request headers a transport never passes on: hop-by-hop ones, the framing
+#: it writes itself, and ``Expect`` (the client's ``100-continue`` was already
+#: answered by its WSGI server).
+UNFORWARDED_REQUEST_HEADERS = HOP_BY_HOP | {"content-length", "expect"}
 #: Methods a transport may send again after a connection failed unanswered.
 IDEMPOTENT_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
 #: Methods that get ``Content-Length: 0`` when they have no body.
@@ -58,8 +59,10 @@ MAX_CHUNK_LINE = 4096      # a chunk-size line with its extensions
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]").search
-_BAD_HEAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
-_DIGITS = re.compile(r"[0-9]+\Z").match
+# Bytes allowed in a header block: all but the controls other than HT, LF, CR.
+# ``block.translate(None, _HEAD_BYTES)`` is empty exactly when a block is clean
+# (one table lookup a byte, much cheaper than a regex scan).
+_HEAD_BYTES = bytes(b for b in range(256) if b in (9, 10, 13) or 32 <= b < 127 or b > 127)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z").match
 
 
@@ -161,16 +164,21 @@ class Response:
             self._reader.abort()
 
 
+_HAVE_POLL = hasattr(select, "poll")
+
+
 class _Connection:
-    __slots__ = ("sock", "key", "buf", "idle_since")
+    __slots__ = ("sock", "key", "buf", "idle_since", "poller")
 
     def __init__(self, sock, key):
         self.sock = sock
         self.key = key
         self.buf = b""
         self.idle_since = 0.0
+        self.poller = None
 
     def close(self):
+        self.poller = None
         try:
             self.sock.close()
         except OSError:
@@ -181,16 +189,22 @@ class _Connection:
 
         Checked before every reuse, however short the idle time: stray bytes a
         backend sent after a complete response (a late packet) would otherwise
-        be read as the next request's response.  One select() per request.
+        be read as the next request's response.  One poll() per request, on a
+        poll object kept with the connection (cheaper than select()).
         """
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return False
         try:
-            readable = select.select((sock,), (), (), 0)[0]
+            if not _HAVE_POLL:  # Windows
+                return not select.select((sock,), (), (), 0)[0]
+            poller = self.poller
+            if poller is None:
+                poller = self.poller = select.poll()
+                poller.register(sock, select.POLLIN | select.POLLPRI)
+            return not poller.poll(0)
         except (OSError, ValueError):
             return False
-        return not readable
 
 
 class _Stale(Exception):
@@ -345,7 +359,7 @@ class _BodyReader:
             if not line:
                 break
             total += len(line) + 2
-            if total > MAX_HEAD or _BAD_HEAD_BYTES(line) or line[:1] in (b" ", b"\t"):
+            if total > MAX_HEAD or line.translate(None, _HEAD_BYTES) or line[:1] in (b" ", b"\t"):
                 raise BadBackendResponse("invalid trailer section", self.backend)
         self._finish()
 
@@ -414,6 +428,8 @@ class HTTPTransport(Transport):
             raise TypeError("verify must be True or False, not %r" % (verify,))
         self._ssl_args = (ca_certs, verify, cert_file, key_file)
         self._ssl_context = ssl_context
+        if ssl_context is None and (ca_certs or cert_file):
+            self.ssl_context()  # a wrong path fails now, not as a 502 on every request
         self._idle = {}
         self._lock = threading.Lock()
         forget_connections_after_fork(self)
@@ -633,10 +649,11 @@ class HTTPTransport(Transport):
         return Response(status, reason, headers, None, reader)
 
 
-# Header names seen before, with what they are; bounded so hostile clients
-# cannot grow it.  A name is only cached after it was checked to be a token.
+# Request header names seen before -> what to write for them: ``"Name: "``
+# (kept), or _SKIP / _CONNECTION.  Bounded so hostile clients cannot grow it;
+# a name is only remembered after it was checked to be a token.
 _NAME_CACHE_MAX = 4096
-_REQ_KEEP, _REQ_SKIP, _REQ_CONNECTION = 0, 1, 2
+_SKIP, _CONNECTION = 1, 2
 _request_names = {}
 
 
@@ -644,8 +661,8 @@ def _request_name_kind(name):
     if not _TOKEN(name):
         raise InvalidRequest("invalid header name %r" % name[:100])
     lname = name.lower()
-    kind = (_REQ_CONNECTION if lname == "connection"
-            else _REQ_SKIP if lname in _REQUEST_SKIP else _REQ_KEEP)
+    kind = (_CONNECTION if lname == "connection"
+            else _SKIP if lname in UNFORWARDED_REQUEST_HEADERS else name + ": ")
     if len(_request_names) < _NAME_CACHE_MAX:
         _request_names[name] = kind
     return kind
@@ -661,30 +678,30 @@ def request_head(method, target, headers, body_length, chunked):
         raise InvalidRequest("invalid method %r" % method)
     if not target or _BAD_TARGET(target):
         raise InvalidRequest("invalid request target %r" % target[:200])
-    lines = ["%s %s HTTP/1.1\r\n" % (method, target)]
-    append = lines.append
     kinds = _request_names
-    nominated = None
-    for name, value in headers:
-        kind = kinds.get(name)
-        if kind is None:
-            kind = _request_name_kind(name)
-        if kind:
-            if kind == _REQ_CONNECTION:
-                tokens = _tokens(value) - {"close", "keep-alive"}
-                if tokens:
-                    nominated = (nominated or set()) | tokens
-            continue
-        append("%s: %s\r\n" % (name, value))
-    if nominated:  # rare: drop the headers the client's Connection named
-        lines[1:] = [line for line in lines[1:]
-                     if line.partition(":")[0].lower() not in nominated]
+    try:
+        lines = [kind + value for name, value in headers
+                 if (kind := kinds[name]).__class__ is str]
+    except KeyError:  # a name not seen before
+        lines = [kind + value for name, value in headers
+                 if (kind := kinds.get(name) or _request_name_kind(name)).__class__ is str]
+    except TypeError:
+        raise InvalidRequest("header names and values must be str") from None
+    if len(lines) != len(headers):  # some were dropped: did a Connection header name others?
+        nominated = set()
+        for value in [value for name, value in headers if (kind := kinds.get(name)) == _CONNECTION
+                      or (kind is None and name.lower() == "connection")]:
+            nominated |= connection_tokens(value)
+        nominated -= {"close", "keep-alive"}
+        if nominated:  # rare: drop the headers the client's Connection named
+            lines = [line for line in lines if line.partition(":")[0].lower() not in nominated]
+    lines.insert(0, "%s %s HTTP/1.1" % (method, target))
     if chunked:
-        append("Transfer-Encoding: chunked\r\n")
+        lines.append("Transfer-Encoding: chunked")
     elif body_length or method in BODY_METHODS:
-        append("Content-Length: %d\r\n" % body_length)
-    append("\r\n")
-    text = "".join(lines)
+        lines.append("Content-Length: %d" % body_length)
+    lines.append("\r\n")
+    text = "\r\n".join(lines)
     n = len(lines)
     if text.count("\n") != n or text.count("\r") != n or "\0" in text:
         raise InvalidRequest("a header value contains CR, LF or NUL")
@@ -696,7 +713,8 @@ def request_head(method, target, headers, body_length, chunked):
         raise InvalidRequest("a header value is not latin-1 text") from None
 
 
-def _tokens(value):
+def connection_tokens(value):
+    """The lowercased tokens of a ``Connection`` header value, as a set."""
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
@@ -732,7 +750,6 @@ def _send_stream(sock, body, length):
 
 _RESP_KEEP, _RESP_HOP, _RESP_TE, _RESP_CONNECTION, _RESP_LENGTH = range(5)
 _response_names = {}
-_STATUS = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?\Z", re.S).match
 
 
 def _response_name_kind(name, line, backend):
@@ -756,19 +773,22 @@ def parse_response_head(head, backend):
     Returns ``(version, status, reason, headers, (content_length, chunked,
     connection_tokens))`` with hop-by-hop headers already removed.
     """
-    if _BAD_HEAD_BYTES(head):
+    if head.translate(None, _HEAD_BYTES):
         raise BadBackendResponse("control characters in the response headers", backend)
     text = head.decode("latin-1")
     lines = text.split("\r\n")
     if not text.count("\r") == text.count("\n") == len(lines) - 1:
         raise BadBackendResponse("bare CR or LF in the response headers", backend)
-    match = _STATUS(lines[0])  # the reason phrase may be empty or missing
-    if match is None:
-        raise BadBackendResponse("invalid status line %r" % lines[0][:80], backend)
-    version, status, reason = match.groups()
+    # "HTTP/1.x NNN[ reason]"; the reason phrase may be empty or missing.
+    status_line = lines[0]
+    status = status_line[9:12]
+    if (status_line[:7] != "HTTP/1." or status_line[7:9] not in ("1 ", "0 ")
+            or not (status.isdigit() and status.isascii() and len(status) == 3)
+            or status_line[12:13] not in ("", " ")):
+        raise BadBackendResponse("invalid status line %r" % status_line[:80], backend)
+    version = status_line[7]
+    reason = status_line[13:]
     status = int(status)
-    if status < 100:
-        raise BadBackendResponse("invalid status code %d" % status, backend)
     headers = []
     append = headers.append
     kinds = _response_names
@@ -795,17 +815,20 @@ def parse_response_head(head, backend):
             elif kind == _RESP_TE:
                 te = value if te is None else te + ", " + value
             elif kind == _RESP_CONNECTION:
-                conn_tokens = _tokens(value) | set(conn_tokens)
+                conn_tokens = connection_tokens(value) | set(conn_tokens)
                 nominated = nominated or bool(conn_tokens - {"close", "keep-alive"})
             continue
         append((name, value.strip(" \t")))
     length = None
     if lengths is not None:
-        values = {v.strip(" \t") for v in lengths}
-        if len(values) != 1:
-            raise BadBackendResponse("conflicting Content-Length values", backend)
-        length_value = values.pop()
-        if not _DIGITS(length_value) or len(length_value) > 18:
+        if len(lengths) == 1:
+            length_value = lengths[0].strip(" \t")
+        else:
+            values = {v.strip(" \t") for v in lengths}
+            if len(values) != 1:
+                raise BadBackendResponse("conflicting Content-Length values", backend)
+            length_value = values.pop()
+        if not (length_value.isdigit() and length_value.isascii()) or len(length_value) > 18:
             raise BadBackendResponse("invalid Content-Length %r" % length_value[:40], backend)
         length = int(length_value)
     chunked = False
