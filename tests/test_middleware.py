@@ -837,3 +837,409 @@ def test_full_nonce_store_is_503_not_replayed():
     assert "nonce store" in res.json["error"]["message"]
     assert "replayed" not in res.text
     assert res.headers["Retry-After"]
+
+
+# -- two kinds of trust: trust_ips (WSGIProxyApp) and front_proxy_ips (nginx) -----------
+
+NGINX = "10.0.0.5"  # a front proxy: writes X-Forwarded-*, passes every other header on
+WSGIPROXY = "10.0.0.1"  # a WSGIProxyApp host: removes the client's identity headers
+STRANGER = "192.0.2.66"
+#: A client's request as a plain reverse proxy passes it on: its X-Forwarded-For
+#: value appended, and the client's own WSGIProxy headers left in.
+BOTH_FAMILIES = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9",
+                 "X-WSGIProxy-Str-0": "REMOTE_USER admin"}
+
+
+def outcome(mw, app, peer, signed_request=False):
+    """What the app was made to believe: "all", "front", "nothing", or the 403 reason."""
+    if signed_request:
+        req = signed(headers=list(BOTH_FAMILIES.items()), remote_addr=peer)
+    else:
+        req = blank(headers=dict(BOTH_FAMILIES), remote_addr=peer)
+    req.headers["Accept"] = "application/json"
+    app.environ = None
+    resp = req.get_response(mw)
+    if resp.status_int == 403:
+        assert app.environ is None
+        message = resp.json["error"]["message"]
+        assert message.startswith("X-WSGIProxy-Signature: "), message
+        return "403 " + message.split(": ")[1].split(" (")[0]
+    assert resp.status_int == 200, resp.text
+    env = app.environ
+    assert not [k for k in env if k.startswith("HTTP_X_WSGIPROXY")]
+    front = env["REMOTE_ADDR"] == "203.0.113.9"
+    identity = env.get("REMOTE_USER") == "admin"
+    if not front:
+        assert env["REMOTE_ADDR"] == peer
+    return {(True, True): "all", (True, False): "front", (False, False): "nothing"}[
+        (front, identity)]
+
+
+@pytest.mark.parametrize("options, peer, signed_request, expected", [
+    # Nothing configured: loopback is trusted like trust_ips (with a warning).
+    ({}, "127.0.0.1", False, "all"),
+    ({}, STRANGER, False, "nothing"),
+    # trust_ips: WSGIProxyApp hosts, believed for everything.
+    ({"trust_ips": WSGIPROXY}, WSGIPROXY, False, "all"),
+    ({"trust_ips": WSGIPROXY}, "127.0.0.1", False, "nothing"),  # no loopback default
+    ({"trust_ips": WSGIPROXY}, NGINX, False, "nothing"),
+    # front_proxy_ips: nginx & co, believed for X-Forwarded-* only.
+    ({"front_proxy_ips": NGINX}, NGINX, False, "front"),
+    ({"front_proxy_ips": NGINX}, "127.0.0.1", False, "nothing"),  # no loopback default
+    ({"front_proxy_ips": NGINX}, WSGIPROXY, False, "nothing"),
+    ({"front_proxy_ips": "*"}, STRANGER, False, "front"),
+    ({"trust_ips": WSGIPROXY, "front_proxy_ips": NGINX}, WSGIPROXY, False, "all"),
+    ({"trust_ips": WSGIPROXY, "front_proxy_ips": NGINX}, NGINX, False, "front"),
+    ({"trust_ips": WSGIPROXY, "front_proxy_ips": NGINX}, STRANGER, False, "nothing"),
+    ({"trust_ips": "10.0.0.0/24", "front_proxy_ips": NGINX}, NGINX, False, "all"),  # in both
+    # A secret: unsigned requests refused unless from trust_ips...
+    ({"secret_file": KEYS}, "127.0.0.1", False, "403 missing"),
+    ({"secret_file": KEYS, "trust_ips": WSGIPROXY}, WSGIPROXY, False, "all"),
+    ({"secret_file": KEYS, "trust_ips": WSGIPROXY}, NGINX, False, "403 missing"),
+    # ... or served, with require_signature = false.
+    ({"secret_file": KEYS, "require_signature": False}, "127.0.0.1", False, "nothing"),
+    ({"secret_file": KEYS, "require_signature": False, "front_proxy_ips": NGINX}, NGINX,
+     False, "front"),
+    ({"secret_file": KEYS, "require_signature": False, "front_proxy_ips": NGINX,
+      "trust_ips": WSGIPROXY}, WSGIPROXY, False, "all"),
+    ({"secret_file": KEYS, "require_signature": False, "front_proxy_ips": NGINX}, STRANGER,
+     False, "nothing"),
+    # A valid signature is believed for everything, whoever the peer is.
+    ({"secret_file": KEYS}, STRANGER, True, "all"),
+    ({"secret_file": KEYS, "require_signature": False, "front_proxy_ips": NGINX}, NGINX,
+     True, "all"),
+    ({"secret_file": KEYS, "require_signature": False, "front_proxy_ips": NGINX}, STRANGER,
+     True, "all"),
+])
+def test_who_is_believed_for_what(options, peer, signed_request, expected):
+    app, mw = make(**options)
+    assert outcome(mw, app, peer, signed_request) == expected
+
+
+def test_bad_signature_is_refused_from_every_kind_of_peer():
+    app, mw = make(secret_file=KEYS, require_signature=False, trust_ips=WSGIPROXY,
+                   front_proxy_ips=NGINX)
+    for peer in (WSGIPROXY, NGINX, STRANGER):
+        req = signed(headers=list(BOTH_FAMILIES.items()), remote_addr=peer)
+        req.query_string = "changed"
+        check_refused(mw, req, "bad signature")
+    assert app.calls == 0
+
+
+def test_front_proxy_peer_cannot_set_wsgiproxy_identity():
+    """The hole front_proxy_ips closes: nginx passes these on from the client unchanged."""
+    app, mw = make(front_proxy_ips=NGINX, x_host=1, x_port=1, x_prefix=1)
+    headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": "shop.example", "X-Forwarded-Port": "8443",
+               "X-Forwarded-Prefix": "/shop",
+               # what the client added, and nginx passed on:
+               "X-WSGIProxy-Str-0": "REMOTE_USER admin", "X-WSGIProxy-Version": "1",
+               "X-WSGIProxy-Json-0": 'identity {"groups": ["admin"]}',
+               "X-WSGIProxy-Unicode-0": "name b64w6k=",
+               "X-Forwarded-Server": "evil.example", "X-Forwarded-Scheme": "http",
+               "X-Forwarded-Script-Name": "/evil", "X-Script-Name": "/evil",
+               "X-Traversal-Path": "/backend"}
+    resp = call(mw, "/backend/a", headers=headers, remote_addr=NGINX)
+    assert resp.status_int == 200, resp.text
+    env = app.environ
+    assert Request(env).url == "https://shop.example:8443/shop/backend/a"
+    assert env["REMOTE_ADDR"] == "203.0.113.9"
+    for key in ("REMOTE_USER", "identity", "name"):
+        assert key not in env
+    assert not [k for k in env if k.startswith("HTTP_X_WSGIPROXY")]
+    assert env["wsgiproxy.key_id"] is None
+    # Ignored means not even checked: malformed WSGIProxy headers are no 400 either.
+    resp = call(mw, "/a", remote_addr=NGINX, headers={
+        "X-WSGIProxy-Version": "99", "X-WSGIProxy-Json-0": "K {", "X-Traversal-Path": "/nope",
+        "X-Forwarded-Server": "bad host/x", "X-Forwarded-For": "203.0.113.9"})
+    assert resp.status_int == 200 and app.environ["REMOTE_ADDR"] == "203.0.113.9"
+    # The front-proxy headers are still checked.
+    resp = call(mw, remote_addr=NGINX, headers={"X-Forwarded-Proto": "javascript"})
+    assert resp.status_int == 400
+    # ... and the same request from a trust_ips peer is believed entirely.
+    app, mw = make(trust_ips=WSGIPROXY, x_host=1, x_port=1, x_prefix=1)
+    resp = call(mw, "/backend/a", headers=headers, remote_addr=WSGIPROXY)
+    assert resp.status_int == 200, resp.text
+    env = app.environ
+    assert (env["REMOTE_USER"], env["identity"], env["name"]) == \
+        ("admin", {"groups": ["admin"]}, "\xe9")
+    assert Request(env).url == "http://evil.example/evil/evil/a"
+
+
+def test_front_proxy_peer_with_forwarded_header():
+    app, mw = make(front_proxy_ips="2001:db8::/64", forwarded=1)
+    call(mw, "/a", remote_addr="2001:db8::5", headers={
+        "Forwarded": 'for=6.6.6.6, for="[2001:db8::a]:51000";proto=https;host=shop.example',
+        "X-Forwarded-For": "7.7.7.7", "X-Forwarded-Server": "evil.example",
+        "X-WSGIProxy-Str-0": "REMOTE_USER admin"})
+    env = app.environ
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("2001:db8::a", "51000")
+    assert (env["wsgi.url_scheme"], env["HTTP_HOST"]) == ("https", "shop.example")
+    assert "REMOTE_USER" not in env
+
+
+def test_front_proxy_peer_pickle_is_refused(tmp_path):
+    target = tmp_path / "pwned"
+    headers = pickle_headers(Bomb(str(target)))
+    for options in ({"front_proxy_ips": NGINX},
+                    {"front_proxy_ips": NGINX, "trust_ips": WSGIPROXY,
+                     "allow_pickle_from_trusted_ips": True},
+                    {"front_proxy_ips": NGINX, "secret_file": KEYS,
+                     "require_signature": False}):
+        app, mw = make(**options)
+        resp = call(mw, headers=headers, remote_addr=NGINX, accept="application/json")
+        assert resp.status_int == 403, options
+        assert "Pickle" in resp.json["error"]["message"] and app.calls == 0
+    assert not target.exists()
+    with pytest.raises(ValueError, match="needs trust_ips"):
+        WSGIProxyMiddleware(Recorder(), front_proxy_ips=NGINX, allow_pickle_from_trusted_ips=True)
+
+
+def test_front_proxy_ips_configuration(caplog):
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.middleware"):
+        _, mw = make(front_proxy_ips="10.0.0.5, 10.1.0.0/16  2001:db8::/32")
+    assert caplog.text == ""  # no loopback default, no warning
+    assert "10.1.2.3" in mw.front_proxies and "2001:db8::9" in mw.front_proxies
+    assert "127.0.0.1" not in mw.trusted and not mw.trusted
+    _, mw = make(front_proxy_ips=["10.0.0.5", "fd00::1"])
+    assert "::ffff:10.0.0.5" in mw.front_proxies and "[fd00::1]" in mw.front_proxies
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.middleware"):
+        make(front_proxy_ips="*")
+    assert "front_proxy_ips = *" in caplog.text
+    with pytest.raises(ValueError, match="trusted address"):
+        WSGIProxyMiddleware(Recorder(), front_proxy_ips="nginx.internal")
+    # With a secret, unsigned requests from a front proxy would all be refused:
+    # that is a configuration error, said at startup.
+    for options in ({}, {"require_signature": True}):
+        with pytest.raises(ValueError, match="require_signature"):
+            WSGIProxyMiddleware(Recorder(), secret_file=KEYS, front_proxy_ips=NGINX, **options)
+    WSGIProxyMiddleware(Recorder(), secret_file=KEYS, front_proxy_ips=NGINX,
+                        require_signature=False)
+    with pytest.raises(TypeError):  # keyword-only: positional arguments keep their places
+        WSGIProxyMiddleware(Recorder(), None, None, None, None, None, None, None, None, 1, 1, 0,
+                            0, 0, NGINX)
+
+
+def test_paste_filter_factory_front_proxy_ips():
+    mw = make_middleware(Recorder(), {"trust_ips": "10.0.0.1"},
+                         front_proxy_ips="192.0.2.0/24,  2001:db8::/32 10.1.0.0/16",
+                         x_host="1")
+    assert "192.0.2.9" in mw.front_proxies and "2001:db8::1" in mw.front_proxies
+    assert "10.1.2.3" in mw.front_proxies and "10.0.0.1" not in mw.front_proxies
+    assert "10.0.0.1" in mw.trusted and mw.x_host == 1
+    mw = make_middleware(Recorder(), {"front_proxy_ips": "10.0.0.9"})
+    assert not mw.front_proxies  # not read from [DEFAULT]
+    with pytest.raises(ValueError, match="front_proxy_ips"):
+        make_middleware(Recorder(), {}, front_proxy_ips="10.0.0.5/99")
+
+
+class NginxLike:
+    """A plain reverse proxy on a real server, as nginx with ``proxy_set_header
+    X-Forwarded-For $proxy_add_x_forwarded_for`` and ``X-Forwarded-Proto``: every
+    other header of the client's request goes on unchanged."""
+
+    def __init__(self, backend_port):
+        from wsgiproxy.exactproxy import ExactProxy
+        self.proxy = ExactProxy()
+        self.backend_port = backend_port
+
+    def __call__(self, environ, start_response):
+        environ = dict(environ)
+        before = environ.get("HTTP_X_FORWARDED_FOR")
+        environ["HTTP_X_FORWARDED_FOR"] = (before + ", " if before else "") + \
+            environ["REMOTE_ADDR"]
+        environ["HTTP_X_FORWARDED_PROTO"] = "https"  # as if it ended TLS
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = "127.0.0.1", str(self.backend_port)
+        return self.proxy(environ, start_response)
+
+
+def from_client(port, path, headers):
+    """GET from the client address 127.0.0.2: (status, environ the backend app saw)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=("127.0.0.2", 0))
+    try:
+        conn.request("GET", path, headers=dict(headers, Accept="application/json"))
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data) if resp.status == 200 else data
+    finally:
+        conn.close()
+
+
+def test_http_client_behind_front_proxy_cannot_choose_its_user():
+    """client -> nginx-like proxy -> backend: front_proxy_ips keeps the client's
+    X-WSGIProxy-* and X-Forwarded-Server out; trust_ips (the old advice) did not."""
+    forged = {"Host": "shop.example", "X-WSGIProxy-Str-0": "REMOTE_USER admin",
+              "X-Forwarded-Server": "evil.example", "X-Forwarded-For": "6.6.6.6"}
+    backend = Server(WSGIProxyMiddleware(Recorder(), front_proxy_ips="127.0.0.1"))
+    try:
+        with WaitressServer(NginxLike(backend.port)) as nginx:
+            status, env = from_client(nginx.port, "/account", forged)
+    finally:
+        backend.close()
+    assert status == 200, env
+    assert "REMOTE_USER" not in env
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == ("127.0.0.2", "https")
+    assert env["HTTP_HOST"] == "shop.example"
+    # trust_ips is for WSGIProxyApp peers: behind a plain proxy the client is believed.
+    backend = Server(WSGIProxyMiddleware(Recorder(), trust_ips="127.0.0.1"))
+    try:
+        with WaitressServer(NginxLike(backend.port)) as nginx:
+            status, env = from_client(nginx.port, "/account", forged)
+    finally:
+        backend.close()
+    assert (env["REMOTE_USER"], env["HTTP_HOST"]) == ("admin", "evil.example")
+
+
+def test_http_wsgiproxyapp_peer_in_trust_ips_is_believed_for_everything():
+    """client -> WSGIProxyApp (unsigned) -> backend with trust_ips: the proxy's own
+    REMOTE_USER, host and scheme arrive; what the client forged does not."""
+    from wsgiproxy.app import WSGIProxyApp
+    backend = Server(WSGIProxyMiddleware(Recorder(), trust_ips="127.0.0.1"))
+    try:
+        proxy = WSGIProxyApp(backend.waitress.url, string_keys=["REMOTE_USER"])
+
+        def logged_in(environ, start_response):
+            environ["REMOTE_USER"] = "alice"
+            return proxy(environ, start_response)
+        with WaitressServer(logged_in, url_scheme="https") as front:
+            status, env = from_client(front.port, "/account", {
+                "Host": "shop.example", "X-WSGIProxy-Str-1": "REMOTE_USER admin",
+                "X-WSGIProxy-Json-0": 'role "admin"', "X-Forwarded-Server": "evil.example"})
+    finally:
+        backend.close()
+    assert status == 200, env
+    assert env["REMOTE_USER"] == "alice" and "role" not in env
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"], env["HTTP_HOST"]) == \
+        ("127.0.0.2", "https", "shop.example")
+
+
+# -- ports: the default port is left out of HTTP_HOST ----------------------------------
+
+@pytest.mark.parametrize("options, headers, host, port", [
+    ({}, {"X-Forwarded-Proto": "https", "X-Forwarded-Port": "443"}, "shop.example", "443"),
+    ({}, {"X-Forwarded-Proto": "http", "X-Forwarded-Port": "80"}, "shop.example", "80"),
+    ({}, {"X-Forwarded-Proto": "https", "X-Forwarded-Port": "8443"}, "shop.example:8443",
+     "8443"),
+    ({}, {"X-Forwarded-Proto": "http", "X-Forwarded-Port": "443"}, "shop.example:443", "443"),
+    # the scheme that counts is the final one: WSGIProxy's header, then the forced one
+    ({}, {"X-Forwarded-Port": "443", "X-Forwarded-Scheme": "https"}, "shop.example", "443"),
+    ({"scheme": "https"}, {"X-Forwarded-Port": "80"}, "shop.example:80", "80"),
+    ({"scheme": "https"}, {"X-Forwarded-Port": "443"}, "shop.example", "443"),
+    ({}, {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "[2001:db8::1]:8080",
+          "X-Forwarded-Port": "443"}, "[2001:db8::1]", "443"),
+    # the port option: the same rule
+    ({"port": "443"}, {"X-Forwarded-Proto": "https"}, "shop.example", "443"),
+    ({"port": "443", "scheme": "https"}, {}, "shop.example", "443"),
+    ({"port": "443"}, {}, "shop.example:443", "443"),
+    ({"port": "8080", "scheme": "https"}, {"X-Forwarded-Port": "443"}, "shop.example:8080",
+     "8080"),
+    ({"port": "443", "domain": "www.example"}, {"X-Forwarded-Proto": "https"}, "www.example",
+     "443"),
+])
+def test_default_port_is_left_out_of_http_host(options, headers, host, port):
+    app, mw = make(trust_ips=NGINX, x_host=1, x_port=1, **options)
+    resp = call(mw, headers=headers, remote_addr=NGINX,
+                environ={"HTTP_HOST": "shop.example:8000", "SERVER_PORT": "8000"})
+    assert resp.status_int == 200, resp.text
+    assert (app.environ["HTTP_HOST"], app.environ["SERVER_PORT"]) == (host, port)
+    assert Request(app.environ).host == host
+
+
+def test_forced_port_without_a_host_header():
+    app, mw = make(port="443", scheme="https")
+    body = mw({"REQUEST_METHOD": "GET", "SERVER_NAME": "backend", "SERVER_PORT": "8000",
+               "REMOTE_ADDR": STRANGER}, lambda *a: None)
+    b"".join(body)
+    assert (app.environ["HTTP_HOST"], app.environ["SERVER_PORT"]) == ("backend", "443")
+
+
+# -- the body of a signed request is read only after the HMAC is checked -----------------
+
+class RecordingInput:
+    """wsgi.input that counts its reads."""
+
+    def __init__(self, data):
+        self.stream = io.BytesIO(data)
+        self.reads = 0
+
+    def read(self, *args):
+        self.reads += 1
+        return self.stream.read(*args)
+
+
+def with_recording_input(req):
+    req.environ["wsgi.input"] = recorder = RecordingInput(req.body)
+    req.is_body_seekable = False  # so that webob does not rewind (or read) it itself
+    return req, recorder
+
+
+def test_body_is_not_read_before_the_signature_is_checked(caplog):
+    app, mw = make(secret_file=KEYS, signature_window=60)
+    body = b"x" * 1000
+    refused = []
+    bad_hmac = signed(method="POST", body=body, digest=True)
+    value = bad_hmac.headers["X-WSGIProxy-Signature"]
+    bad_hmac.headers["X-WSGIProxy-Signature"] = value[:-5] + ("AAAAA" if value[-5:] != "AAAAA"
+                                                                else "BBBBB")
+    refused.append((bad_hmac, "bad signature"))
+    tampered = signed("/a", method="POST", body=body, digest=True)
+    tampered.path_info = "/admin"
+    refused.append((tampered, "bad signature"))
+    refused.append((signed(method="POST", body=body, digest=True, now=time.time() - 600),
+                    "expired"))
+    refused.append((signed(method="POST", body=body, digest=True,
+                           keys=SecretKeys.from_secrets(["another-secret-0123456789"])),
+                    "unknown key"))
+    added = signed(method="POST", body=body, digest=True)
+    added.headers["X-Forwarded-Host"] = "evil.example"
+    refused.append((added, "bad signature"))
+    for req, reason in refused:
+        req, recorder = with_recording_input(req)
+        check_refused(mw, req, reason)
+        assert recorder.reads == 0, reason
+    assert app.calls == 0
+    # A valid one is read (once the checks passed) and handed on whole.
+    req, recorder = with_recording_input(signed(method="POST", body=body, digest=True))
+    resp = req.get_response(mw)
+    assert resp.status_int == 200 and resp.json["body"] == body.decode()
+    assert recorder.reads >= 1
+
+
+def test_body_mismatch_does_not_use_the_nonce_up():
+    app, mw = make(secret_file=KEYS)
+    genuine = signed(method="POST", body=b"transfer 10", digest=True)
+    altered = genuine.copy()
+    altered.body = b"transfer 99"
+    check_refused(mw, altered, "body mismatch")
+    assert app.calls == 0
+    # the refused copy did not record the nonce: the genuine request still goes through once
+    assert genuine.copy().get_response(mw).status_int == 200
+    check_refused(mw, genuine, "replayed")
+
+
+def test_verify_request_calls_the_body_reader_only_after_the_hmac():
+    from wsgiproxy.protocol import SignatureError, verify_request
+    calls = []
+
+    def reader():
+        calls.append(1)
+        return b"payload"
+
+    args = ("POST", "h", "/", "", [])
+    good = sign_request(KEYS, *args, body=b"payload")
+    assert verify_request(KEYS, good, *args, body=reader) == KEYS.key_ids[0]
+    assert calls == [1]
+    forged = good.replace("sig=", "sig=A", 1)
+    for signature, reason in ((forged, "bad signature|malformed"),
+                              (sign_request(KEYS, *args, body=b"payload",
+                                            now=time.time() - 3600), "expired")):
+        with pytest.raises(SignatureError, match=reason):
+            verify_request(KEYS, signature, *args, body=reader)
+    with pytest.raises(SignatureError, match="bad signature"):
+        verify_request(KEYS, good, "POST", "other", "/", "", [], body=reader)
+    assert calls == [1]
+    # no digest claimed: never called
+    plain = sign_request(KEYS, *args)
+    verify_request(KEYS, plain, *args, body=reader)
+    assert calls == [1]

@@ -919,3 +919,33 @@ def test_errors_are_value_errors_with_reasons():
     assert str(SignatureError("replayed")) == "X-WSGIProxy-Signature: replayed"
     with pytest.raises(ValueError):
         SignatureError("no such reason")
+
+
+def test_nonces_are_unique_in_threads_and_across_fork():
+    import threading
+    seen = []
+    lock = threading.Lock()
+
+    def draw():
+        mine = [protocol.new_nonce() for _ in range(2000)]
+        with lock:
+            seen.extend(mine)
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == len(seen) == 8000
+    assert all(protocol._NONCE_RE.match(n) for n in seen)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its nonces must differ from the parent's next ones
+        os.close(read_end)
+        os.write(write_end, " ".join(protocol.new_nonce() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        child = set(f.read().split())
+    os.waitpid(pid, 0)
+    parent = {protocol.new_nonce() for _ in range(100)}
+    assert len(child) == 100 and not child & parent and not child & set(seen)

@@ -7,6 +7,7 @@ load balancers).  All parsing and signature checking lives in
 the environ.  See ``docs/middleware.rst``.
 """
 
+import functools
 import io
 import logging
 
@@ -98,6 +99,16 @@ def _named(header, func, *args):
         raise ProtocolError("%s: %s" % (header, message)) from None
 
 
+def _networks(spec, option):
+    """The TrustedNetworks of an address option; a bad item is a ValueError naming it."""
+    if not spec:
+        return TrustedNetworks()
+    try:
+        return TrustedNetworks(spec)
+    except ValueError as exc:
+        raise ValueError("%s: %s" % (option, exc)) from None
+
+
 class _State:
     """The request identity being rebuilt; written to the environ only once all checks pass."""
 
@@ -111,6 +122,7 @@ class _State:
         self.script_name = environ.get("SCRIPT_NAME") or ""
         self.path_info = environ.get("PATH_INFO") or ""
         self.host_set = False
+        self.port_set = False  # HTTP_HOST's port comes from set_port: rebuilt by write()
 
     def set_host(self, value, header):
         name, port = _named(header, split_host, value)
@@ -118,6 +130,7 @@ class _State:
         self.server_name = name
         self.server_port = None if port is None else str(port)
         self.host_set = True
+        self.port_set = False
 
     def host_name(self):
         if self.host:
@@ -125,13 +138,18 @@ class _State:
         return self.server_name or "localhost"
 
     def set_port(self, port):
-        self.server_port = port
+        """The port from X-Forwarded-Port or the ``port`` option: SERVER_PORT, and the port
+        of HTTP_HOST -- left out there when it is the default of the final scheme."""
         if self.host:
             self.host = join_host(self.host_name(), port)
+        self.server_port = port
+        self.port_set = True
 
     def write(self, environ):
         if self.host_set and self.server_port is None:
             self.server_port = str(default_port(self.scheme))
+        if self.port_set and self.host:
+            self.host = join_host(self.host_name(), self.server_port, self.scheme)
         values = {"wsgi.url_scheme": self.scheme, "HTTP_HOST": self.host,
                   "SERVER_NAME": self.server_name, "SERVER_PORT": self.server_port,
                   "REMOTE_ADDR": self.remote_addr, "REMOTE_PORT": self.remote_port,
@@ -144,11 +162,50 @@ class _State:
 class WSGIProxyMiddleware:
     """Rebuild the environ of a request that came through WSGIProxy or another proxy.
 
-    The headers a proxy adds (``X-Forwarded-*``, ``Forwarded``,
-    ``X-WSGIProxy-*``) are believed only when the request carries a valid
-    signature made with the shared secret, or comes from an address listed
-    in ``trust_ips``: anyone can send those headers, and believing them lets
-    a client choose its own IP address, host name or ``REMOTE_USER``.
+    Anyone can send the headers a proxy adds, and believing them lets a
+    client choose its own IP address, host name or ``REMOTE_USER``.  They
+    come in two families, believed from different senders:
+
+    *front-proxy headers*
+        ``X-Forwarded-For``, ``-Proto``, ``-Host``, ``-Port`` and
+        ``-Prefix`` (each as its ``x_*`` count says), or RFC 7239
+        ``Forwarded`` instead of the first four (``forwarded``): what nginx,
+        HAProxy or a load balancer write about their own client.
+    *WSGIProxy identity headers*
+        ``X-WSGIProxy-Version``, the ``X-WSGIProxy-Str-N`` (``-Unicode-``,
+        ``-Json-``, ``-Pickle-``) key headers, ``X-Forwarded-Server``,
+        ``X-Forwarded-Scheme``, ``X-Forwarded-Script-Name``,
+        ``X-Script-Name`` and ``X-Traversal-Path``: what ``WSGIProxyApp``
+        writes.  Plain reverse proxies pass these on from the client
+        unchanged, so only a sender that removes the client's own copies
+        (``WSGIProxyApp`` does) may be believed for them.
+
+    Who is believed for what:
+
+    ================================  ===========================================
+    request                           believed
+    ================================  ===========================================
+    valid signature (any peer)        both families; pickles too
+    bad signature (any peer)          nothing: 403 with the reason
+    unsigned, peer in ``trust_ips``   both families; pickles only with
+                                      ``allow_pickle_from_trusted_ips``
+    unsigned, peer in                 front-proxy headers only; a pickle
+    ``front_proxy_ips``               header is a 403
+    unsigned, any other peer          nothing (a pickle header is a 403)
+    ================================  ===========================================
+
+    Headers that are not believed are not parsed either (a malformed one is
+    no 400), and a peer in both lists counts as ``trust_ips``.  Without
+    ``secret_file`` a signature is ignored: the request counts as unsigned.
+    With ``secret_file``,
+    ``require_signature`` (on by default) answers every unsigned request not
+    from ``trust_ips`` 403 "missing" -- ``front_proxy_ips`` peers included,
+    so ``front_proxy_ips`` with ``secret_file`` needs
+    ``require_signature=False`` (else ``ValueError``).  With none of
+    ``secret_file``, ``trust_ips`` and ``front_proxy_ips``, loopback peers
+    are trusted as if listed in ``trust_ips``, and a warning is logged.
+    Whatever is believed, the ``X-WSGIProxy-*`` headers are removed from
+    the environ before the app is called.
 
     ``app``
         The WSGI application to call with the rebuilt environ.
@@ -160,10 +217,12 @@ class WSGIProxyMiddleware:
         ``require_signature`` is false.  Re-read when it changes.
     ``trust_ips``
         Addresses and CIDR ranges (list or comma/space separated string,
-        IPv4 and IPv6) whose unsigned requests are trusted.  ``"*"`` trusts
-        everyone, as the original WSGIProxy did: unsafe unless the server is
-        unreachable except through the proxy.  With neither ``secret_file``
-        nor ``trust_ips``, loopback peers are trusted and a warning logged.
+        IPv4 and IPv6) whose unsigned requests are trusted like signed ones:
+        list only ``WSGIProxyApp`` hosts (or proxies that remove every
+        header named above from their clients' requests); for nginx and the
+        like use ``front_proxy_ips``.  ``"*"`` trusts everyone, as the
+        original WSGIProxy did: unsafe unless the server is unreachable
+        except through the proxy.
     ``prefix``
         Force ``SCRIPT_NAME`` to this value (``PATH_INFO`` unchanged).
     ``pop_prefix``
@@ -178,7 +237,9 @@ class WSGIProxyMiddleware:
     ``domain``
         Force the host name, keeping the request's port.
     ``port``
-        Force the port, keeping the request's host name.
+        Force the port, keeping the request's host name.  As with
+        ``X-Forwarded-Port``, ``SERVER_PORT`` is set and the port is left
+        out of ``HTTP_HOST`` when it is the default of the final scheme.
     ``x_for``, ``x_proto``, ``x_host``, ``x_port``, ``x_prefix``
         Werkzeug ``ProxyFix`` semantics: how many trusted proxies set
         ``X-Forwarded-For``/``-Proto``/``-Host``/``-Port``/``-Prefix``; the
@@ -193,6 +254,13 @@ class WSGIProxyMiddleware:
         of* ``X-Forwarded-For/-Proto/-Host/-Port``, which are then ignored (a
         proxy that writes one family often passes the other through from the
         client unchecked).
+    ``front_proxy_ips`` (None)
+        Addresses and CIDR ranges, as ``trust_ips``, of front proxies
+        (nginx, HAProxy, load balancers) whose unsigned requests get their
+        front-proxy headers applied, and nothing else: their WSGIProxy
+        identity headers are ignored and their pickles refused.  ``"*"``
+        lets every peer choose its address, scheme and host (a warning is
+        logged).  With ``secret_file``, needs ``require_signature=False``.
     ``signature_window`` (300)
         Seconds a signature's timestamp may differ from this server's clock.
     ``nonce_store`` (None: a :class:`~wsgiproxy.protocol.MemoryNonceStore`)
@@ -204,13 +272,18 @@ class WSGIProxyMiddleware:
     ``nonce_cache_size`` (500000)
         Size cap of the default in-memory nonce store.
     ``require_signature`` (None: true when ``secret_file`` is set)
-        Refuse unsigned requests from peers not in ``trust_ips`` with 403.
-        When false they are served with all forwarded headers ignored.
+        Refuse unsigned requests from peers not in ``trust_ips`` with 403
+        (``front_proxy_ips`` peers included).  When false they are served,
+        with the front-proxy headers applied from ``front_proxy_ips`` peers
+        and every forwarded header ignored from others.
     ``require_body_digest`` (False)
         Refuse a signed request whose body is not covered by the signature.
     ``max_signed_body_size`` (1 MiB)
         Largest body read to check a signed body digest (it is held in
-        memory); a larger one is refused.
+        memory); a larger one is refused.  The body is read only once the
+        key, the HMAC (which covers the claimed digest) and the time window
+        have been checked, and the nonce is recorded only after the body
+        matched: a request that fails any check does not use its nonce up.
     ``allow_pickle_from_trusted_ips`` (False)
         Also unpickle ``X-WSGIProxy-Pickle-*`` headers from unsigned requests
         of ``trust_ips`` peers.  Unpickling runs arbitrary code: anyone who
@@ -220,7 +293,6 @@ class WSGIProxyMiddleware:
     Errors are answered, never raised: a malformed header gets a 400 and a
     refused signature a 403 naming the reason (HTML, or JSON when the client
     prefers it); both are logged to ``wsgiproxy.middleware`` without secrets.
-    The ``X-WSGIProxy-*`` headers are removed before the app is called;
     ``environ["wsgiproxy.orig"]`` keeps the values that were replaced and
     ``environ["wsgiproxy.key_id"]`` the id of the key that verified the
     request (or None).
@@ -228,7 +300,7 @@ class WSGIProxyMiddleware:
 
     def __init__(self, app, secret_file=None, trust_ips=None, prefix=None, pop_prefix=None,
                  scheme=None, host=None, domain=None, port=None, x_for=1, x_proto=1, x_host=0,
-                 x_port=0, x_prefix=0, *, forwarded=0,
+                 x_port=0, x_prefix=0, *, forwarded=0, front_proxy_ips=None,
                  signature_window=DEFAULT_SIGNATURE_WINDOW, nonce_store=None,
                  nonce_cache_size=DEFAULT_NONCE_CAPACITY, require_signature=None,
                  require_body_digest=False,
@@ -240,14 +312,19 @@ class WSGIProxyMiddleware:
         else:
             self.keys = SecretKeys(secret_file)
         self.trust_ips_configured = bool(trust_ips)
-        self.trusted = TrustedNetworks(trust_ips) if trust_ips else TrustedNetworks()
+        self.trusted = _networks(trust_ips, "trust_ips")
         if self.trusted.everything:
             log.warning("trust_ips = * : every peer may set forwarded headers (host, scheme, "
                         "client address, keys); only safe if nothing but the proxy can connect")
-        if self.keys is None and not self.trusted:
+        self.front_proxies = _networks(front_proxy_ips, "front_proxy_ips")
+        if self.front_proxies.everything:
+            log.warning("front_proxy_ips = * : every peer may set X-Forwarded-* and Forwarded "
+                        "(client address, scheme, host); only safe if nothing but the front "
+                        "proxy can connect")
+        if self.keys is None and not self.trusted and not self.front_proxies:
             self.trusted = LOOPBACK
-            log.warning("neither secret_file nor trust_ips is configured: trusting forwarded "
-                        "headers from loopback peers (127.0.0.0/8, ::1) only")
+            log.warning("neither secret_file nor trust_ips nor front_proxy_ips is configured: "
+                        "trusting forwarded headers from loopback peers (127.0.0.0/8, ::1) only")
 
         if prefix is not None and pop_prefix is not None:
             raise ValueError("prefix and pop_prefix exclude each other: prefix sets SCRIPT_NAME, "
@@ -304,6 +381,11 @@ class WSGIProxyMiddleware:
         if (require_signature or require_body_digest) and self.keys is None:
             raise ValueError("require_signature and require_body_digest need a secret_file")
         self.require_signature = bool(require_signature)
+        if self.require_signature and self.front_proxies:
+            raise ValueError("front_proxy_ips has no effect while require_signature is on: "
+                             "unsigned requests from those proxies would be refused. Set "
+                             "require_signature = false to serve them with their X-Forwarded-* "
+                             "headers applied")
         self.require_body_digest = bool(require_body_digest)
         if allow_pickle_from_trusted_ips and not self.trust_ips_configured:
             raise ValueError("allow_pickle_from_trusted_ips needs trust_ips")
@@ -358,7 +440,9 @@ class WSGIProxyMiddleware:
                          if isinstance(k, str) and k.startswith(_PROTOCOL_PREFIX)]
         has_pickle = any(key_header_kind(k) == "Pickle" and _header(environ, k) is not None
                          for k in protocol_keys)
-        ip_trusted = environ.get("REMOTE_ADDR") in self.trusted
+        peer = environ.get("REMOTE_ADDR")
+        ip_trusted = peer in self.trusted
+        front_proxy = not ip_trusted and peer in self.front_proxies
 
         key_id = None
         signature = _header(environ, _SIGNATURE_KEY)
@@ -378,14 +462,22 @@ class WSGIProxyMiddleware:
         state = _State(environ)
         keys = {}
         if signed or ip_trusted:
+            # A WSGIProxyApp (or its signature) vouches for everything.
             version = _header(environ, _VERSION_KEY)
             if version is not None and version != PROTOCOL_VERSION:
                 raise ProtocolError("X-WSGIProxy-Version %r is not supported (this side speaks %s)"
                                     % (version[:20], PROTOCOL_VERSION))
             self._apply_front_proxies(environ, state)
             self._apply_wsgiproxy(environ, state)
-            self._apply_paths(environ, state)
+            self._apply_traversal(environ, state)
+            self._apply_forwarded_prefix(environ, state)
+            self._apply_script_name(environ, state)
             keys = self._decode_keys(environ, protocol_keys, pickle_ok)
+        elif front_proxy:
+            # nginx and the like: only the headers they write themselves; they pass
+            # WSGIProxy's headers on from the client unchanged.
+            self._apply_front_proxies(environ, state)
+            self._apply_forwarded_prefix(environ, state)
         self._apply_forced(state)
 
         orig = {k: environ[k] for k in _ORIG_KEYS if k in environ}
@@ -400,7 +492,10 @@ class WSGIProxyMiddleware:
         parsed = parse_signature(signature)
         body = None
         if parsed.body_digest != "-":
-            body = self._read_body(environ)
+            self._check_body_length(environ)  # cheap: Content-Length only, nothing read
+            # Read only once verify_request has checked the key, the HMAC over the
+            # claimed digest and the window (and before it records the nonce).
+            body = functools.partial(self._read_body, environ)
         elif self.require_body_digest and self._has_body(environ):
             raise SignatureError("body mismatch", "the request has a body the signature does not "
                                  "cover, and require_body_digest is on")
@@ -428,15 +523,19 @@ class WSGIProxyMiddleware:
             raise ProtocolError("Content-Length %r is not a number" % text[:40])
         return int(text)
 
+    def _check_body_length(self, environ):
+        length = self._content_length(environ)
+        if length is not None and length > self.max_signed_body_size:
+            raise SignatureError("body mismatch", "the body is %d bytes, more than "
+                                 "max_signed_body_size (%d), so it cannot be checked"
+                                 % (length, self.max_signed_body_size))
+        return length
+
     def _read_body(self, environ):
         """Read the body to check its digest, bounded, and give the app a fresh stream of it."""
         limit = self.max_signed_body_size
-        length = self._content_length(environ)
+        length = self._check_body_length(environ)
         stream = environ.get("wsgi.input")
-        if length is not None and length > limit:
-            raise SignatureError("body mismatch", "the body is %d bytes, more than "
-                                 "max_signed_body_size (%d), so it cannot be checked"
-                                 % (length, limit))
         chunks, size = [], 0
         want = length if length is not None else (limit + 1 if environ.get(
             "wsgi.input_terminated") else 0)
@@ -514,9 +613,8 @@ class WSGIProxyMiddleware:
         if value:
             state.set_host(value, "X-Forwarded-Server")
 
-    def _apply_paths(self, environ, state):
-        """SCRIPT_NAME and PATH_INFO: X-Traversal-Path comes off the physical path, then the
-        prefix headers say what SCRIPT_NAME the client saw."""
+    def _apply_traversal(self, environ, state):
+        """X-Traversal-Path comes off the physical path: PATH_INFO is the original one."""
         value = _header(environ, "HTTP_X_TRAVERSAL_PATH")
         traversal = decode_path_header(value, "X-Traversal-Path").rstrip("/") if value else ""
         if traversal:
@@ -529,9 +627,15 @@ class WSGIProxyMiddleware:
                                     % (traversal[:200], full[:200]))
             state.script_name = ""
             state.path_info = full[len(traversal):]
+
+    def _apply_forwarded_prefix(self, environ, state):
+        """X-Forwarded-Prefix (a front-proxy header, counted by x_prefix) sets SCRIPT_NAME."""
         value = nth_from_right(_header(environ, "HTTP_X_FORWARDED_PREFIX"), self.x_prefix)
         if value:
             state.script_name = _path_prefix(value, "X-Forwarded-Prefix")
+
+    def _apply_script_name(self, environ, state):
+        """WSGIProxy's prefix headers: the SCRIPT_NAME the client saw."""
         value = _header(environ, "HTTP_X_FORWARDED_SCRIPT_NAME")
         if value:
             state.script_name = _path_prefix(value, "X-Forwarded-Script-Name")
@@ -568,9 +672,9 @@ class WSGIProxyMiddleware:
             state.host = join_host(name, port, state.scheme)
             state.server_name, state.server_port = name, str(port)
         if self.port is not None:
-            name = self.domain or state.host_name()
-            state.server_port = self.port
-            state.host = join_host(name, self.port, state.scheme)
+            if not state.host:  # no Host header: make one, as for the other forced values
+                state.host = join_host(self.domain or state.host_name())
+            state.set_port(self.port)
         if self.domain is not None:
             port = state.server_port or str(default_port(state.scheme))
             state.server_name = self.domain

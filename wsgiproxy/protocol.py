@@ -23,6 +23,7 @@ import binascii
 import hashlib
 import heapq
 import hmac
+import itertools
 import ipaddress
 import json
 import logging
@@ -452,6 +453,18 @@ def _body_digest(body):
 
 def _signed_headers(headers):
     """The covered headers as sorted ``[(canonical name, stripped value)]``; empty ones left out."""
+    if headers.__class__ is list:  # a sender's (name, value) pairs: use a plan for its names
+        names = tuple([pair[0] for pair in headers])
+        plan = _signed_plans.get(names)
+        if plan is None:
+            plan = _signed_plan(names)
+        if plan is not False:
+            try:
+                return [(canonical, value) for i, canonical in plan
+                        if (value := headers[i][1].strip(" \t"))]
+            except (AttributeError, TypeError):
+                pass  # a value that is not a str: the loop below says which
+        headers = iter(headers)
     items = headers.items() if hasattr(headers, "items") else headers
     seen = {}
     for name, value in items:
@@ -472,6 +485,26 @@ def _signed_headers(headers):
             raise ProtocolError("header %s is given twice; send it once, comma-joined" % canonical)
         seen[canonical] = value
     return sorted(seen.items())
+
+
+# A tuple of header names -> [(position, canonical name)] of the signed ones,
+# sorted by name; ``False`` when a signed name repeats (the loop in
+# _signed_headers then decides, by value).  Bounded like _signed_names.
+_signed_plans = {}
+
+
+def _signed_plan(names):
+    signed = []
+    for i, name in enumerate(names):
+        canonical = _signed_name(name) if isinstance(name, str) else None
+        if canonical is not None:
+            signed.append((canonical, i))
+    plan = [(i, canonical) for canonical, i in sorted(signed)]
+    if len({canonical for canonical, _ in signed}) != len(signed):
+        plan = False
+    if len(_signed_plans) < _SIGNED_NAMES_MAX:
+        _signed_plans[names] = plan
+    return plan
 
 
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match  # canonical as it is
@@ -511,16 +544,21 @@ def canonical_request(method, host, path, query, timestamp, nonce, body_digest, 
 
 def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, signed):
     """canonical_request() for headers already reduced by _signed_headers()."""
-    lines = ["wsgiproxy-signature-v1", method or "", host or "", _canonical_path(path),
-             query or "", str(int(timestamp)), nonce, body_digest]
-    for i, value in enumerate(lines):
-        if not isinstance(value, str):
-            raise ProtocolError("%s must be a str, not %s"
-                                % (_CANONICAL_FIELDS[i], type(value).__name__))
-    lines[1] = lines[1].upper()
-    lines[2] = lines[2].lower()
-    lines += ["%s:%s" % item for item in signed]
-    text = "\n".join(lines)
+    try:
+        lines = ["wsgiproxy-signature-v1", method.upper(), host.lower(),
+                 _canonical_path(path), query, str(int(timestamp)), nonce, body_digest]
+        lines += [name + ":" + value for name, value in signed]
+        text = "\n".join(lines)
+    except (AttributeError, TypeError):  # say which field is wrong
+        fields = (method or "", host or "", path, query or "", timestamp, nonce, body_digest)
+        for i, value in enumerate(fields, 1):
+            if not isinstance(value, str) and i not in (3, 5):
+                raise ProtocolError("%s must be a str, not %s"
+                                    % (_CANONICAL_FIELDS[i], type(value).__name__)) from None
+        if method is None or host is None or query is None:  # None means empty
+            return _canonical_bytes(method or "", host or "", path, query or "", timestamp,
+                                    nonce, body_digest, signed)
+        raise
     # One scan instead of one per value: a CR, LF or NUL anywhere is refused.
     if text.count("\n") != len(lines) - 1 or "\r" in text or "\0" in text:
         raise ProtocolError("the request to sign contains CR, LF or NUL")
@@ -541,6 +579,7 @@ _keyed_hmacs = {}
 
 
 def _hmac(secret, canonical):
+    """The unpadded base64url HMAC-SHA256 of ``canonical``."""
     keyed = _keyed_hmacs.get(secret)
     if keyed is None:
         keyed = hmac.new(secret, digestmod=hashlib.sha256)
@@ -549,6 +588,31 @@ def _hmac(secret, canonical):
     mac = keyed.copy()
     mac.update(canonical)
     return _b64url(mac.digest())
+
+
+class _NonceSource:
+    """Nonces that never repeat: a random 64-bit prefix per process, then a counter.
+
+    A nonce only has to be unique (the signature, not the nonce, is the
+    secret part); this costs no system call per request, unlike
+    ``os.urandom``.  A forked child draws a new prefix, so parent and
+    children never share a nonce.
+    """
+
+    def __init__(self):
+        self.reseed()
+
+    def reseed(self):
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def __call__(self):
+        return "%s%016x" % (self.prefix, next(self.counter))  # next() on count is atomic
+
+
+new_nonce = _NonceSource()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=new_nonce.reseed)
 
 
 def _as_keys(keys):
@@ -570,7 +634,7 @@ def sign_request(keys, method, host, path, query, headers, *, body=None, now=Non
     key_id, secret = keys.signing_key()
     timestamp = int(time.time() if now is None else now)
     if nonce is None:
-        nonce = os.urandom(16).hex()  # what secrets.token_hex(16) does, one call less
+        nonce = new_nonce()
     elif not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
         raise ValueError("a nonce must be 32 lowercase hex characters")
     digest = _body_digest(body)
@@ -636,6 +700,12 @@ def verify_request(keys, signature, method, host, path, query, headers, *, now=N
     authentic signature where that matters: format, key, covered header set,
     HMAC (constant time), timestamp window, body digest, then the nonce --
     which is only recorded for a request that passed everything else.
+
+    ``body`` is the request body (bytes), or a function of no arguments that
+    reads and returns it.  The function is called only when the signature
+    claims a body digest, and only once the HMAC -- which covers that claimed
+    digest -- and the window have been checked: a stranger cannot make the
+    receiver read a body.  Whatever it raises propagates.
     """
     keys = _as_keys(keys)
     parsed = parse_signature(signature)
@@ -666,6 +736,8 @@ def verify_request(keys, signature, method, host, path, query, headers, *, now=N
                              "clock; the window is %d seconds"
                              % (parsed.timestamp, abs(now - parsed.timestamp), window))
     if parsed.body_digest != "-":
+        if callable(body):
+            body = body()
         if body is None:
             raise SignatureError("body mismatch", "the signature covers a body that was not read")
         if not hmac.compare_digest(_body_digest(body), parsed.body_digest):

@@ -139,6 +139,7 @@ MIDDLEWARE_OPTIONS = {
     "x_port": asint,
     "x_prefix": asint,
     "forwarded": asint,
+    "front_proxy_ips": aslist,
     "signature_window": asint,
     "nonce_store": nonce_store,
     "nonce_cache_size": asint,
