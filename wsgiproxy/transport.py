@@ -22,6 +22,8 @@ import re
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 import weakref
@@ -166,6 +168,24 @@ class Response:
 
 _HAVE_POLL = hasattr(select, "poll")
 
+# Plain-HTTP sockets are blocking, with the read timeout set in the kernel
+# (SO_RCVTIMEO/SO_SNDTIMEO): Python's own socket timeouts poll() before every
+# recv() and send(), one system call more each time.  A kernel timeout shows
+# as EAGAIN (BlockingIOError).  Elsewhere, and for TLS, Python's timeouts.
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+TIMEOUT_ERRORS = (socket.timeout, BlockingIOError)
+
+
+def _set_read_timeout(sock, seconds):
+    if not _KERNEL_TIMEOUTS:
+        sock.settimeout(seconds)
+        return
+    sock.settimeout(None)
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
 
 class _Connection:
     __slots__ = ("sock", "key", "buf", "idle_since", "poller")
@@ -267,7 +287,7 @@ class _BodyReader:
             raise BackendUnavailable("response was closed", self.backend)
         try:
             return conn.sock.recv(size)
-        except socket.timeout:
+        except TIMEOUT_ERRORS:
             raise BackendTimeout("timed out reading the response body", self.backend) from None
         except OSError as exc:
             raise BackendUnavailable("connection lost reading the response body: %s"
@@ -500,7 +520,9 @@ class HTTPTransport(Transport):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 sock = self.ssl_context().wrap_socket(sock, server_hostname=host)
-            sock.settimeout(self.read_timeout)
+                sock.settimeout(self.read_timeout)
+            else:
+                _set_read_timeout(sock, self.read_timeout)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
             raise BackendUnavailable("TLS certificate verification failed: %s"
@@ -568,7 +590,7 @@ class HTTPTransport(Transport):
                     raise BackendUnavailable("connection lost sending the request body: %s"
                                              % (exc.strerror or exc), backend) from None
             return self._read_response(conn, method, backend, reusable=True)
-        except socket.timeout:
+        except TIMEOUT_ERRORS:
             conn.close()
             raise BackendTimeout("timed out after %gs waiting for the backend"
                                  % self.read_timeout, backend) from None
@@ -598,7 +620,7 @@ class HTTPTransport(Transport):
                     raise _Stale(exc.strerror) from None
                 raise BadBackendResponse("connection reset in the middle of the headers",
                                          backend) from None
-            except socket.timeout:
+            except TIMEOUT_ERRORS:
                 raise
             except OSError as exc:
                 raise BackendUnavailable("connection lost: %s" % (exc.strerror or exc),
