@@ -141,8 +141,8 @@ class WSGIProxyApp:
         self.transport.close()
 
     def __call__(self, environ, start_response):
-        method = environ.get("REQUEST_METHOD") or "GET"
-        if self.allowed_methods is not None and method not in self.allowed_methods:
+        if (self.allowed_methods is not None
+                and (method := environ.get("REQUEST_METHOD") or "GET") not in self.allowed_methods):
             allow = ", ".join(sorted(self.allowed_methods))
             return error_response(environ, start_response, 405,
                                   "method %s is not allowed here (allowed: %s)" % (method, allow),
@@ -160,9 +160,10 @@ class WSGIProxyApp:
         remote = environ.get("REMOTE_ADDR", "")
 
         forwarded_for = remote
-        incoming = environ.get("HTTP_X_FORWARDED_FOR")
-        if incoming and self.trusted_proxies is not None and remote in self.trusted_proxies:
-            forwarded_for = "%s, %s" % (incoming, remote) if remote else incoming
+        if self.trusted_proxies is not None and remote in self.trusted_proxies:
+            incoming = environ.get("HTTP_X_FORWARDED_FOR")
+            if incoming:
+                forwarded_for = "%s, %s" % (incoming, remote) if remote else incoming
         host_header = client_host if self.preserve_host else self.host_header
         headers.append(("Host", host_header))
         identity_at = len(headers)  # from here on: the headers the signature covers

@@ -605,14 +605,15 @@ class HTTPTransport(Transport):
         buf = conn.buf
         start = 0
         while True:
-            end = buf.find(b"\r\n\r\n", start)
-            if 0 <= end <= MAX_HEAD:
-                conn.buf = buf[end + 4:]
-                return buf[:end]
-            if len(buf) > MAX_HEAD:
-                raise BadBackendResponse("response header block larger than %d bytes"
-                                         % MAX_HEAD, backend)
-            start = max(0, len(buf) - 3)
+            if buf:  # usually empty: the response has not been received yet
+                end = buf.find(b"\r\n\r\n", start)
+                if 0 <= end <= MAX_HEAD:
+                    conn.buf = buf[end + 4:]
+                    return buf[:end]
+                if len(buf) > MAX_HEAD:
+                    raise BadBackendResponse("response header block larger than %d bytes"
+                                             % MAX_HEAD, backend)
+                start = max(0, len(buf) - 3)
             try:
                 data = conn.sock.recv(BUFSIZE)
             except (ConnectionResetError, ConnectionAbortedError) as exc:
