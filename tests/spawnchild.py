@@ -7,7 +7,8 @@ port, path, headers and $CHILD_ENV as JSON.  GET /hold waits (30 s at most)
 until PIDDIR/release exists, leaving PIDDIR/inflight-<pid>-<id> meanwhile;
 GET /stream?n=N&delay=S streams N lines.  $CHILD_MODE makes it misbehave:
 exit, fail-twice, never (never listens), ignore-term, squat (its port is
-taken by another process first), health-file.
+taken by another process first), health-file, signed-health (GET /health
+answers 403 unless signed with the secret file $CHILD_SECRET_FILE).
 """
 import json, os, signal, subprocess, sys, time, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,21 @@ class Handler(BaseHTTPRequestHandler):
             if url.path == "/health":
                 open(os.path.join(piddir, "health-probed"), "w").close()
             self.send_response(503 if url.path == "/health" else 500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mode == "signed-health" and url.path == "/health":
+            from wsgiproxy import protocol
+            try:
+                protocol.verify_request(
+                    protocol.SecretKeys(os.environ["CHILD_SECRET_FILE"]),
+                    self.headers.get("X-WSGIProxy-Signature"), "GET",
+                    self.headers.get("Host"), url.path, url.query, list(self.headers.items()))
+                status = 200
+            except protocol.SignatureError:
+                status = 403
+            open(os.path.join(piddir, "health-%d" % status), "w").close()
+            self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return

@@ -1020,6 +1020,14 @@ def test_front_proxy_ips_configuration(caplog):
                             0, 0, NGINX)
 
 
+def test_paste_filter_factory_forwarded_as_count_or_switch():
+    assert make_middleware(Recorder(), {}, forwarded="2").forwarded == 2
+    assert make_middleware(Recorder(), {}, forwarded="true").forwarded == 1
+    assert make_middleware(Recorder(), {}, forwarded="off").forwarded == 0
+    with pytest.raises(ValueError, match="forwarded"):
+        make_middleware(Recorder(), {}, forwarded="sometimes")
+
+
 def test_paste_filter_factory_front_proxy_ips():
     mw = make_middleware(Recorder(), {"trust_ips": "10.0.0.1"},
                          front_proxy_ips="192.0.2.0/24,  2001:db8::/32 10.1.0.0/16",

@@ -59,7 +59,7 @@ def serve(config, names=None, variables=None):
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     names = names or servers_in(path)
-    if "main" not in names and not names:
+    if not names:
         raise SystemExit("wsgiproxy: %s has no [server:main] with an app to serve" % config)
     uri = "config:" + path
     runners = []

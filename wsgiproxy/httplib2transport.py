@@ -201,13 +201,6 @@ class _Proxy:
         return "<upstream proxy %s>" % self.url
 
 
-"""The ``.ini`` options of :class:`Httplib2Transport` and how each string is read.
-
-The class converts strings itself, so a deployment layer may pass them
-through untouched; this table is for one that checks option names.
-"""
-
-
 # -- the transport ------------------------------------------------------------------
 
 class Httplib2Transport(Transport):

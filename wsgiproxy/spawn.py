@@ -13,7 +13,7 @@ or on :meth:`SpawningApplication.close`.
 
 import atexit
 import collections
-import http.client
+import io
 import logging
 import math
 import os
@@ -28,6 +28,7 @@ import time
 import weakref
 
 from .app import WSGIProxyApp
+from .transport import Transport
 from .errors import error_response
 
 __all__ = ["SpawningApplication"]
@@ -39,6 +40,8 @@ PORT_ATTEMPTS = 5
 STDERR_TAIL = 50
 _LOOPBACK = "127.0.0.1"
 _PROBE_INTERVAL = 0.05
+_PROBE_TIMEOUT = 2.0  # seconds a health probe may take
+log = logging.getLogger("wsgiproxy.spawn")
 #: Seconds a child must stay alive before a port it does not listen on itself
 #: (but a process outside its group does) is taken as its own.
 FOREIGN_LISTENER_GRACE = 3.0
@@ -166,17 +169,34 @@ def _find_program(name, path):
     return shutil.which(name, path=os.path.dirname(sys.executable)) or name
 
 
-def _healthy(port, path, timeout):
-    conn = http.client.HTTPConnection(_LOOPBACK, port, timeout=timeout)
+def _healthy(probe_proxy, path):
+    """Does ``GET path`` through ``probe_proxy`` (a WSGIProxyApp) answer 2xx or 3xx?
+
+    The probe goes through the same proxy code and options as requests do, so
+    it is signed alike: a child behind a middleware that requires signatures
+    answers it.
+    """
+    path_info, _, query = path.partition("?")
+    environ = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path_info,
+        "QUERY_STRING": query, "SERVER_NAME": _LOOPBACK, "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": _LOOPBACK, "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }
+    status = []
     try:
-        conn.request("GET", path, headers={"Host": "%s:%d" % (_LOOPBACK, port)})
-        response = conn.getresponse()
-        response.read()
-        return 200 <= response.status < 400
-    except (OSError, http.client.HTTPException):
+        body = probe_proxy(environ, lambda s, headers, exc_info=None: status.append(s))
+        try:
+            for _ in body:
+                pass
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+    except Exception as exc:  # a probe that fails is a child that is not ready yet
+        log.debug("health probe of %s failed: %s", probe_proxy.href, exc)
         return False
-    finally:
-        conn.close()
+    return bool(status) and 200 <= int(status[-1][:3]) < 400
 
 
 def parse_env(script_env):
@@ -612,8 +632,24 @@ class SpawningApplication:
         child.start_threads(self._child_exited)
         return child
 
+    def _probe_proxy(self, port):
+        """A WSGIProxyApp for health probes: the children's options, short timeouts, no pool."""
+        options = dict(self.proxy_options)
+        if not isinstance(options.get("transport"), Transport):
+            options.update(connect_timeout=_PROBE_TIMEOUT, read_timeout=_PROBE_TIMEOUT,
+                           pool_size=0)
+        return WSGIProxyApp("http://%s:%d" % (_LOOPBACK, port), **options)
+
     def _wait_ready(self, child, deadline):
         """``"ready"``, ``"exited"``, ``"timeout"`` or ``"closed"``."""
+        probe_proxy = self._probe_proxy(child.port) if self.health_path else None
+        try:
+            return self._wait_ready_probing(child, deadline, probe_proxy)
+        finally:
+            if probe_proxy is not None:
+                probe_proxy.close()
+
+    def _wait_ready_probing(self, child, deadline, probe_proxy):
         while True:
             if child.dead:
                 return "exited"
@@ -629,8 +665,7 @@ class SpawningApplication:
             # (a child may legitimately hand the port to a helper, e.g. Docker's).
             if (_accepts(child.port, probe)
                     and (child.listener_checked or self._listener_is_childs(child))
-                    and (not self.health_path
-                         or _healthy(child.port, self.health_path, probe))):
+                    and (probe_proxy is None or _healthy(probe_proxy, self.health_path))):
                 return "exited" if child.dead else "ready"
             child.exited.wait(min(_PROBE_INTERVAL, max(0.0, deadline - time.monotonic())))
 

@@ -53,7 +53,7 @@ BODY_METHODS = frozenset(["POST", "PUT", "PATCH"])
 
 BUFSIZE = 65536            # one recv() for a header block or a chunk
 BODY_RECV = 262144         # one recv() while streaming a body: fewer, larger pieces
-UPLOAD_CHUNK = 1048576     # one read() of a streamed request body: WSGI servers'
+UPLOAD_CHUNK = 4194304     # one read() of a streamed request body: WSGI servers'
                            # inputs (gunicorn's) cost per call, so read big pieces
 MAX_HEAD = 65536           # bytes in a response header block
 MAX_INTERIM = 16           # 1xx responses skipped before the final one

@@ -65,6 +65,17 @@ APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
 })
 
 
+def proxy_count(value):
+    """A number of trusted proxies; ``true``/``false`` (and yes/no, on/off) are 1 and 0.
+
+    The filter's ``forwarded`` is a count, the app's a switch: the same
+    spelling works for both.
+    """
+    if value.isdigit():
+        return int(value)
+    return 1 if asbool(value) else 0
+
+
 def nonce_store(value):
     """A nonce store from its ``.ini`` spelling.
 
@@ -138,7 +149,7 @@ MIDDLEWARE_OPTIONS = {
     "x_host": asint,
     "x_port": asint,
     "x_prefix": asint,
-    "forwarded": asint,
+    "forwarded": proxy_count,
     "front_proxy_ips": aslist,
     "signature_window": asint,
     "nonce_store": nonce_store,
