@@ -1111,7 +1111,8 @@ def make_chart(json_path, png_path):
 # ---------------------------------------------------------------- main
 
 
-def main():
+def argument_parser():
+    """The command line of this script (docs/benchmarks.rst shows it; tests/test_bench_doc.py checks it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="3 short runs of everything, 64 MiB streams (a couple of minutes)")
@@ -1128,7 +1129,17 @@ def main():
     ap.add_argument("--cpu-pin", choices=("same", "none"), default="same",
                     help="CPU figure: pin the proxy process and the backend to CPU 0 (default; "
                          "no cross-CPU wake-ups, far steadier), or leave them to the scheduler")
-    args = ap.parse_args()
+    ap.add_argument("--results", default=RESULTS,
+                    help="directory for the results, logs and chart (default: bench/results)")
+    return ap
+
+
+def main(argv=None):
+    global RESULTS, LOGS
+    ap = argument_parser()
+    args = ap.parse_args(argv)
+    RESULTS = os.path.abspath(args.results)
+    LOGS = os.path.join(RESULTS, "logs")
 
     only = set(x.strip() for x in args.only.split(",") if x.strip())
     bad = only - {"cpu", "rps", "stream", "ttfb"}
