@@ -20,6 +20,12 @@ TESTS_REQUIRE = [
     "Django>=5",
     "sphinx>=7",
     "redis>=5",
+    # Peers run by tests/test_docs_migration.py (docs/migration/).  WSGIProxy2 and
+    # django-proxy-server get venvs of their own in .venv-peers/ (they install
+    # top-level packages named wsgiproxy and tests).
+    "Paste>=3.10",
+    "django-revproxy>=0.13",
+    "flask-reverse-proxy-fix>=0.2.1",
 ]
 
 setup(

@@ -18,3 +18,41 @@ html_theme = "alabaster"
 html_static_path = ["_static"] if os.path.isdir(os.path.join(os.path.dirname(__file__), "_static")) else []
 intersphinx_mapping = {}
 nitpicky = False
+
+# Pygments has no lexer for HAProxy's configuration, which the deployment
+# pages show: a small one, so that ".. code-block:: haproxy" highlights
+# instead of warning (and warnings fail the build).
+from pygments.lexer import RegexLexer, bygroups  # noqa: E402
+from pygments.token import Comment, Keyword, Name, Number, String, Text, Whitespace  # noqa: E402
+
+
+class HAProxyLexer(RegexLexer):
+    """HAProxy configuration: sections, then one keyword and its arguments per line."""
+
+    name = "HAProxy"
+    aliases = ["haproxy"]
+    filenames = ["haproxy.cfg"]
+    tokens = {
+        "root": [
+            (r"\s*#.*?$", Comment.Single),
+            (r"^(global|defaults|frontend|backend|listen|resolvers|peers|userlist|program"
+             r"|http-errors|mailers|ring|cache)\b", Keyword.Namespace, "arguments"),
+            (r"^(\s+)([\w.-]+)", bygroups(Whitespace, Keyword), "arguments"),
+            (r"\s+", Whitespace),
+            (r".+", Text),
+        ],
+        "arguments": [
+            (r"\n", Whitespace, "#pop"),
+            (r"#.*?$", Comment.Single),
+            (r'"(\\\\|\\"|[^"])*"', String.Double),
+            (r"'[^']*'", String.Single),
+            (r"\b\d+(\.\d+)?(ms|s|m|h|d|k|K|M|G)?\b", Number),
+            (r"[\w.:/*%{}\[\]-]+", Name),
+            (r"[ \t]+", Whitespace),
+            (r".", Text),
+        ],
+    }
+
+
+def setup(app):
+    app.add_lexer("haproxy", HAProxyLexer)

@@ -1,0 +1,368 @@
+"""docs/quickstart.rst, run as a reader would: the two commands and the three recipes.
+
+Each recipe's ``.ini`` is taken from the page (its literalinclude, which must
+be the file in docs/examples/), written to a temporary copy of
+docs/examples/ with its fixed ports (8080, 8081) changed to free ones, and
+served with ``wsgiproxy serve`` in a subprocess, as the page says.  Real
+HTTP requests then check what the page claims.  ``./dev demo`` is run for
+real (it needs port 8080); ``./dev test`` is the command running this
+suite, so its snippet is checked against .ci/run and README.txt instead.
+"""
+
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sys
+
+import pytest
+
+from wsgiproxy import protocol
+
+from .docsnippets import snippet
+from .servers import (Process, WaitressServer, capture_signed_request, free_port, send_raw,
+                      wait_for_port, wait_until)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "docs", "examples")
+BIN = os.path.dirname(sys.executable)
+WSGIPROXY = os.path.join(BIN, "wsgiproxy")
+DEMO_PORT = 8080
+
+
+# -- helpers ------------------------------------------------------------------
+
+def recipe_text(s, file_name):
+    """The text the page shows in literalinclude ``s``: it must be docs/examples/``file_name``."""
+    assert s.directive == "literalinclude", s
+    with open(os.path.join(EXAMPLES, file_name), encoding="utf-8") as f:
+        assert s.text == f.read(), "%s shows something else than %s" % (s.where, file_name)
+    return s.text
+
+
+def with_ports(text, ports):
+    """``text`` with ``127.0.0.1:OLD`` changed to ``127.0.0.1:NEW`` for each ``{OLD: NEW}``."""
+    for old, new in ports.items():
+        pattern = re.compile(r"(?<=127\.0\.0\.1:)%d\b" % old)
+        text, count = pattern.subn(str(new), text)
+        assert count, "the recipe no longer names 127.0.0.1:%d" % old
+    return text
+
+
+def examples_copy(tmp_path, texts):
+    """A copy of docs/examples/ (secrets included) with ``{file name: text}`` written into it."""
+    folder = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+class Served:
+    """``wsgiproxy serve ARGS...`` in its own process group, until it listens on ``port``."""
+
+    def __init__(self, args, port, env=None, cwd=None):
+        self.port = port
+        self.process = Process([WSGIPROXY, "serve"] + [str(a) for a in args],
+                               env=dict(os.environ, **(env or {})), cwd=cwd)
+        self.pid = self.process.proc.pid
+
+    def __enter__(self):
+        try:
+            wait_for_port(self.port, process=self.process.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.process.__exit__(None, None, None)
+            pytest.fail("%s; its output:\n%s" % (exc, self.process.output()))
+        return self
+
+    def __exit__(self, *exc):
+        self.process.__exit__(*exc)
+
+
+def request(port, path, headers=None, method="GET"):
+    """``(status, headers, body)`` of one request to 127.0.0.1:``port``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        res = conn.getresponse()
+        return res.status, dict(res.getheaders()), res.read()
+    finally:
+        conn.close()
+
+
+def get_json(port, path, headers=None):
+    status, _, body = request(port, path, dict({"Accept": "application/json"}, **(headers or {})))
+    assert status == 200, body
+    return json.loads(body)
+
+
+def raw_answer(data):
+    """Status and JSON body of a raw HTTP/1.1 answer read to EOF."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"chunked" in head.lower():
+        raise AssertionError("unexpected chunked answer: %r" % head)
+    return status, json.loads(body) if body else None
+
+
+def accepting_json(raw_request):
+    """A raw request with ``Accept: application/json`` added (the signature does not cover it)."""
+    return raw_request.replace(b"\r\n\r\n", b"\r\nAccept: application/json\r\n\r\n", 1)
+
+
+def children_of(pid):
+    """Pids of the live processes whose parent is ``pid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(name))
+    return sorted(found)
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def group_gone(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def console_commands(s):
+    """The ``$ `` command lines of console snippet ``s``."""
+    assert s.language == "console", s
+    return [line[2:].strip() for line in s.text.splitlines() if line.startswith("$ ")]
+
+
+# -- recipe 1: one path to another server -----------------------------------
+
+def api_backend(environ, start_response):
+    """The "other server" of recipe 1: redirects /v1/login, else shows what it received."""
+    if environ["PATH_INFO"] == "/v1/login":
+        start_response("302 Found", [("Location", "http://%s/v1/welcome" % environ["HTTP_HOST"]),
+                                     ("Content-Length", "0")])
+        return [b""]
+    seen = {k: v for k, v in environ.items() if isinstance(v, str)}
+    body = json.dumps(seen).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_recipe_api_forwards_one_path(tmp_path):
+    front = free_port()
+    with WaitressServer(api_backend) as backend:
+        text = with_ports(recipe_text(snippet("quickstart-recipe-api"), "recipe-api.ini"),
+                          {8080: front, 8081: backend.port})
+        folder = examples_copy(tmp_path, {"recipe-api.ini": text})
+        with Served([folder / "recipe-api.ini"], front) as served:
+            seen = get_json(front, "/api/items?page=2", {"Host": "www.example.com"})
+            status, headers, _ = request(front, "/api/login", {"Host": "www.example.com"})
+            site = get_json(front, "/about", {"Host": "www.example.com"})
+    # /api/items went to href's path on the other server, with the original request's identity.
+    assert seen["PATH_INFO"] == "/v1/items" and seen["QUERY_STRING"] == "page=2"
+    assert seen["HTTP_HOST"] == "127.0.0.1:%d" % backend.port
+    assert seen["HTTP_X_FORWARDED_SERVER"] == "www.example.com"
+    assert seen["HTTP_X_FORWARDED_SCRIPT_NAME"] == "/api"
+    assert seen["HTTP_X_FORWARDED_SCHEME"] == "http"
+    assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
+    assert "HTTP_X_WSGIPROXY_SIGNATURE" not in seen  # nothing is signed in this recipe
+    # Its redirect points back through /api on the front.
+    assert status == 302 and headers["Location"] == "http://www.example.com/api/welcome"
+    # Every other path is your app, in the front process itself.
+    assert site["PATH_INFO"] == "/about" and site["SCRIPT_NAME"] == ""
+    assert site["wsgiproxy.sample.pid"] == served.pid
+
+
+# -- recipe 2: Flask behind the proxy, signed ---------------------------------
+
+def flask_backend_texts():
+    """Recipe 2's backend files as the page shows them (recipe 3 starts the same backend)."""
+    return {
+        "recipe-flask-backend.ini": recipe_text(snippet("quickstart-recipe-flask-backend"),
+                                                "recipe-flask-backend.ini"),
+        "recipe_flask_app.py": recipe_text(snippet("quickstart-recipe-flask-app"),
+                                           "recipe_flask_app.py"),
+    }
+
+
+def test_recipe_flask_signed_backend(tmp_path):
+    front, back = free_port(), free_port()
+    texts = flask_backend_texts()
+    front_ini = recipe_text(snippet("quickstart-recipe-flask-front"), "recipe-flask-front.ini")
+    texts["recipe-flask-front.ini"] = with_ports(front_ini, {8080: front, 8081: back})
+    folder = examples_copy(tmp_path, texts)
+    secret_file = str(folder / "recipe-secret.txt")
+    documented = json.loads(snippet("quickstart-recipe-flask-output").text)
+    refused = json.loads(snippet("quickstart-recipe-flask-refused").text)
+
+    # As the page says: PYTHONPATH=docs/examples wsgiproxy serve ...backend.ini http_port=8081
+    with Served([folder / "recipe-flask-backend.ini", "http_port=%d" % back], back,
+                env={"PYTHONPATH": str(folder)}) as backend:
+        with Served([folder / "recipe-flask-front.ini"], front):
+            # The page's request, as a browser at 127.0.0.1:8080 sends it.
+            answer = get_json(front, "/shop/whoami?user=alice", {"Host": "127.0.0.1:8080"})
+            other = get_json(front, "/shop/whoami?user=bob", {"Host": "www.example.com"})
+        assert answer.pop("pid") == backend.pid
+        assert answer == documented
+        assert other["link"] == "http://www.example.com/shop/whoami"
+        assert other["user"] == "bob" and other["script_root"] == "/shop"
+
+        # Straight to the backend, unsigned, claiming to be admin: refused as documented.
+        forged = protocol.encode_key_headers({"REMOTE_USER": "admin"}, ["REMOTE_USER"])
+        status, _, body = request(back, "/whoami", dict(forged, Accept="application/json"))
+        assert (status, json.loads(body)) == (403, refused)
+
+        # A signed request with the user changed on the way: the signature no longer matches.
+        signed = capture_signed_request(secret_file, "/whoami", user="alice")
+        name, value = protocol.encode_key_headers({"REMOTE_USER": "alice"}, ["REMOTE_USER"])[0]
+        _, mallory = protocol.encode_key_headers({"REMOTE_USER": "mallory"}, ["REMOTE_USER"])[0]
+        line = ("%s: %s" % (name, value)).encode()
+        assert signed.count(line) == 1
+        tampered = signed.replace(line, ("%s: %s" % (name, mallory)).encode())
+        status, error = raw_answer(send_raw(back, accepting_json(tampered)))
+        assert status == 403 and "bad signature" in error["error"]["message"]
+        # The untouched request is served once; sent again, it is a replay.
+        status, seen = raw_answer(send_raw(back, signed))
+        assert status == 200 and seen["user"] == "alice" and seen["host"] == "www.example.com"
+        status, error = raw_answer(send_raw(back, accepting_json(signed)))
+        assert status == 403 and "replayed" in error["error"]["message"]
+
+
+# -- recipe 3: backends started on demand -------------------------------------
+
+def test_recipe_spawn_starts_backend_on_first_request(tmp_path):
+    front = free_port()
+    texts = flask_backend_texts()
+    spawn_ini = recipe_text(snippet("quickstart-recipe-spawn"), "recipe-spawn.ini")
+    texts["recipe-spawn.ini"] = with_ports(spawn_ini, {8080: front})
+    folder = examples_copy(tmp_path, texts)
+    with Served([folder / "recipe-spawn.ini"], front) as served:
+        assert children_of(served.pid) == []  # nothing runs before the first request
+        first = get_json(front, "/whoami?user=alice", {"Host": "shop.example"})
+        child = first["pid"]
+        assert children_of(served.pid) == [child]  # the answer came from the child it started
+        assert first["user"] == "alice" and first["host"] == "shop.example"
+        assert first["link"] == "http://shop.example/whoami"
+        again = get_json(front, "/whoami?user=bob")
+        assert again["pid"] == child and again["user"] == "bob"
+        assert children_of(served.pid) == [child]
+        # The child listens on loopback, but only the proxy's signed requests get in.
+        with open("/proc/%d/cmdline" % child, "rb") as f:
+            argv = f.read().decode().split("\0")
+        child_port = int([a for a in argv if a.startswith("http_port=")][0].split("=")[1])
+        status, _, _ = request(child_port, "/whoami")
+        assert status == 403
+    # Stopping the server (SIGTERM) stopped the child and its whole process group.
+    wait_until(lambda: gone(child) and group_gone(child), what="the spawned backend to stop")
+    assert port_free(child_port)
+
+
+# -- "From Python" -----------------------------------------------------------
+
+def test_python_snippet_calls_a_backend(tmp_path, capsys):
+    with WaitressServer(api_backend) as backend:
+        code = with_ports(snippet("quickstart-python").text, {8081: backend.port})
+        namespace = {}
+        exec(compile(code, "docs/quickstart.rst", "exec"), namespace)
+        namespace["api"].close()
+    response = namespace["response"]
+    assert response.status_int == 200
+    assert response.json["PATH_INFO"] == "/v1/items"
+    assert response.json["QUERY_STRING"] == "page=2"
+    assert namespace["api"].transport.read_timeout == 30.0
+    assert capsys.readouterr().out.startswith("200 OK {")
+
+
+# -- the two commands ------------------------------------------------------------
+
+def fake_venv(tmp_path):
+    """A venv for ``./dev demo`` that is already set up: our wsgiproxy, and a stamp newer
+    than setup.py.  Its python refuses to run, so the demo cannot install anything."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text("#!/bin/sh\necho \"dev demo ran $0 $*: it must not install anything\" >&2\n"
+                      "exit 97\n")
+    python.chmod(0o755)
+    os.symlink(WSGIPROXY, venv / "bin" / "wsgiproxy")
+    stamp = venv / ".installed"
+    stamp.touch()
+    newer = os.stat(os.path.join(ROOT, "setup.py")).st_mtime + 1
+    os.utime(stamp, (max(newer, stamp.stat().st_mtime),) * 2)
+    return venv
+
+
+def test_dev_demo_serves_the_sample_page(tmp_path):
+    """``./dev demo`` for real, with WSGIPROXY_VENV set to a venv it takes as set up."""
+    commands = console_commands(snippet("quickstart-demo"))
+    assert commands == ["./dev demo"]
+    if not port_free(DEMO_PORT):
+        pytest.fail("port %d is in use by another process; the demo (./dev demo) needs it: "
+                    "stop that process and run this test again" % DEMO_PORT)
+    env = dict(os.environ, WSGIPROXY_VENV=str(fake_venv(tmp_path)))
+    demo = Process(shlex.split(commands[0]), cwd=ROOT, env=env)
+    try:
+        try:
+            wait_for_port(DEMO_PORT, process=demo.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            demo.__exit__(None, None, None)
+            pytest.fail("%s; ./dev demo said:\n%s" % (exc, demo.output()))
+        status, headers, page = request(DEMO_PORT, "/some/path?user=alice",
+                                        {"Host": "127.0.0.1:%d" % DEMO_PORT})
+        child = get_json(DEMO_PORT, "/?format=json")["wsgiproxy.sample.pid"]
+    finally:
+        demo.__exit__(None, None, None)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = page.decode()
+    assert "<title>WSGIProxy sample app</title>" in page
+    assert "<tr><th>REMOTE_USER</th><td>&#x27;alice&#x27;</td></tr>" in page
+    assert "<tr><th>PATH_INFO</th><td>&#x27;/some/path&#x27;</td></tr>" in page
+    assert "<tr><th>HTTP_HOST</th><td>&#x27;127.0.0.1:%d&#x27;</td></tr>" % DEMO_PORT in page
+    assert "<tr><th>HTTP_X_FORWARDED_SERVER</th>" in page
+    assert re.search(r"<tr><th>wsgiproxy.key_id</th><td>&#x27;[0-9a-f]{16}&#x27;", page)
+    assert "<tr><th>HTTP_X_WSGIPROXY_VERSION</th>" not in page  # the middleware removed it
+    assert demo.proc.returncode == -signal.SIGTERM
+    wait_until(lambda: gone(child), what="the demo's backend to stop with it")
+
+
+def test_dev_test_is_what_ci_and_readme_run():
+    commands = console_commands(snippet("quickstart-test"))
+    assert commands == ["./dev test"]
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    assert ci[-1] == "exec " + commands[0]
+    with open(os.path.join(ROOT, "dev")) as f:
+        dev = f.read()
+    branch = dev[dev.index("\ntest)"):]
+    branch = branch[:branch.index(";;")]
+    assert "sphinx-build\" -W" in branch and "-m pytest \"$@\"" in branch
+    # README.txt lists the same two commands, in the same order.
+    with open(os.path.join(ROOT, "README.txt")) as f:
+        readme = f.read()
+    listed = re.findall(r"^ {4}(\./dev \w+)\s", readme, re.M)
+    assert listed == console_commands(snippet("quickstart-demo")) + commands
