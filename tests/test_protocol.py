@@ -949,3 +949,23 @@ def test_nonces_are_unique_in_threads_and_across_fork():
     os.waitpid(pid, 0)
     parent = {protocol.new_nonce() for _ in range(100)}
     assert len(child) == 100 and not child & parent and not child & set(seen)
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-Forwarded-For", "1.2.3.4"), ("Accept", "*/*"), ("X-WSGIProxy-Version", "1")],
+    [("X-Forwarded-For", " 1.2.3.4 "), ("x-forwarded-for", "")],  # empty twin: absent
+    [("X-Forwarded-Server", ""), ("X-Traversal-Path", "/a")],
+    [("Accept", "x")],
+    [],
+])
+def test_a_senders_planned_headers_equal_the_general_reduction(headers):
+    for _ in range(2):  # the second time from the plan cache
+        assert protocol._sender_signed_headers(list(headers)) == protocol._signed_headers(headers)
+
+
+def test_sender_plans_are_bounded_for_long_client_chosen_names():
+    before = len(protocol._signed_plans)
+    for i in range(50):
+        names = [("X-Client-%d-%s" % (i, "n" * 3000), "v"), ("X-Forwarded-For", "1.2.3.4")]
+        assert protocol._sender_signed_headers(names) == [("x-forwarded-for", "1.2.3.4")]
+    assert len(protocol._signed_plans) == before

@@ -453,18 +453,6 @@ def _body_digest(body):
 
 def _signed_headers(headers):
     """The covered headers as sorted ``[(canonical name, stripped value)]``; empty ones left out."""
-    if headers.__class__ is list:  # a sender's (name, value) pairs: use a plan for its names
-        names = tuple([pair[0] for pair in headers])
-        plan = _signed_plans.get(names)
-        if plan is None:
-            plan = _signed_plan(names)
-        if plan is not False:
-            try:
-                return [(canonical, value) for i, canonical in plan
-                        if (value := headers[i][1].strip(" \t"))]
-            except (AttributeError, TypeError):
-                pass  # a value that is not a str: the loop below says which
-        headers = iter(headers)
     items = headers.items() if hasattr(headers, "items") else headers
     seen = {}
     for name, value in items:
@@ -487,10 +475,30 @@ def _signed_headers(headers):
     return sorted(seen.items())
 
 
+def _sender_signed_headers(headers):
+    """:func:`_signed_headers` for the list a sender is about to send, planned once per
+    tuple of header names: which positions are signed, in which order."""
+    if headers.__class__ is list:
+        names = tuple([pair[0] for pair in headers])
+        plan = _signed_plans.get(names)
+        if plan is None:
+            plan = _signed_plan(names)
+        if plan:
+            try:
+                return [(canonical, value) for i, canonical in plan
+                        if (value := headers[i][1].strip(" \t"))]
+            except (AttributeError, TypeError):
+                pass  # a value that is not a str: _signed_headers says which
+    return _signed_headers(headers)
+
+
 # A tuple of header names -> [(position, canonical name)] of the signed ones,
-# sorted by name; ``False`` when a signed name repeats (the loop in
-# _signed_headers then decides, by value).  Bounded like _signed_names.
+# sorted by name; ``False`` when a signed name repeats (_signed_headers then
+# decides, by value).  Bounded in entries and in the length of the names, so
+# a caller passing client-chosen names cannot grow it much.
 _signed_plans = {}
+_PLANS_MAX = 1024
+_PLAN_NAMES_MAX = 2048  # characters of names in one cached tuple
 
 
 def _signed_plan(names):
@@ -502,7 +510,8 @@ def _signed_plan(names):
     plan = [(i, canonical) for canonical, i in sorted(signed)]
     if len({canonical for canonical, _ in signed}) != len(signed):
         plan = False
-    if len(_signed_plans) < _SIGNED_NAMES_MAX:
+    if (len(_signed_plans) < _PLANS_MAX
+            and sum(len(name) for name in names if isinstance(name, str)) <= _PLAN_NAMES_MAX):
         _signed_plans[names] = plan
     return plan
 
@@ -638,7 +647,7 @@ def sign_request(keys, method, host, path, query, headers, *, body=None, now=Non
     elif not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
         raise ValueError("a nonce must be 32 lowercase hex characters")
     digest = _body_digest(body)
-    headers = _signed_headers(headers)  # once: ``headers`` may be an iterator
+    headers = _sender_signed_headers(headers)  # once: ``headers`` may be an iterator
     names = [name for name, _ in headers]
     canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, headers)
     return "v1 kid=%s, ts=%d, nonce=%s, body=%s, headers=%s, sig=%s" % (
