@@ -345,3 +345,20 @@ def test_200_concurrent_clients_get_their_own_responses(tmp_path, faults):
         assert not any(t.is_alive() for t in threads), "deadlock: clients still waiting"
     assert not wrong
     assert not failed, failed[:5]
+
+
+def test_name_caches_never_keep_long_client_chosen_names():
+    """Header-name caches are bounded in entries and never hold long names, so a
+    client cannot fill memory with made-up header names."""
+    from wsgiproxy import forwarding, protocol, transport
+    selector = forwarding.EnvironHeaders()
+    long_names = ["HTTP_X_%d_%s" % (i, "N" * 500) for i in range(20)]
+    for key in long_names:
+        environ = {key: "v", "HTTP_HOST": "h"}
+        assert selector(environ) == [(key[5:].replace("_", "-").title(), "v")]
+        head = transport.request_head("GET", "/", [("Host", "h"), (key[5:], "v")], 0, False)
+        assert key[5:].encode() in head
+        assert not protocol.is_signed_header(key)
+    assert not set(long_names) & set(selector._names)
+    assert not any(len(n) > 100 for n in transport._request_names)
+    assert not any(len(n) > 100 for n in protocol._signed_names)

@@ -26,7 +26,8 @@ DEFAULT_SKIP = frozenset(["HTTP_HOST", "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 _TARGET_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 INLINE_BODY_MAX = 65536  # request bodies up to this size are read first (and can be retried)
-_KEYS_MAX = 4096  # environ keys an EnvironHeaders remembers
+_KEYS_MAX = 4096  # environ keys an EnvironHeaders remembers...
+_KEY_LENGTH_MAX = 100  # ...if they are no longer than this (real ones are short)
 _PLAIN_CONNECTION = frozenset(["keep-alive", "close"])  # Connection values that name no header
 
 
@@ -59,7 +60,7 @@ class EnvironHeaders:
             name = key[5:].replace("_", "-").title()
             if name.lower() in UNFORWARDED_REQUEST_HEADERS:
                 name = None
-        if len(self._names) < _KEYS_MAX:
+        if len(self._names) < _KEYS_MAX and len(key) <= _KEY_LENGTH_MAX:
             self._names[key] = name
         return name
 

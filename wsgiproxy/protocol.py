@@ -415,10 +415,11 @@ def is_signed_header(name):
     return _signed_name(name) is not None
 
 
-# name as given -> its canonical name if signed, else None.  Bounded, so a
-# stream of made-up header names cannot grow it without limit.
+# name as given -> its canonical name if signed, else None.  Bounded in entries
+# and name length, so a stream of made-up header names cannot grow it much.
 _signed_names = {}
 _SIGNED_NAMES_MAX = 4096
+_SIGNED_NAME_LENGTH_MAX = 100
 _UNSEEN = object()
 
 
@@ -434,7 +435,7 @@ def _signed_name(name):
         canonical = None
     elif not _CANON_NAME_RE.match(canonical):
         raise ProtocolError("header name %r is not a valid token" % (name,))
-    if len(_signed_names) < _SIGNED_NAMES_MAX:
+    if len(_signed_names) < _SIGNED_NAMES_MAX and len(name) <= _SIGNED_NAME_LENGTH_MAX:
         _signed_names[name] = canonical
     return canonical
 

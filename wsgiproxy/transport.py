@@ -676,6 +676,7 @@ class HTTPTransport(Transport):
 # (kept), or _SKIP / _CONNECTION.  Bounded so hostile clients cannot grow it;
 # a name is only remembered after it was checked to be a token.
 _NAME_CACHE_MAX = 4096
+_NAME_LENGTH_MAX = 100  # longer names are checked each time, never remembered
 _SKIP, _CONNECTION = 1, 2
 _request_names = {}
 
@@ -686,7 +687,7 @@ def _request_name_kind(name):
     lname = name.lower()
     kind = (_CONNECTION if lname == "connection"
             else _SKIP if lname in UNFORWARDED_REQUEST_HEADERS else name + ": ")
-    if len(_request_names) < _NAME_CACHE_MAX:
+    if len(_request_names) < _NAME_CACHE_MAX and len(name) <= _NAME_LENGTH_MAX:
         _request_names[name] = kind
     return kind
 
@@ -785,7 +786,7 @@ def _response_name_kind(name, line, backend):
             else _RESP_CONNECTION if lname == "connection"
             else _RESP_HOP if lname in HOP_BY_HOP
             else _RESP_LENGTH if lname == "content-length" else _RESP_KEEP)
-    if len(_response_names) < _NAME_CACHE_MAX:
+    if len(_response_names) < _NAME_CACHE_MAX and len(name) <= _NAME_LENGTH_MAX:
         _response_names[name] = kind
     return kind
 
