@@ -5,7 +5,7 @@ import ssl
 import pytest
 import trustme
 
-from .servers import OK, RawServer, WaitressServer, echo_app, scripted
+from .servers import OK, RawServer, RedisServer, WaitressServer, echo_app, scripted
 
 _passed = 0
 
@@ -51,3 +51,13 @@ def tls_server(ca):
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
     with RawServer(scripted(OK, OK), ssl_context=ctx) as server:
         yield server
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of the test's own (tmp_path/redis), stopped after it."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    server.stop()

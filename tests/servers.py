@@ -6,17 +6,23 @@ garbage, stalls, early closes.  Each accepted connection runs the test's
 """
 
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 
+import pytest
 import waitress
 from waitress import wasyncore
 from webob import Request
 
 __all__ = ["WaitressServer", "RawServer", "RawConnection", "echo_app", "serve", "scripted",
            "blank", "OK", "free_port", "wait_for_port", "wait_until", "Process", "send_raw",
-           "capture_signed_request"]
+           "capture_signed_request", "need", "alive", "parent_of", "children_of", "pid_gone",
+           "group_gone", "RedisServer", "GUNICORN_CONF", "ready_workers", "nginx_files",
+           "nginx_conf"]
 
 
 class WaitressServer:
@@ -252,7 +258,6 @@ class Process:
     """A subprocess in its own process group, killed with its children on exit."""
 
     def __init__(self, args, **kwargs):
-        import subprocess
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.STDOUT)
         self.proc = subprocess.Popen(args, start_new_session=True, **kwargs)
@@ -264,7 +269,6 @@ class Process:
         return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
 
     def __exit__(self, *exc):
-        import os
         import signal
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -325,16 +329,20 @@ def wait_until(predicate, timeout=15.0, what="condition"):
     raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
 
 
-def send_raw(port, data):
-    """Send ``data`` on a new connection to 127.0.0.1:``port`` and read the answer to EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        out = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
+def send_raw(port, data, ssl_context=None, server_hostname="127.0.0.1"):
+    """Send ``data`` on a new connection to 127.0.0.1:``port`` (over TLS with
+    ``ssl_context``) and read the answer to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        sock = raw if ssl_context is None else ssl_context.wrap_socket(
+            raw, server_hostname=server_hostname)
+        with sock:
+            sock.sendall(data)
+            out = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
 
 
 def capture_signed_request(secret_file, path, user="alice"):
@@ -362,3 +370,145 @@ def capture_signed_request(secret_file, path, user="alice"):
         proxy.close()
         head, body = raw.requests[0]
     return head + b"\r\nConnection: close\r\n\r\n" + body
+
+
+def need(program):
+    """The path of an installed program; a missing one fails the test (never skips it)."""
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.fail("%s is not installed (./dev test installs the Debian package)" % program)
+    return path
+
+
+# -- processes and pids -----------------------------------------------------------
+
+def _stat(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def alive(pid):
+    """Running (a zombie waiting for a parent that does not reap it counts as gone)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def parent_of(pid):
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
+
+
+def children_of(pid):
+    """Live processes whose parent is ``pid`` (gunicorn's workers, say)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and parent_of(int(name)) == pid and alive(int(name)):
+            found.append(int(name))
+    return sorted(found)
+
+
+def pid_gone(pid):
+    """No such process (reaped; a zombie still counts as there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def group_gone(pgid):
+    """No process left in the group (a child's own children included)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# -- redis, gunicorn and nginx ------------------------------------------------------
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1:<port>, no persistence; stop() and start() again."""
+
+    #: The key prefix ``url`` gives RedisNonceStore.
+    prefix = "wsgiproxy:test:"
+
+    def __init__(self, directory, port=None):
+        self.directory = str(directory)
+        self.port = port or free_port()
+        self.process = None
+        self.url = "redis://127.0.0.1:%d/0?prefix=%s" % (self.port, self.prefix)
+
+    def start(self):
+        log = open(os.path.join(self.directory, "redis.log"), "ab")
+        self.process = Process([need("redis-server"), "--port", str(self.port),
+                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", self.directory, "--daemonize", "no"],
+                               stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_port(self.port, process=self.process.proc, timeout=15)
+        return self
+
+    def stop(self):
+        if self.process is not None:
+            self.process.__exit__(None, None, None)
+            self.process = None
+
+    def client(self):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+
+#: A gunicorn config (``.format(ready=DIR)``) whose workers touch DIR/<pid> once they
+#: have loaded the app: the tests wait for that, not for the port alone.
+GUNICORN_CONF = """
+import os
+
+def post_worker_init(worker):  # the worker has loaded the app and is about to serve
+    open(os.path.join({ready!r}, str(worker.pid)), "w").close()
+"""
+
+
+def ready_workers(tmp_path, master_pid):
+    """The master's live workers that have loaded the app (see GUNICORN_CONF)."""
+    ready = {int(name) for name in os.listdir(str(tmp_path / "ready"))}
+    return sorted(ready.intersection(children_of(master_pid)))
+
+
+def nginx_files(prefix, log_format=None):
+    """``http {}`` directives that keep nginx's access log and temporary files in
+    ``prefix``: the system's directories may not exist or be writable."""
+    if log_format:
+        lines = ["log_format test '%s';" % log_format, "access_log %s/access.log test;" % prefix]
+    else:
+        lines = ["access_log %s/access.log;" % prefix]
+    lines += ["%s_temp_path %s/%s;" % (kind, prefix, name) for kind, name in (
+        ("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"),
+        ("uwsgi", "uwsgi"), ("scgi", "scgi"))]
+    return "\n".join("    " + line for line in lines)
+
+
+_NGINX_MAIN = """{user}
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 256; }}
+
+http {{
+{files}
+
+{http}
+}}
+"""
+
+
+def nginx_conf(prefix, http, log_format=None):
+    """A whole nginx.conf for ``nginx -p prefix`` around the ``http {}`` body ``http``:
+    in the foreground, every file in ``prefix``, as root when the tests run as root."""
+    return _NGINX_MAIN.format(user="user root;" if os.geteuid() == 0 else "", prefix=prefix,
+                              files=nginx_files(prefix, log_format), http=http.rstrip())

@@ -11,7 +11,8 @@ from webob import Request
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.command import servers_in
 
-from .servers import Process, WaitressServer, echo_app, free_port, wait_for_port
+from .servers import (Process, WaitressServer, echo_app, free_port, pid_gone, wait_for_port,
+                      wait_until)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -105,15 +106,7 @@ def test_development_ini_demo_serves():
 
 
 def wait_for_exit(pid, timeout=15.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError("process %d still running" % pid)
+    wait_until(lambda: pid_gone(pid), timeout, "process %d to exit" % pid)
 
 
 def test_gunicorn_paste(tmp_path):

@@ -8,7 +8,7 @@ Every named snippet of the page is fetched here and started as a reader would:
 * ``ini`` snippets (literalincludes of docs/examples/deploy-*.ini): written
   into that copy under the file name of their caption, so that the gunicorn
   commands serve the text the page shows;
-* ``nginx`` snippets: put in the ``http {}`` block of :data:`NGINX_CONF` and
+* ``nginx`` snippets: put in the ``http {}`` block of ``servers.nginx_conf()`` and
   run with the Debian nginx; ``haproxy`` snippets: put after the ``global``
   section of :data:`HAPROXY_GLOBAL` and run with the Debian HAProxy, which
   must accept them without a single warning (``-dW``).
@@ -46,12 +46,11 @@ import subprocess
 import sys
 
 import pytest
-import redis
 
 from .docsnippets import snippet
-from .servers import Process, capture_signed_request, free_port, send_raw, wait_for_port, wait_until
-from .test_scaleout import (GUNICORN_CONF, RedisServer, alive, children_of, need, parent_of,
-                            ready_workers)
+from .servers import (GUNICORN_CONF, Process, RedisServer, alive, capture_signed_request,
+                      children_of, free_port, need, nginx_conf, parent_of, ready_workers,
+                      send_raw, wait_for_port, wait_until)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
@@ -64,26 +63,8 @@ PAGE_TLS_DIR = "/etc/nginx/tls/"
 #: The Redis key prefix of RedisNonceStore (deploy-backend.ini does not change it).
 NONCE_PREFIX = "wsgiproxy:nonce:"
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 256; }}
-
-http {{
-    log_format hops '$request $status $upstream_addr $connection';
-    access_log {prefix}/access.log hops;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-
-{snippet}
-}}
-"""
+#: nginx's access.log: which upstream answered, on which client connection.
+NGINX_LOG_FORMAT = "$request $status $upstream_addr $connection"
 
 HAPROXY_GLOBAL = """
 global
@@ -134,9 +115,8 @@ class Site:
     def start_redis(self):
         directory = self.tmp / "redis"
         directory.mkdir()
-        self.redis = RedisServer(directory)
-        self.redis.port = self.ports[6379]  # the port the backends' nonce_store URL names
-        self.redis.start()
+        # On the port the backends' nonce_store URL names.
+        self.redis = RedisServer(directory, port=self.ports[6379]).start()
         self.stack.callback(self.redis.stop)
         return self.redis
 
@@ -154,7 +134,7 @@ class Site:
 
         GUNICORN_CMD_ARGS, which leaves the command line as the page shows it, adds an
         access log (``pid status request``, TMP/<label>.access) and the configuration
-        of tests/test_scaleout.py whose post_worker_init hook marks each worker that
+        servers.GUNICORN_CONF, whose post_worker_init hook marks each worker that
         has loaded the application (TMP/ready/<pid>).
         """
         bind = args[args.index("-b") + 1]
@@ -193,9 +173,7 @@ class Site:
         prefix = self.tmp / label
         prefix.mkdir()
         conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(
-            user="user root;" if os.geteuid() == 0 else "", prefix=prefix,
-            snippet=self.subst(s.text)))
+        conf.write_text(nginx_conf(prefix, self.subst(s.text), log_format=NGINX_LOG_FORMAT))
         check = subprocess.run([need("nginx"), "-t", "-q", "-p", str(prefix), "-c", str(conf),
                                 "-e", str(prefix / "error.log")],
                                capture_output=True, text=True, timeout=30)
@@ -349,7 +327,7 @@ def served_by(seen, backends):
 
 
 def nonce_keys(site):
-    client = redis.Redis(host="127.0.0.1", port=site.redis.port, socket_timeout=5)
+    client = site.redis.client()
     try:
         return len(client.keys(NONCE_PREFIX + "*"))
     finally:

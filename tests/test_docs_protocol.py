@@ -40,7 +40,7 @@ from wsgiproxy.transport import HTTPTransport
 
 from .docsnippets import snippet
 from .servers import (Process, RawServer, WaitressServer, echo_app, free_port, scripted,
-                      wait_for_port, wait_until)
+                      send_raw, wait_for_port, wait_until)
 
 BIN = os.path.dirname(sys.executable)
 
@@ -483,93 +483,77 @@ def tls_files(directory):
 
 def tls_send(port, directory, data):
     """Send raw bytes over TLS with the proxy's client certificate; the answer, to EOF."""
-    import socket
     ctx = ssl.create_default_context(cafile=str(directory / "backend-ca.pem"))
     ctx.load_cert_chain(str(directory / "proxy-cert.pem"), str(directory / "proxy-key.pem"))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            sock.sendall(data)
-            out = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return out
-                out += chunk
+    return send_raw(port, data, ssl_context=ctx)
 
 
 @pytest.mark.timeout(90)
-def test_production_configuration_over_tls(tmp_path):
+def test_production_configuration_over_tls(tmp_path, redis_server):
     """The page's proxy.ini, backend.ini and gunicorn command, for real: 4 workers with TLS
     and client certificates, one Redis nonce store, only signed requests believed."""
-    from .test_scaleout import RedisServer
-
     port = free_port()
     tls_files(tmp_path)
     (tmp_path / "secret.txt").write_text("production-test-secret-0123456789abcdef\n")
-    (tmp_path / "redis").mkdir()
-    redis_server = RedisServer(tmp_path / "redis").start()
-    try:
-        backend_ini = snippet("security-backend").text
-        assert "redis://127.0.0.1:6379/0" in backend_ini
-        (tmp_path / "backend.ini").write_text(
-            backend_ini.replace("redis://127.0.0.1:6379/0", redis_server.url))
-        proxy_ini = snippet("security-proxy").text
-        assert "https://backend.internal:8443" in proxy_ini
-        (tmp_path / "proxy.ini").write_text(
-            proxy_ini.replace("backend.internal:8443", "127.0.0.1:%d" % port))
+    backend_ini = snippet("security-backend").text
+    assert "redis://127.0.0.1:6379/0" in backend_ini
+    (tmp_path / "backend.ini").write_text(
+        backend_ini.replace("redis://127.0.0.1:6379/0", redis_server.url))
+    proxy_ini = snippet("security-proxy").text
+    assert "https://backend.internal:8443" in proxy_ini
+    (tmp_path / "proxy.ini").write_text(
+        proxy_ini.replace("backend.internal:8443", "127.0.0.1:%d" % port))
 
-        [command], _ = console(snippet("security-gunicorn-tls"))
-        args = shlex.split(command.replace("10.0.0.2:8443", "127.0.0.1:%d" % port))
-        assert args[0] == "gunicorn"
-        log = open(str(tmp_path / "gunicorn.log"), "ab")
-        with Process([os.path.join(BIN, "gunicorn")] + args[1:], cwd=str(tmp_path),
-                     stdout=log, stderr=subprocess.STDOUT) as gunicorn:
-            log.close()
-            wait_for_port(port, process=gunicorn.proc)
-            proxy = loadapp("config:proxy.ini", relative_to=str(tmp_path))
+    [command], _ = console(snippet("security-gunicorn-tls"))
+    args = shlex.split(command.replace("10.0.0.2:8443", "127.0.0.1:%d" % port))
+    assert args[0] == "gunicorn"
+    log = open(str(tmp_path / "gunicorn.log"), "ab")
+    with Process([os.path.join(BIN, "gunicorn")] + args[1:], cwd=str(tmp_path),
+                 stdout=log, stderr=subprocess.STDOUT) as gunicorn:
+        log.close()
+        wait_for_port(port, process=gunicorn.proc)
+        proxy = loadapp("config:proxy.ini", relative_to=str(tmp_path))
 
-            def through_proxy(app, user="alice"):
-                environ = make_environ("GET", "/shop", "/hello", "format=json",
-                                       remote="203.0.113.9", REMOTE_USER=user)
-                return Request(environ).get_response(app)
+        def through_proxy(app, user="alice"):
+            environ = make_environ("GET", "/shop", "/hello", "format=json",
+                                   remote="203.0.113.9", REMOTE_USER=user)
+            return Request(environ).get_response(app)
 
-            res = wait_until(lambda: (lambda r: r if r.status_int == 200 else None)(
-                through_proxy(proxy)), timeout=30, what="gunicorn to answer through the proxy")
-            seen = res.json
-            assert (seen["REMOTE_USER"], seen["REMOTE_ADDR"]) == ("alice", "203.0.113.9")
-            assert (seen["wsgi.url_scheme"], seen["HTTP_HOST"], seen["SCRIPT_NAME"]) == \
-                ("https", "www.example.com", "/shop")
-            assert seen["wsgiproxy.key_id"] == protocol.key_id_for(
-                b"production-test-secret-0123456789abcdef")
+        res = wait_until(lambda: (lambda r: r if r.status_int == 200 else None)(
+            through_proxy(proxy)), timeout=30, what="gunicorn to answer through the proxy")
+        seen = res.json
+        assert (seen["REMOTE_USER"], seen["REMOTE_ADDR"]) == ("alice", "203.0.113.9")
+        assert (seen["wsgi.url_scheme"], seen["HTTP_HOST"], seen["SCRIPT_NAME"]) == \
+            ("https", "www.example.com", "/shop")
+        assert seen["wsgiproxy.key_id"] == protocol.key_id_for(
+            b"production-test-secret-0123456789abcdef")
 
-            # A proxy without the client certificate: no TLS session, a 502.
-            no_cert = WSGIProxyApp("https://127.0.0.1:%d" % port,
-                                   ca_certs=str(tmp_path / "backend-ca.pem"),
-                                   secret_file=str(tmp_path / "secret.txt"))
-            assert through_proxy(no_cert).status_int == 502
-            no_cert.close()
-            # With the certificate but not the secret: 403 missing.
-            no_secret = WSGIProxyApp("https://127.0.0.1:%d" % port,
-                                     ca_certs=str(tmp_path / "backend-ca.pem"),
-                                     cert_file=str(tmp_path / "proxy-cert.pem"),
-                                     key_file=str(tmp_path / "proxy-key.pem"))
-            res = through_proxy(no_secret)
-            assert res.status_int == 403 and b"missing" in res.body
-            no_secret.close()
+        # A proxy without the client certificate: no TLS session, a 502.
+        no_cert = WSGIProxyApp("https://127.0.0.1:%d" % port,
+                               ca_certs=str(tmp_path / "backend-ca.pem"),
+                               secret_file=str(tmp_path / "secret.txt"))
+        assert through_proxy(no_cert).status_int == 502
+        no_cert.close()
+        # With the certificate but not the secret: 403 missing.
+        no_secret = WSGIProxyApp("https://127.0.0.1:%d" % port,
+                                 ca_certs=str(tmp_path / "backend-ca.pem"),
+                                 cert_file=str(tmp_path / "proxy-cert.pem"),
+                                 key_file=str(tmp_path / "proxy-key.pem"))
+        res = through_proxy(no_secret)
+        assert res.status_int == 403 and b"missing" in res.body
+        no_secret.close()
 
-            # A signed request recorded on the way, sent again: once, then refused by
-            # every worker (they share the Redis store).
-            recorded = capture("http://127.0.0.1:%d" % port, make_environ(
-                "GET", "", "/replayed", "format=json", REMOTE_USER="alice"), fixed=False,
-                secret_file=str(tmp_path / "secret.txt"), string_keys=["REMOTE_USER"])
-            recorded = recorded.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
-            answers = [tls_send(port, tmp_path, recorded) for _ in range(6)]
-            assert answers[0].startswith(b"HTTP/1.1 200"), answers[0][:300]
-            for answer in answers[1:]:
-                assert answer.startswith(b"HTTP/1.1 403") and b"replayed" in answer, answer[:300]
-            proxy.close()
-    finally:
-        redis_server.stop()
+        # A signed request recorded on the way, sent again: once, then refused by
+        # every worker (they share the Redis store).
+        recorded = capture("http://127.0.0.1:%d" % port, make_environ(
+            "GET", "", "/replayed", "format=json", REMOTE_USER="alice"), fixed=False,
+            secret_file=str(tmp_path / "secret.txt"), string_keys=["REMOTE_USER"])
+        recorded = recorded.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        answers = [tls_send(port, tmp_path, recorded) for _ in range(6)]
+        assert answers[0].startswith(b"HTTP/1.1 200"), answers[0][:300]
+        for answer in answers[1:]:
+            assert answer.startswith(b"HTTP/1.1 403") and b"replayed" in answer, answer[:300]
+        proxy.close()
 
 
 def test_trust_everyone_warns_and_loopback_default_covers_mapped_addresses(caplog):

@@ -24,8 +24,8 @@ import pytest
 from wsgiproxy import protocol
 
 from .docsnippets import snippet
-from .servers import (Process, WaitressServer, capture_signed_request, free_port, send_raw,
-                      wait_for_port, wait_until)
+from .servers import (Process, WaitressServer, capture_signed_request, children_of, free_port,
+                      group_gone, pid_gone, send_raw, wait_for_port, wait_until)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
@@ -112,38 +112,6 @@ def raw_answer(data):
 def accepting_json(raw_request):
     """A raw request with ``Accept: application/json`` added (the signature does not cover it)."""
     return raw_request.replace(b"\r\n\r\n", b"\r\nAccept: application/json\r\n\r\n", 1)
-
-
-def children_of(pid):
-    """Pids of the live processes whose parent is ``pid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(name))
-    return sorted(found)
-
-
-def gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def group_gone(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def port_free(port):
@@ -278,7 +246,7 @@ def test_recipe_spawn_starts_backend_on_first_request(tmp_path):
         status, _, _ = request(child_port, "/whoami")
         assert status == 403
     # Stopping the server (SIGTERM) stopped the child and its whole process group.
-    wait_until(lambda: gone(child) and group_gone(child), what="the spawned backend to stop")
+    wait_until(lambda: pid_gone(child) and group_gone(child), what="the spawned backend to stop")
     assert port_free(child_port)
 
 
@@ -347,7 +315,7 @@ def test_dev_demo_serves_the_sample_page(tmp_path):
     assert re.search(r"<tr><th>wsgiproxy.key_id</th><td>&#x27;[0-9a-f]{16}&#x27;", page)
     assert "<tr><th>HTTP_X_WSGIPROXY_VERSION</th>" not in page  # the middleware removed it
     assert demo.proc.returncode == -signal.SIGTERM
-    wait_until(lambda: gone(child), what="the demo's backend to stop with it")
+    wait_until(lambda: pid_gone(child), what="the demo's backend to stop with it")
 
 
 def test_dev_test_is_what_ci_and_readme_run():

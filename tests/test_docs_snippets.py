@@ -43,7 +43,6 @@ import threading
 import traceback
 
 import pytest
-import redis
 from paste.deploy import loadapp, loadfilter, loadserver
 from webob import Request
 
@@ -52,9 +51,8 @@ from wsgiproxy.middleware import WSGIProxyMiddleware
 
 from .docsnippets import DOCS, _line_spec, pages, parse, snippet, snippets
 from .servers import (Process, WaitressServer, capture_signed_request, echo_app, free_port,
-                      send_raw, wait_for_port, wait_until)
-from .test_scaleout import RedisServer, need
-from .test_spawn import group_gone, pid_gone
+                      group_gone, need, nginx_files, pid_gone, send_raw, wait_for_port,
+                      wait_until)
 
 #: Languages a snippet may have, and what the suite does with each.
 LANGUAGES = {
@@ -780,17 +778,8 @@ def test_httplib2_ini(tmp_path):
 
 # -- scaleout.rst --------------------------------------------------------------------------
 
-@pytest.fixture
-def redis_server(tmp_path):
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory).start()
-    yield server
-    server.stop()
-
-
 def nonce_keys(redis_server):
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=5)
+    client = redis_server.client()
     try:
         return client.keys("wsgiproxy:nonce:*")
     finally:
@@ -880,11 +869,7 @@ def test_scaleout_nginx_in_front_of_two_backends(tmp_path):
             "127.0.0.1:8001": "127.0.0.1:%d" % a.port, "127.0.0.1:8002": "127.0.0.1:%d" % b.port,
             "127.0.0.1:8080": "127.0.0.1:%d" % port,
             # This nginx keeps its files in its own prefix, not the system's.
-            "http {": "http {\n" + "\n".join(
-                "    %s %s/%s;" % (directive, prefix, name) for directive, name in (
-                    ("access_log", "access.log"), ("client_body_temp_path", "body"),
-                    ("proxy_temp_path", "proxy"), ("fastcgi_temp_path", "fastcgi"),
-                    ("uwsgi_temp_path", "uwsgi"), ("scgi_temp_path", "scgi")))})
+            "http {": "http {\n" + nginx_files(prefix)})
         (prefix / "nginx.conf").write_text(conf)
         main = "daemon off; pid %s/nginx.pid; error_log %s/error.log;" % (prefix, prefix)
         if os.geteuid() == 0:

@@ -11,7 +11,6 @@ import concurrent.futures
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,89 +29,15 @@ from wsgiproxy.protocol import MemoryNonceStore
 
 from wsgiproxy.redisstore import NonceStoreUnavailable, RedisNonceStore
 
-from .servers import (Process, WaitressServer, capture_signed_request, echo_app, free_port,
-                      send_raw, wait_for_port, wait_until)
+from .servers import (GUNICORN_CONF, Process, RedisServer, WaitressServer, alive,
+                      capture_signed_request, children_of, echo_app, free_port, need, nginx_conf,
+                      parent_of, ready_workers, send_raw, wait_for_port, wait_until)
 
 BIN = os.path.dirname(sys.executable)
 SECRET = "scale-out-test-secret-0123456789abcdef"
-PREFIX = "wsgiproxy:test:"
+PREFIX = RedisServer.prefix
 
 pytestmark = pytest.mark.timeout(45)
-
-
-def need(program):
-    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.fail("%s is not installed (./dev test installs the Debian package)" % program)
-    return path
-
-
-# -- processes and pids -----------------------------------------------------------
-
-def _stat(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()
-
-
-def alive(pid):
-    """Running (a zombie waiting for a parent that does not reap it counts as gone)."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def parent_of(pid):
-    fields = _stat(pid)
-    return None if fields is None else int(fields[1])
-
-
-def children_of(pid):
-    """Live processes whose parent is ``pid`` (gunicorn's workers, say)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and parent_of(int(name)) == pid and alive(int(name)):
-            found.append(int(name))
-    return sorted(found)
-
-
-class RedisServer:
-    """``redis-server`` on 127.0.0.1:<port>, no persistence; stop() and start() again."""
-
-    def __init__(self, directory):
-        self.directory = str(directory)
-        self.port = free_port()
-        self.process = None
-        self.url = "redis://127.0.0.1:%d/0?prefix=%s" % (self.port, PREFIX)
-
-    def start(self):
-        log = open(os.path.join(self.directory, "redis.log"), "ab")
-        self.process = Process([need("redis-server"), "--port", str(self.port),
-                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", self.directory, "--daemonize", "no"],
-                               stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_for_port(self.port, process=self.process.proc, timeout=15)
-        return self
-
-    def stop(self):
-        if self.process is not None:
-            self.process.__exit__(None, None, None)
-            self.process = None
-
-    def client(self):
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -120,14 +45,6 @@ def secret_file(tmp_path):
     path = tmp_path / "secret.txt"
     path.write_text(SECRET + "\n")
     return str(path)
-
-
-GUNICORN_CONF = """
-import os
-
-def post_worker_init(worker):  # the worker has loaded the app and is about to serve
-    open(os.path.join({ready!r}, str(worker.pid)), "w").close()
-"""
 
 
 def gunicorn(tmp_path, ini, port, workers, *options):
@@ -151,12 +68,6 @@ def gunicorn(tmp_path, ini, port, workers, *options):
     wait_until(lambda: len(ready_workers(tmp_path, proc.proc.pid)) == workers,
                what="%d gunicorn workers to be ready" % workers)
     return proc
-
-
-def ready_workers(tmp_path, master_pid):
-    """The master's live workers that have loaded the app."""
-    ready = {int(name) for name in os.listdir(str(tmp_path / "ready"))}
-    return sorted(ready.intersection(children_of(master_pid)))
 
 
 def access_log(tmp_path):
@@ -595,23 +506,8 @@ def test_sigkilled_worker_leaves_its_child_running(tmp_path, spawn_ini):
 
 # -- several backend hosts behind nginx ---------------------------------------------
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 256; }}
-
-http {{
-    log_format upstreams '$request $status $upstream_addr';
-    access_log {prefix}/access.log upstreams;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-
+#: The ``http {}`` body of the nginx in front of two backends (for servers.nginx_conf).
+NGINX_HTTP = """\
     upstream wsgiproxy_backends {{
         server 127.0.0.1:{backend_a};
         server 127.0.0.1:{backend_b};
@@ -639,7 +535,6 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
-}}
 """
 
 
@@ -661,9 +556,9 @@ def test_nginx_spreads_signed_requests_over_two_backends(tmp_path, secret_file):
     port = free_port()
     with WaitressServer(named("a")) as backend_a, WaitressServer(named("b")) as backend_b:
         conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(
-            user="user root;" if os.geteuid() == 0 else "", prefix=prefix, port=port,
-            backend_a=backend_a.port, backend_b=backend_b.port))
+        conf.write_text(nginx_conf(prefix, NGINX_HTTP.format(
+            port=port, backend_a=backend_a.port, backend_b=backend_b.port),
+            log_format="$request $status $upstream_addr"))
         log = open(str(prefix / "stdout.log"), "ab")
         nginx = Process([need("nginx"), "-p", str(prefix), "-c", str(conf),
                          "-e", str(prefix / "error.log")], stdout=log, stderr=subprocess.STDOUT)

@@ -23,7 +23,8 @@ from paste.deploy import loadapp
 
 from wsgiproxy.spawn import SpawningApplication
 
-from .servers import Process, WaitressServer, free_port, wait_for_port, wait_until
+from .servers import (Process, WaitressServer, free_port, group_gone, pid_gone, wait_for_port,
+                      wait_until)
 
 BIN = os.path.dirname(sys.executable)
 
@@ -80,22 +81,6 @@ int main(int argc, char **argv) {
 def Front(app):
     """waitress in front of ``app`` (many threads: the tests send concurrent requests)."""
     return WaitressServer(app, threads=16)
-
-
-def pid_gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def group_gone(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def started_pids(piddir):
