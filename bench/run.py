@@ -1094,7 +1094,10 @@ def evaluate_targets(res):
 
 
 def make_chart(json_path, png_path):
-    argv = [venv_python("tools"), os.path.join(HERE, "chart.py"), json_path, png_path]
+    python = venv_python("tools")
+    if not os.path.exists(python):  # --no-setup on a machine that never made it
+        return "chart skipped: %s is missing (run once without --no-setup)" % python
+    argv = [python, os.path.join(HERE, "chart.py"), json_path, png_path]
     proc = PROCS.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=RESULTS,
                        env=clean_env({"MPLBACKEND": "Agg"}))
     try:
