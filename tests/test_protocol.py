@@ -680,7 +680,8 @@ def test_secret_file_reload_and_bad_reload(tmp_path, caplog):
         os.unlink(path)
         assert keys.signing_key()[1] == b"second-secret-0123456789"
         assert keys.signing_key()[1] == b"second-secret-0123456789"
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [r.getMessage() for r in caplog.records
+                if "read by other users" not in r.getMessage()]  # the file's mode: not this test
     assert len(messages) == 2, messages  # once per bad version, not once per request
     assert all("second-secret" not in m and "half written" not in m for m in messages)
     write(path, "third-secret-0123456789\n")
@@ -969,3 +970,16 @@ def test_sender_plans_are_bounded_for_long_client_chosen_names():
         names = [("X-Client-%d-%s" % (i, "n" * 3000), "v"), ("X-Forwarded-For", "1.2.3.4")]
         assert protocol._sender_signed_headers(names) == [("x-forwarded-for", "1.2.3.4")]
     assert len(protocol._signed_plans) == before
+
+
+def test_a_secret_file_others_can_read_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "secret.txt"
+    path.write_text("a-long-enough-secret-value\n")
+    os.chmod(path, 0o600)
+    with caplog.at_level("WARNING", logger="wsgiproxy"):
+        protocol.SecretKeys(str(path))
+    assert "can be read by other users" not in caplog.text
+    os.chmod(path, 0o644)
+    with caplog.at_level("WARNING", logger="wsgiproxy"):
+        protocol.SecretKeys(str(path))
+    assert "can be read by other users (mode 644)" in caplog.text

@@ -842,6 +842,9 @@ class SecretKeys:
             log.warning("secret file %s holds a secret shorter than 16 bytes; use a long random "
                         "one (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
                         self.path)
+        if st.st_mode & 0o077 and os.name == "posix":
+            log.warning("secret file %s can be read by other users (mode %03o): whoever reads "
+                        "it can sign requests; chmod 600 it", self.path, st.st_mode & 0o777)
         return self._make_state(pairs), (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _maybe_reload(self):
