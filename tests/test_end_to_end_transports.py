@@ -153,6 +153,8 @@ def test_extra_bytes_after_content_length_never_reach_the_next_request(proxy):
 @pytest.mark.parametrize("response, reason", [
     (b"garbage\r\n\r\n", "invalid status line"),
     (b"HTTP/1.1 20 OK\r\n\r\n", "invalid status line"),
+    (b"HTTP/1.1 099 Too Low\r\n\r\n", "invalid status code 99"),
+    (b"HTTP/1.1 2x0 OK\r\n\r\n", "invalid status line"),
     (b"HTTP/2 200 OK\r\n\r\n", "invalid status line"),
     (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", "invalid header name"),
     (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", "control characters"),

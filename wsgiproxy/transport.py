@@ -29,7 +29,8 @@ import time
 import weakref
 
 __all__ = [
-    "HOP_BY_HOP", "UNFORWARDED_REQUEST_HEADERS", "connection_tokens", "Transport", "HTTPTransport", "Response", "make_transport",
+    "HOP_BY_HOP", "UNFORWARDED_REQUEST_HEADERS", "NON_NOMINATING_TOKENS", "connection_tokens",
+    "Transport", "HTTPTransport", "Response", "make_transport",
     "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
     "InvalidRequest", "RequestBodyError", "request_head", "parse_response_head",
     "make_ssl_context", "forget_connections_after_fork", "IDEMPOTENT_METHODS", "BODY_METHODS",
@@ -46,6 +47,8 @@ HOP_BY_HOP = frozenset([
 #: it writes itself, and ``Expect`` (the client's ``100-continue`` was already
 #: answered by its WSGI server).
 UNFORWARDED_REQUEST_HEADERS = HOP_BY_HOP | {"content-length", "expect"}
+#: ``Connection`` tokens that name no header to drop.
+NON_NOMINATING_TOKENS = frozenset(["close", "keep-alive"])
 #: Methods a transport may send again after a connection failed unanswered.
 IDEMPOTENT_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
 #: Methods that get ``Content-Length: 0`` when they have no body.
@@ -716,7 +719,7 @@ def request_head(method, target, headers, body_length, chunked):
         for value in [value for name, value in headers if (kind := kinds.get(name)) == _CONNECTION
                       or (kind is None and name.lower() == "connection")]:
             nominated |= connection_tokens(value)
-        nominated -= {"close", "keep-alive"}
+        nominated -= NON_NOMINATING_TOKENS
         if nominated:  # rare: drop the headers the client's Connection named
             lines = [line for line in lines if line.partition(":")[0].lower() not in nominated]
     lines.insert(0, "%s %s HTTP/1.1" % (method, target))
@@ -813,6 +816,8 @@ def parse_response_head(head, backend):
     version = status_line[7]
     reason = status_line[13:]
     status = int(status)
+    if status < 100:
+        raise BadBackendResponse("invalid status code %d" % status, backend)
     headers = []
     append = headers.append
     kinds = _response_names
@@ -840,7 +845,7 @@ def parse_response_head(head, backend):
                 te = value if te is None else te + ", " + value
             elif kind == _RESP_CONNECTION:
                 conn_tokens = connection_tokens(value) | set(conn_tokens)
-                nominated = nominated or bool(conn_tokens - {"close", "keep-alive"})
+                nominated = nominated or bool(conn_tokens - NON_NOMINATING_TOKENS)
             continue
         append((name, value.strip(" \t")))
     length = None
