@@ -11,8 +11,8 @@ import re
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import error_response
-from .transport import (UNFORWARDED_REQUEST_HEADERS, BackendError, InvalidRequest,
-                        RequestBodyError, connection_tokens)
+from .transport import (NON_NOMINATING_TOKENS, UNFORWARDED_REQUEST_HEADERS, BackendError,
+                        InvalidRequest, RequestBodyError, connection_tokens)
 
 __all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path", "forward",
            "quote_path", "safe_target"]
@@ -28,7 +28,6 @@ _TARGET_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 INLINE_BODY_MAX = 65536  # request bodies up to this size are read first (and can be retried)
 _KEYS_MAX = 4096  # environ keys an EnvironHeaders remembers...
 _KEY_LENGTH_MAX = 100  # ...if they are no longer than this (real ones are short)
-_PLAIN_CONNECTION = frozenset(["keep-alive", "close"])  # Connection values that name no header
 
 
 class EnvironHeaders:
@@ -73,8 +72,8 @@ class EnvironHeaders:
             headers = [(name, value) for key, value in environ.items()
                        if (name := names[key] if key in names else name_of(key))]
         connection = environ.get("HTTP_CONNECTION")
-        if connection and connection.lower() not in _PLAIN_CONNECTION:
-            nominated = connection_tokens(connection) - _PLAIN_CONNECTION
+        if connection and connection.lower() not in NON_NOMINATING_TOKENS:
+            nominated = connection_tokens(connection) - NON_NOMINATING_TOKENS
             if nominated:
                 headers = [h for h in headers if h[0].lower() not in nominated]
         content_type = environ.get("CONTENT_TYPE")
@@ -90,9 +89,10 @@ environ_headers = EnvironHeaders()
 def request_body(environ, inline_max=INLINE_BODY_MAX):
     """``(body, length)`` for the transport: ``None``, bytes, or the input stream.
 
-    Bodies up to ``inline_max`` bytes (:data:`INLINE_BODY_MAX` by default) are read whole (cheap, and a stale
-    keep-alive connection can then be retried); larger ones and bodies without
-    a length (chunked, ``wsgi.input_terminated``) stream.
+    Bodies up to ``inline_max`` bytes (:data:`INLINE_BODY_MAX` by default)
+    are read whole (cheap, and a stale keep-alive connection can then be
+    retried); larger ones and bodies without a length (chunked,
+    ``wsgi.input_terminated``) stream.
     """
     length = environ.get("CONTENT_LENGTH")
     if length:

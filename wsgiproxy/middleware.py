@@ -139,9 +139,7 @@ class _State:
 
     def set_port(self, port):
         """The port from X-Forwarded-Port or the ``port`` option: SERVER_PORT, and the port
-        of HTTP_HOST -- left out there when it is the default of the final scheme."""
-        if self.host:
-            self.host = join_host(self.host_name(), port)
+        of HTTP_HOST -- left out there by write() when it is the default of the final scheme."""
         self.server_port = port
         self.port_set = True
 

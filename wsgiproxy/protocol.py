@@ -554,20 +554,17 @@ def canonical_request(method, host, path, query, timestamp, nonce, body_digest, 
 
 def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, signed):
     """canonical_request() for headers already reduced by _signed_headers()."""
+    method, host, query = method or "", host or "", query or ""  # None means empty
     try:
         lines = ["wsgiproxy-signature-v1", method.upper(), host.lower(),
                  _canonical_path(path), query, str(int(timestamp)), nonce, body_digest]
         lines += [name + ":" + value for name, value in signed]
         text = "\n".join(lines)
-    except (AttributeError, TypeError):  # say which field is wrong
-        fields = (method or "", host or "", path, query or "", timestamp, nonce, body_digest)
-        for i, value in enumerate(fields, 1):
-            if not isinstance(value, str) and i not in (3, 5):
+    except (AttributeError, TypeError):  # say which field is not a str
+        for i, value in ((1, method), (2, host), (4, query), (6, nonce), (7, body_digest)):
+            if not isinstance(value, str):
                 raise ProtocolError("%s must be a str, not %s"
                                     % (_CANONICAL_FIELDS[i], type(value).__name__)) from None
-        if method is None or host is None or query is None:  # None means empty
-            return _canonical_bytes(method or "", host or "", path, query or "", timestamp,
-                                    nonce, body_digest, signed)
         raise
     # One scan instead of one per value: a CR, LF or NUL anywhere is refused.
     if text.count("\n") != len(lines) - 1 or "\r" in text or "\0" in text:
