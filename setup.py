@@ -19,6 +19,10 @@ TESTS_REQUIRE = [
     "Flask>=3",
     "Django>=5",
     "sphinx>=7",
+    # Static checks run by ./dev test; pinned so a new release's rules land by choice.
+    "ruff==0.17.6",
+    "mypy>=1.10",
+    "types-httplib2",
     "redis>=5",
     # Peers run by tests/test_docs_migration.py (docs/migration/).  WSGIProxy2 and
     # django-proxy-server get venvs of their own in .venv-peers/ (they install
@@ -48,6 +52,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
+    package_data={"wsgiproxy": ["py.typed"]},
     zip_safe=False,
     install_requires=[
         "WebOb>=1.8",

@@ -11,10 +11,11 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from . import protocol
-from .errors import error_response
+from .responses import error_response
 from .forwarding import (DEFAULT_SKIP, INLINE_BODY_MAX, EnvironHeaders, forward, quote_path,
                          request_path, safe_target)
-from .transport import InvalidRequest, RequestBodyError, Transport, make_transport
+from .errors import BodyTooLarge, InvalidRequest
+from .transport import Transport, make_transport
 
 __all__ = ["WSGIProxyApp", "BodyTooLarge"]
 
@@ -27,12 +28,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _end_to_end_headers = EnvironHeaders(
     DEFAULT_SKIP | {"HTTP_FORWARDED", "HTTP_X_SCRIPT_NAME"},
     ("HTTP_X_WSGIPROXY_", "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
-
-
-class BodyTooLarge(RequestBodyError):
-    """The request body is larger than ``max_body_size``."""
-
-    status = 413
 
 
 class _LimitedInput:

@@ -1,48 +1,200 @@
-"""Error answers for clients: HTML through :mod:`webob.exc`, or JSON when Accept prefers it.
+"""Every exception WSGIProxy raises, under one root: :class:`WSGIProxyError`.
 
-Every part of WSGIProxy answers bad input and broken backends through
-:func:`error_response`, so a client always gets the same clear shape::
+Code deep inside raises; each WSGI entry point turns the error into an
+answer in one place (:func:`wsgiproxy.responses.error_answer`).  ``status``
+is the HTTP status the client gets and ``headers`` the extra response
+headers (``Retry-After``, ``Allow``).  Messages are meant for the client:
+they say what is wrong and never carry a secret.
 
-    {"error": {"code": 502, "type": "BadGateway", "message": "..."}}
+This module knows nothing of WSGI or HTTP I/O, so every layer may import it.
 """
 
-import json
+from __future__ import annotations
 
-from webob import exc as webob_exc
-from webob.acceptparse import create_accept_header
+from typing import Any, Sequence
 
-__all__ = ["error_response", "wants_json"]
+__all__ = [
+    "WSGIProxyError",
+    "ProtocolError", "SignatureError", "Forbidden",
+    "InvalidRequest", "RequestBodyError", "BodyTooLarge", "MethodNotAllowed",
+    "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
+    "ResponseTooLarge", "RequestTooLarge",
+    "ServiceUnavailable", "NonceStoreFull", "NonceStoreUnavailable",
+]
 
-_OFFERS = ["text/html", "application/json"]
-
-
-def wants_json(environ):
-    """True when the client's Accept header prefers application/json to text/html."""
-    accept = environ.get("HTTP_ACCEPT")
-    if not accept or "json" not in accept:
-        return False
-    try:
-        offers = create_accept_header(accept).acceptable_offers(_OFFERS)
-    except Exception:  # an unparseable Accept header is no reason to fail
-        return False
-    return bool(offers) and offers[0][0] == "application/json"
+Headers = Sequence["tuple[str, str]"]
 
 
-def error_response(environ, start_response, code, message, headers=()):
-    """Answer with status ``code`` and a human-readable ``message``; returns the WSGI body.
+class WSGIProxyError(Exception):
+    """The root of WSGIProxy's exceptions: something a client gets an answer for.
 
-    ``headers`` are extra response headers such as ``Retry-After`` or ``Allow``.
-    Any environ is answered, even a blank one: webob needs a method.
+    :param message: what went wrong, for the client and the log.
+    :param headers: extra response headers for the answer.
     """
-    if not isinstance(environ.get("REQUEST_METHOD"), str):
-        environ = dict(environ, REQUEST_METHOD="GET")
-    exc_class = webob_exc.status_map[code]
-    if wants_json(environ):
-        kind = exc_class.__name__[4:] if exc_class.__name__.startswith("HTTP") else exc_class.__name__
-        body = json.dumps({"error": {"code": code, "type": kind, "message": message}}).encode()
-        start_response("%d %s" % (code, exc_class.title), [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-        ] + list(headers))
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
-    return exc_class(detail=message, headers=list(headers))(environ, start_response)
+
+    #: The HTTP status of the answer.
+    status = 500
+    #: Extra response headers of the answer, as ``(name, value)`` pairs.
+    headers: Headers = ()
+
+    def __init__(self, message: str = "", headers: Headers | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if headers is not None:
+            self.headers = tuple(headers)
+
+
+# -- the client's request ---------------------------------------------------
+
+class ProtocolError(WSGIProxyError, ValueError):
+    """Malformed protocol input (a 400): a header, a value, a host that cannot be accepted."""
+
+    status = 400
+
+
+class Forbidden(ProtocolError):
+    """Refused for a reason other than the signature itself (a 403)."""
+
+    status = 403
+
+
+class SignatureError(Forbidden):
+    """A request signature that cannot be accepted (a 403); ``reason`` says why.
+
+    ``reason`` is one of ``REASONS``; ``detail`` is a human-readable
+    explanation (free of secrets) appended to the message.
+    """
+
+    REASONS = ("missing", "malformed", "unknown key", "expired", "replayed",
+               "bad signature", "body mismatch")
+    #: The header the message names.
+    header = "X-WSGIProxy-Signature"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in self.REASONS:
+            raise ValueError("unknown SignatureError reason %r" % (reason,))
+        self.reason = reason
+        self.detail = detail
+        message = "%s: %s" % (self.header, reason)
+        if detail:
+            message += " (%s)" % detail
+        super().__init__(message)
+
+
+class InvalidRequest(WSGIProxyError, ValueError):
+    """The request cannot be written safely (bad method, target or header); a 400."""
+
+    status = 400
+
+
+class RequestBodyError(WSGIProxyError):
+    """Reading the client's request body failed or it ended early; a 400."""
+
+    status = 400
+
+
+class BodyTooLarge(RequestBodyError):
+    """The request body is larger than the configured limit; a 413."""
+
+    status = 413
+
+
+class MethodNotAllowed(WSGIProxyError):
+    """The method is not among those forwarded; a 405 with ``Allow``."""
+
+    status = 405
+
+
+# -- the backend ------------------------------------------------------------
+
+class BackendError(WSGIProxyError):
+    """The backend could not give a usable answer (a 502 unless said otherwise).
+
+    :param backend: ``scheme://host:port`` of the backend, put before the message.
+    """
+
+    status = 502
+
+    def __init__(self, message: str, backend: str | None = None,
+                 headers: Headers | None = None) -> None:
+        super().__init__(message, headers)
+        self.backend = backend
+
+    def __str__(self) -> str:
+        if self.backend:
+            return "%s: %s" % (self.backend, self.message)
+        return self.message
+
+
+class BackendUnavailable(BackendError):
+    """Refused, unreachable, unknown host, TLS failure, or the connection was lost."""
+
+
+class BackendTimeout(BackendError):
+    """Connecting or waiting for the backend took longer than the configured timeout."""
+
+    status = 504
+
+
+class BadBackendResponse(BackendError):
+    """The backend sent something that is not a valid, unambiguous HTTP/1.x response."""
+
+
+class ResponseTooLarge(BackendError):
+    """The backend's response body is larger than a buffering transport keeps (a 502)."""
+
+
+class RequestTooLarge(BackendError):
+    """The client's request body is larger than a buffering transport sends; a 413."""
+
+    status = 413
+
+
+# -- this side cannot serve now ---------------------------------------------
+
+class ServiceUnavailable(WSGIProxyError):
+    """Nothing can take the request now (a 503 with ``Retry-After``).
+
+    :param retry_after: whole seconds for ``Retry-After`` (at least 1).
+    """
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1, status: int | None = None,
+                 headers: Headers | None = None) -> None:
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(message, [("Retry-After", str(seconds))] + list(headers or ()))
+        self.retry_after = seconds
+        if status is not None:
+            self.status = status
+
+
+class NonceStoreFull(ServiceUnavailable):
+    """The nonce store holds as many live nonces as it may: it cannot take another.
+
+    Not a replay: the request is refused (503) because forgetting live nonces
+    would re-open replays.
+    """
+
+    def __init__(self, message: str = "nonce store full", retry_after: float = 5,
+                 **kwargs: Any) -> None:
+        super().__init__(message, retry_after, **kwargs)
+
+
+class NonceStoreUnavailable(ServiceUnavailable):
+    """The nonce store could not say whether a nonce was new: the request is refused (503).
+
+    The message names the store (without a password) and what went wrong.
+    """
+
+    def __init__(self, message: str = "nonce store unavailable", retry_after: float = 5,
+                 **kwargs: Any) -> None:
+        super().__init__(message, retry_after, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # Before 1.0 this module held the error answers; they live in responses now.
+    if name in ("error_response", "wants_json"):
+        from . import responses
+        return getattr(responses, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

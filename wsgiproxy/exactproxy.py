@@ -7,7 +7,7 @@ differ).  It adds no ``X-Forwarded-*`` headers; that is
 :class:`wsgiproxy.app.WSGIProxyApp`'s job.
 """
 
-from .errors import error_response
+from .responses import error_response
 from .forwarding import environ_headers, forward, request_path, safe_target
 from .protocol import join_host
 from .transport import make_transport

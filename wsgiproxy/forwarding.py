@@ -10,7 +10,7 @@ import logging
 import re
 from urllib.parse import quote, unquote_to_bytes
 
-from .errors import error_response
+from .responses import error_response
 from .transport import (NON_NOMINATING_TOKENS, UNFORWARDED_REQUEST_HEADERS, BackendError,
                         InvalidRequest, RequestBodyError, connection_tokens)
 

@@ -48,6 +48,7 @@ import httplib2
 import httplib2.auth
 from paste.deploy.converters import asbool, asint
 
+from .errors import RequestTooLarge, ResponseTooLarge
 from .transport import (BUFSIZE, HOP_BY_HOP, MAX_HEAD, MAX_INTERIM, BackendError,
                         BackendTimeout, BackendUnavailable, BadBackendResponse,
                         InvalidRequest, RequestBodyError, Response, Transport,
@@ -85,16 +86,6 @@ _SIZE = re.compile(r"\s*([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?\s*\Z", re.I).match
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})").match
 _SPECIAL_NAMES = {"etag": "ETag", "www-authenticate": "WWW-Authenticate",
                   "content-md5": "Content-MD5", "x-xss-protection": "X-XSS-Protection"}
-
-
-class ResponseTooLarge(BackendError):
-    """The backend's response body is larger than ``max_buffered_body`` (a 502)."""
-
-
-class RequestTooLarge(BackendError):
-    """The client's request body is larger than ``max_request_body``; answered with 413."""
-
-    status = 413
 
 
 class _NotRetried(Exception):

@@ -11,7 +11,8 @@ import functools
 import io
 import logging
 
-from .errors import error_response
+from .errors import Forbidden
+from .responses import error_response
 from .protocol import (
     DEFAULT_MAX_SIGNED_BODY, DEFAULT_NONCE_CAPACITY, DEFAULT_SIGNATURE_WINDOW, KEY_KINDS,
     LOOPBACK, PROTOCOL_VERSION, MemoryNonceStore, ProtocolError, SecretKeys, SignatureError, TrustedNetworks,
@@ -31,10 +32,6 @@ _RESERVED_KEY_PREFIXES = ("wsgi.", "wsgiproxy.", _PROTOCOL_PREFIX)
 _KIND_ORDER = {kind: i for i, kind in enumerate(KEY_KINDS)}
 _ORIG_KEYS = ("REMOTE_ADDR", "wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT",
               "SCRIPT_NAME", "PATH_INFO")
-
-
-class _Forbidden(ProtocolError):
-    """Refused for a reason other than the signature itself (answered 403)."""
 
 
 class _NonceStoreFailed(Exception):
@@ -411,7 +408,7 @@ class WSGIProxyMiddleware:
     def __call__(self, environ, start_response):
         try:
             self._rebuild(environ)
-        except (SignatureError, _Forbidden) as exc:
+        except (SignatureError, Forbidden) as exc:
             return self._refuse(environ, start_response, 403, exc)
         except ProtocolError as exc:
             return self._refuse(environ, start_response, 400, exc)
@@ -452,7 +449,7 @@ class WSGIProxyMiddleware:
 
         pickle_ok = signed or (ip_trusted and self.allow_pickle_from_trusted_ips)
         if has_pickle and not pickle_ok:
-            raise _Forbidden("X-WSGIProxy-Pickle headers are only accepted on requests with a "
+            raise Forbidden("X-WSGIProxy-Pickle headers are only accepted on requests with a "
                              "valid X-WSGIProxy-Signature; nothing was unpickled")
         if self.keys is not None and self.require_signature and not signed and not ip_trusted:
             raise SignatureError("missing", "this server only accepts signed requests")

@@ -35,6 +35,8 @@ import time
 from collections import namedtuple
 from urllib.parse import quote, unquote_to_bytes
 
+from .errors import NonceStoreFull, ProtocolError, SignatureError
+
 __all__ = [
     "PROTOCOL_VERSION", "HEADER_PREFIX", "VERSION_HEADER", "SIGNATURE_HEADER", "KEY_KINDS",
     "DEFAULT_SIGNATURE_WINDOW", "DEFAULT_MAX_SIGNED_BODY", "PICKLE_PROTOCOL",
@@ -47,6 +49,9 @@ __all__ = [
     "SecretKeys", "key_id_for", "NonceStore", "MemoryNonceStore",
     "parse_forwarded", "format_forwarded", "forwarded_node", "parse_node",
     "nth_from_right", "TrustedNetworks", "LOOPBACK", "split_host", "join_host", "default_port",
+    "FORWARDED_FOR", "FORWARDED_SERVER", "FORWARDED_SCHEME", "FORWARDED_SCRIPT_NAME",
+    "TRAVERSAL_PATH", "TRAVERSAL_QUERY_STRING", "FORWARDED", "FORWARDED_PROTO", "FORWARDED_HOST",
+    "FORWARDED_PORT", "FORWARDED_PREFIX", "SCRIPT_NAME_HEADER",
 ]
 
 log = logging.getLogger("wsgiproxy.protocol")
@@ -56,6 +61,21 @@ PROTOCOL_VERSION = "1"
 HEADER_PREFIX = "X-WSGIProxy-"
 VERSION_HEADER = "X-WSGIProxy-Version"
 SIGNATURE_HEADER = "X-WSGIProxy-Signature"
+# The identity headers: set by WSGIProxyApp, read by WSGIProxyMiddleware.
+FORWARDED_FOR = "X-Forwarded-For"
+FORWARDED_SERVER = "X-Forwarded-Server"
+FORWARDED_SCHEME = "X-Forwarded-Scheme"
+FORWARDED_SCRIPT_NAME = "X-Forwarded-Script-Name"
+TRAVERSAL_PATH = "X-Traversal-Path"
+TRAVERSAL_QUERY_STRING = "X-Traversal-Query-String"
+# Set with ``forwarded = true`` for backends without the middleware, and read
+# from front proxies (nginx, ProxyFix's names).
+FORWARDED = "Forwarded"
+FORWARDED_PROTO = "X-Forwarded-Proto"
+FORWARDED_HOST = "X-Forwarded-Host"
+FORWARDED_PORT = "X-Forwarded-Port"
+FORWARDED_PREFIX = "X-Forwarded-Prefix"
+SCRIPT_NAME_HEADER = "X-Script-Name"
 #: The kinds of key header, in the order both sides process them.
 KEY_KINDS = ("Str", "Unicode", "Json", "Pickle")
 #: Seconds a signature's timestamp may differ from the receiver's clock.
@@ -64,35 +84,6 @@ DEFAULT_SIGNATURE_WINDOW = 300
 DEFAULT_MAX_SIGNED_BODY = 1024 * 1024
 #: Fixed so that senders and receivers on different Python versions agree.
 PICKLE_PROTOCOL = 4
-
-
-class ProtocolError(ValueError):
-    """Malformed protocol input.
-
-    The message is meant for the client (it becomes a 400 or 403 answer), so it
-    names headers and says what is wrong but never includes a secret.
-    """
-
-
-class SignatureError(ProtocolError):
-    """A request signature that cannot be accepted; ``reason`` says why.
-
-    ``reason`` is one of ``REASONS``; ``detail`` is a human-readable
-    explanation (free of secrets) appended to the message.
-    """
-
-    REASONS = ("missing", "malformed", "unknown key", "expired", "replayed",
-               "bad signature", "body mismatch")
-
-    def __init__(self, reason, detail=""):
-        if reason not in self.REASONS:
-            raise ValueError("unknown SignatureError reason %r" % (reason,))
-        self.reason = reason
-        self.detail = detail
-        message = "%s: %s" % (SIGNATURE_HEADER, reason)
-        if detail:
-            message += " (%s)" % detail
-        super().__init__(message)
 
 
 # ---------------------------------------------------------------------------
@@ -905,14 +896,6 @@ class NonceStore:
     def check_and_add(self, key_id, nonce, expires_at):
         """Record ``nonce`` until ``expires_at`` (unix seconds); False if it was already there."""
         raise NotImplementedError
-
-
-class NonceStoreFull(Exception):
-    """The nonce store holds ``max_entries`` live nonces: it cannot take another.
-
-    Not a replay: the request is refused (the middleware answers 503) because
-    forgetting live nonces would re-open replays.
-    """
 
 
 #: Default capacity of MemoryNonceStore: a 300 s window at ~1,500 signed

@@ -25,6 +25,7 @@ import secrets
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .errors import NonceStoreUnavailable
 from .protocol import NonceStore
 
 __all__ = ["RedisNonceStore", "NonceStoreUnavailable", "URL_SCHEMES"]
@@ -35,13 +36,6 @@ URL_SCHEMES = ("redis", "rediss", "unix")
 #: Query parameters of a store URL read by :class:`RedisNonceStore` itself;
 #: all others (``socket_timeout``, ``password``...) go to redis-py.
 STORE_PARAMETERS = ("prefix", "clock_skew", "retries")
-
-
-class NonceStoreUnavailable(Exception):
-    """The nonce store could not say whether a nonce was new: the request must be refused.
-
-    The message names the store (without a password) and what went wrong.
-    """
 
 
 def _redis_module():

@@ -29,7 +29,8 @@ import weakref
 
 from .app import WSGIProxyApp
 from .transport import Transport
-from .errors import error_response
+from .errors import ServiceUnavailable
+from .responses import error_response
 
 __all__ = ["SpawningApplication"]
 
@@ -48,16 +49,6 @@ FOREIGN_LISTENER_GRACE = 3.0
 
 # Slot states.
 STOPPED, STARTING, RUNNING, STOPPING = "stopped", "starting", "running", "stopping"
-
-
-class _Unavailable(Exception):
-    """No child can take the request: answered with ``status`` and Retry-After."""
-
-    def __init__(self, message, retry_after=1, status=503):
-        super().__init__(message)
-        self.message = message
-        self.retry_after = max(1, int(math.ceil(retry_after)))
-        self.status = status
 
 
 class _StartFailed(Exception):
@@ -444,7 +435,7 @@ class SpawningApplication:
                                   "the backend is shutting down", [("Retry-After", "5")])
         try:
             proxy = self._proxy_for(slot)
-        except _Unavailable as exc:
+        except ServiceUnavailable as exc:
             self._release(slot)
             return error_response(environ, start_response, exc.status, exc.message,
                                   [("Retry-After", str(exc.retry_after))])
@@ -487,7 +478,7 @@ class SpawningApplication:
             deadline = None
             while True:
                 if self._closed:
-                    raise _Unavailable("the backend is shutting down", 5)
+                    raise ServiceUnavailable("the backend is shutting down", 5)
                 if slot.state == RUNNING:
                     if not slot.child.dead:
                         return slot.proxy
@@ -500,15 +491,15 @@ class SpawningApplication:
                         deadline = time.monotonic() + self.start_timeout + self.stop_timeout + 5
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise _Unavailable("the backend is still starting", self.start_timeout)
+                        raise ServiceUnavailable("the backend is still starting", self.start_timeout)
                     cond.wait(left)
                     continue
                 # STOPPED
                 if waited is not None and slot.failed_generation == waited:
-                    raise _Unavailable(self._failure_message(slot),
+                    raise ServiceUnavailable(self._failure_message(slot),
                                        slot.not_before - time.monotonic())
                 if time.monotonic() < slot.not_before:
-                    raise _Unavailable(self._failure_message(slot),
+                    raise ServiceUnavailable(self._failure_message(slot),
                                        slot.not_before - time.monotonic())
                 slot.state = STARTING
                 slot.generation += 1
@@ -527,7 +518,7 @@ class SpawningApplication:
                 cond.notify_all()
                 message = self._failure_message(slot)
                 retry = slot.not_before - time.monotonic()
-            raise _Unavailable(message, retry) from None
+            raise ServiceUnavailable(message, retry) from None
         except BaseException:
             with cond:
                 slot.state = STOPPED
@@ -546,8 +537,8 @@ class SpawningApplication:
         proxy.close()
         if self._closed:
             self._stop_children([child])
-            raise _Unavailable("the backend is shutting down", 5)
-        raise _Unavailable("the backend %s right after it started" % _describe_exit(
+            raise ServiceUnavailable("the backend is shutting down", 5)
+        raise ServiceUnavailable("the backend %s right after it started" % _describe_exit(
             child.returncode()), 1, status=502)
 
     def _backoff(self, failures):
@@ -585,7 +576,7 @@ class SpawningApplication:
             proxy.close()
             if outcome == "closed":
                 self._stop_children([child])
-                raise _Unavailable("the backend is shutting down", 5)
+                raise ServiceUnavailable("the backend is shutting down", 5)
             if outcome == "exited":
                 lines = child.stderr_lines()
                 if (not self.spawned_port and attempts < PORT_ATTEMPTS and _port_taken(port)
@@ -616,7 +607,7 @@ class SpawningApplication:
         argv[0] = _find_program(argv[0], env.get("PATH", os.defpath))
         with self._cond:
             if self._closed:
-                raise _Unavailable("the backend is shutting down", 5)
+                raise ServiceUnavailable("the backend is shutting down", 5)
             try:
                 proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

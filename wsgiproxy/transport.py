@@ -28,6 +28,9 @@ import threading
 import time
 import weakref
 
+from .errors import (BackendError, BackendTimeout, BackendUnavailable, BadBackendResponse,
+                     InvalidRequest, RequestBodyError)
+
 __all__ = [
     "HOP_BY_HOP", "UNFORWARDED_REQUEST_HEADERS", "NON_NOMINATING_TOKENS", "connection_tokens",
     "Transport", "HTTPTransport", "Response", "make_transport",
@@ -69,48 +72,6 @@ _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]").search
 # (one table lookup a byte, much cheaper than a regex scan).
 _HEAD_BYTES = bytes(b for b in range(256) if b in (9, 10, 13) or 32 <= b < 127 or b > 127)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z").match
-
-
-class BackendError(Exception):
-    """The backend could not give a usable answer; ``status`` is what the client gets."""
-
-    status = 502
-
-    def __init__(self, message, backend=None):
-        super().__init__(message)
-        self.message = message
-        self.backend = backend
-
-    def __str__(self):
-        if self.backend:
-            return "%s: %s" % (self.backend, self.message)
-        return self.message
-
-
-class BackendUnavailable(BackendError):
-    """Refused, unreachable, unknown host, TLS failure, or the connection was lost."""
-
-
-class BackendTimeout(BackendError):
-    """Connecting or waiting for the backend took longer than the configured timeout."""
-
-    status = 504
-
-
-class BadBackendResponse(BackendError):
-    """The backend sent something that is not a valid, unambiguous HTTP/1.x response."""
-
-
-class InvalidRequest(ValueError):
-    """The request cannot be written safely (bad method, target or header); a 400."""
-
-    status = 400
-
-
-class RequestBodyError(Exception):
-    """Reading the client's request body failed or it ended early; a 400."""
-
-    status = 400
 
 
 class Transport:
