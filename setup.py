@@ -23,6 +23,7 @@ TESTS_REQUIRE = [
     "ruff==0.17.6",
     "mypy>=1.10",
     "types-httplib2",
+    "types-WebOb",
     "redis>=5",
     # Peers run by tests/test_docs_migration.py (docs/migration/).  WSGIProxy2 and
     # django-proxy-server get venvs of their own in .venv-peers/ (they install

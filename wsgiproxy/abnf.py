@@ -18,7 +18,7 @@ is_token = re.compile(TOKEN + r"\Z").match
 
 # One list element: quoted strings (with backslash escapes) and anything but
 # a comma or a quote, in any order.
-_ELEMENT = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|[^,"])*', re.S)
+_ELEMENT = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|[^,"])*', re.DOTALL)
 
 
 def split_comma_list(value: str) -> list[str]:
@@ -33,6 +33,7 @@ def split_comma_list(value: str) -> list[str]:
     pos, end = 0, len(value)
     while pos <= end:
         match = _ELEMENT.match(value, pos)
+        assert match is not None  # the pattern matches the empty string
         element = match.group().strip(" \t")
         if element:
             elements.append(element)

@@ -6,15 +6,28 @@ and SCRIPT_NAME, and chosen environ keys) from headers described in
 backend turns them back into the original environ.
 """
 
+from __future__ import annotations
+
 import logging
-from functools import partial
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import protocol
-from .responses import error_response
-from .forwarding import (DEFAULT_SKIP, INLINE_BODY_MAX, EnvironHeaders, forward, quote_path,
-                         request_path, safe_target)
-from .errors import BodyTooLarge, InvalidRequest
+from .errors import BodyTooLarge, InvalidRequest, MethodNotAllowed, WSGIProxyError
+from .forwarding import (
+    DEFAULT_SKIP,
+    INLINE_BODY_MAX,
+    EnvironHeaders,
+    OutgoingRequest,
+    failure_answer,
+    outgoing_request,
+    quote_path,
+    relay,
+    request_path,
+    safe_target,
+    send,
+)
 from .transport import Transport, make_transport
 
 __all__ = ["WSGIProxyApp", "BodyTooLarge"]
@@ -26,18 +39,22 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Identity headers are ours to set: whatever the client sent under these
 # names is dropped, so it can never be signed and believed.
 _end_to_end_headers = EnvironHeaders(
-    DEFAULT_SKIP | {"HTTP_FORWARDED", "HTTP_X_SCRIPT_NAME"},
-    ("HTTP_X_WSGIPROXY_", "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
+    DEFAULT_SKIP | {protocol.environ_key(protocol.FORWARDED),
+                    protocol.environ_key(protocol.SCRIPT_NAME_HEADER)},
+    (protocol.environ_key(protocol.HEADER_PREFIX), "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
+_FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
+_FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
+Environ = dict[str, Any]
 
 
 class _LimitedInput:
     """Wraps ``wsgi.input`` of a body without a length, stopping past ``limit`` bytes."""
 
-    def __init__(self, stream, limit):
+    def __init__(self, stream: Any, limit: int) -> None:
         self.stream = stream
         self.left = limit
 
-    def read(self, size=-1):
+    def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
         self.left -= len(data)
         if self.left < 0:
@@ -80,10 +97,14 @@ class WSGIProxyApp:
         ``pool_size``, ``ca_certs``, ``verify``...) configure it.
     """
 
-    def __init__(self, href, secret_file=None, string_keys=(), unicode_keys=(),
-                 json_keys=(), pickle_keys=(), preserve_host=False, trusted_proxies=(),
-                 forwarded=False, rewrite_location=True, allowed_methods=None,
-                 max_body_size=None, sign_body_max=0, transport="http", **transport_options):
+    def __init__(self, href: str, secret_file: str | None = None,
+                 string_keys: Iterable[str] = (), unicode_keys: Iterable[str] = (),
+                 json_keys: Iterable[str] = (), pickle_keys: Iterable[str] = (),
+                 preserve_host: bool = False, trusted_proxies: Any = (),
+                 forwarded: bool = False, rewrite_location: bool = True,
+                 allowed_methods: Iterable[str] | None = None, max_body_size: int | None = None,
+                 sign_body_max: int = 0, transport: Transport | str = "http",
+                 **transport_options: Any) -> None:
         parts = urlsplit(href)
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError("href must be http(s)://host[:port][/path][?query], got %r" % href)
@@ -97,7 +118,8 @@ class WSGIProxyApp:
         self.path = parts.path.rstrip("/")  # joined with PATH_INFO, which starts with "/"
         self.query = parts.query
         self.traversal_headers = [(name, value) for name, value in (
-            ("X-Traversal-Path", self.path), ("X-Traversal-Query-String", self.query)) if value]
+            (protocol.TRAVERSAL_PATH, self.path),
+            (protocol.TRAVERSAL_QUERY_STRING, self.query)) if value]
         self.keys = (tuple(string_keys), tuple(unicode_keys), tuple(json_keys),
                      tuple(pickle_keys))
         self.has_keys = any(self.keys)
@@ -128,47 +150,65 @@ class WSGIProxyApp:
         self._location_prefixes = tuple({base + self.path, "%s://%s%s" % (
             self.scheme, protocol.join_host(self.host, self.port, self.scheme), self.path)})
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
 
-    def close(self):
+    def close(self) -> None:
         """Close the transport's pooled connections."""
         self.transport.close()
 
-    def __call__(self, environ, start_response):
-        if (self.allowed_methods is not None
-                and (method := environ.get("REQUEST_METHOD") or "GET") not in self.allowed_methods):
-            allow = ", ".join(sorted(self.allowed_methods))
-            return error_response(environ, start_response, 405,
-                                  "method %s is not allowed here (allowed: %s)" % (method, allow),
-                                  [("Allow", allow)])
-        if self.max_body_size is not None:
-            refused = self._check_body_size(environ)
-            if refused:
-                return error_response(environ, start_response, 413, refused)
-
-        headers = _end_to_end_headers(environ)
+    def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
         url_scheme = environ.get("wsgi.url_scheme", "http")
         client_host = environ.get("HTTP_HOST") or protocol.join_host(
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
+        try:
+            request = self.request_for(environ, url_scheme, client_host)
+            response, body = send(self.transport, request)
+        except WSGIProxyError as exc:
+            return failure_answer(environ, start_response, exc)
+        if self.rewrite_location:
+            headers = self._rewrite_locations(url_scheme, client_host,
+                                              environ.get("SCRIPT_NAME", ""), response.headers)
+            return relay(start_response, response, body, headers)
+        return relay(start_response, response, body)
+
+    def request_for(self, environ: Environ, url_scheme: str,
+                    client_host: str) -> OutgoingRequest:
+        """The finished request for href: identity and key headers, body, signature.
+
+        :param url_scheme: the scheme the client used.
+        :param client_host: the Host the client asked for (``host[:port]``).
+
+        Raises a :class:`~wsgiproxy.errors.WSGIProxyError` for a request that
+        is refused (405, 413) or cannot be forwarded (400).
+        """
+        if (self.allowed_methods is not None
+                and (method := environ.get("REQUEST_METHOD") or "GET") not in self.allowed_methods):
+            allow = ", ".join(sorted(self.allowed_methods))
+            raise MethodNotAllowed("method %s is not allowed here (allowed: %s)" % (method, allow),
+                                   [("Allow", allow)])
+        if self.max_body_size is not None:
+            self._check_body_size(environ)
+
+        headers = _end_to_end_headers(environ)
         script_name = environ.get("SCRIPT_NAME", "")
         remote = environ.get("REMOTE_ADDR", "")
 
         forwarded_for = remote
         if self.trusted_proxies is not None and remote in self.trusted_proxies:
-            incoming = environ.get("HTTP_X_FORWARDED_FOR")
+            incoming = environ.get(_FORWARDED_FOR_KEY)
             if incoming:
                 forwarded_for = "%s, %s" % (incoming, remote) if remote else incoming
         host_header = client_host if self.preserve_host else self.host_header
         headers.append(("Host", host_header))
         identity_at = len(headers)  # from here on: the headers the signature covers
         headers += [
-            ("X-Forwarded-For", forwarded_for),
-            ("X-Forwarded-Server", client_host),
-            ("X-Forwarded-Scheme", url_scheme),
-            ("X-Forwarded-Script-Name",
+            (protocol.FORWARDED_FOR, forwarded_for),
+            (protocol.FORWARDED_SERVER, client_host),
+            (protocol.FORWARDED_SCHEME, url_scheme),
+            (protocol.FORWARDED_SCRIPT_NAME,
              protocol.encode_path_header(script_name) if script_name else ""),
-            ("X-WSGIProxy-Version", protocol.PROTOCOL_VERSION),
+            (protocol.VERSION_HEADER, protocol.PROTOCOL_VERSION),
         ]
         if self.traversal_headers:
             headers += self.traversal_headers
@@ -176,20 +216,18 @@ class WSGIProxyApp:
             try:
                 forwarded = self._forwarded(environ, remote, url_scheme, client_host)
             except protocol.ProtocolError as exc:  # e.g. control characters in the Host
-                return error_response(environ, start_response, 400,
-                                      "cannot forward this request: %s" % exc)
+                raise InvalidRequest("cannot forward this request: %s" % exc) from None
             headers += [
-                ("Forwarded", forwarded),
-                ("X-Forwarded-Proto", url_scheme),
-                ("X-Forwarded-Host", client_host),
+                (protocol.FORWARDED, forwarded),
+                (protocol.FORWARDED_PROTO, url_scheme),
+                (protocol.FORWARDED_HOST, client_host),
             ]
         if self.has_keys:
             try:
                 headers += protocol.encode_key_headers(environ, *self.keys)
             except (TypeError, ValueError) as exc:
                 log.error("cannot encode environ keys: %s", exc)
-                return error_response(environ, start_response, 500,
-                                      "the proxy could not encode an environ key")
+                raise WSGIProxyError("the proxy could not encode an environ key") from None
 
         # PATH_INFO is empty for a request at exactly the mount point.
         path = self.path + request_path(environ, include_script_name=False) or "/"
@@ -197,56 +235,55 @@ class WSGIProxyApp:
         if self.query:
             query = query + "&" + self.query if query else self.query
         target = path + "?" + safe_target(query) if query else path
-        if self.secret_keys is None:
-            before_send = None
-        else:
-            def before_send(method, target, headers, body):
-                self._sign(method, host_header, target, headers, identity_at, body)
-        rewrite = None
-        if self.rewrite_location:
-            rewrite = partial(self._rewrite_locations, url_scheme, client_host, script_name)
-        return forward(self.transport, environ, start_response, self.scheme, self.host,
-                       self.port, target, headers, rewrite, before_send, self.inline_body_max)
+        request = outgoing_request(environ, self.scheme, self.host, self.port, target, headers,
+                                   self.inline_body_max)
+        if self.secret_keys is not None:
+            self._sign(request, host_header, identity_at)
+        return request
 
-    def _forwarded(self, environ, remote, url_scheme, client_host):
+    def _forwarded(self, environ: Environ, remote: str, url_scheme: str, client_host: str) -> str:
         """RFC 7239 ``Forwarded`` for this hop, after a trusted front proxy's own."""
         try:
             node = protocol.forwarded_node(remote)
         except ValueError:
             node = "unknown"
         hop = protocol.format_forwarded([{"for": node, "proto": url_scheme, "host": client_host}])
-        incoming = environ.get("HTTP_FORWARDED")
+        incoming = environ.get(_FORWARDED_KEY)
         if incoming and self.trusted_proxies is not None and remote in self.trusted_proxies:
             return incoming + ", " + hop
         return hop
 
-    def _check_body_size(self, environ):
+    def _check_body_size(self, environ: Environ) -> None:
+        limit = self.max_body_size
+        assert limit is not None
         length = environ.get("CONTENT_LENGTH")
         if length:
-            if length.isdigit() and int(length) > self.max_body_size:
-                return ("request body of %s bytes is larger than the limit of %d bytes"
-                        % (length, self.max_body_size))
+            if length.isdigit() and int(length) > limit:
+                raise BodyTooLarge("request body of %s bytes is larger than the limit of %d bytes"
+                                   % (length, limit))
         elif environ.get("HTTP_TRANSFER_ENCODING") and "wsgi.input" in environ:
-            environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], self.max_body_size)
-        return None
+            environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], limit)
 
-    def _sign(self, method, host, target, headers, identity_at, body):
-        """Add the signature header; called by forward() once the body is known.
+    def _sign(self, request: OutgoingRequest, host: str, identity_at: int) -> None:
+        """Add the signature header to the finished request.
 
         Only ``headers[identity_at:]`` can be signed ones: the client's own
         identity headers were dropped, so the rest need not be looked at.
         """
-        path, _, query = target.partition("?")
+        path, _, query = request.target.partition("?")
+        body = request.body
         digest_body = (body if isinstance(body, (bytes, bytearray))
                        and len(body) <= self.sign_body_max else None)
+        headers = request.headers
         try:
-            signature = protocol.sign_request(self.secret_keys, method, host, path, query,
+            signature = protocol.sign_request(self.secret_keys, request.method, host, path, query,
                                               headers[identity_at:], body=digest_body)
         except protocol.ProtocolError as exc:  # e.g. CR/LF or non-latin-1 text in the Host
             raise InvalidRequest("cannot sign this request: %s" % exc) from None
         headers.append((protocol.SIGNATURE_HEADER, signature))
 
-    def _rewrite_locations(self, url_scheme, client_host, script_name, headers):
+    def _rewrite_locations(self, url_scheme: str, client_host: str, script_name: str,
+                           headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Point ``Location``/``Content-Location`` headers that lead into href at the client's URL."""
         out = None
         prefixes = self._location_prefixes

@@ -11,7 +11,8 @@ This module knows nothing of WSGI or HTTP I/O, so every layer may import it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "WSGIProxyError",

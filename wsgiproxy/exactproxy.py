@@ -7,10 +7,24 @@ differ).  It adds no ``X-Forwarded-*`` headers; that is
 :class:`wsgiproxy.app.WSGIProxyApp`'s job.
 """
 
-from .responses import error_response
-from .forwarding import environ_headers, forward, request_path, safe_target
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import InvalidRequest, WSGIProxyError
+from .forwarding import (
+    OutgoingRequest,
+    environ_headers,
+    failure_answer,
+    outgoing_request,
+    relay,
+    request_path,
+    safe_target,
+    send,
+)
 from .protocol import join_host
-from .transport import make_transport
+from .transport import Transport, make_transport
 
 __all__ = ["ExactProxy", "proxy_exact_request", "filter_paste_httpserver_proxy",
            "filter_paste_httpserver_proxy_environ"]
@@ -27,40 +41,49 @@ class ExactProxy:
         ``pool_size``, ``ca_certs``, ``verify``...).
     """
 
-    def __init__(self, transport=None, **transport_options):
+    def __init__(self, transport: Transport | str | None = None, **transport_options: Any) -> None:
+        self.transport: Transport
         if transport is None or isinstance(transport, str):
-            transport = make_transport(transport or "http", **transport_options)
+            self.transport = make_transport(transport or "http", **transport_options)
         elif transport_options:
             raise TypeError("transport options given with a ready transport: %s"
                             % ", ".join(sorted(transport_options)))
-        self.transport = transport
+        else:
+            self.transport = transport
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            response, body = send(self.transport, self._request(environ))
+        except WSGIProxyError as exc:
+            return failure_answer(environ, start_response, exc)
+        return relay(start_response, response, body)
+
+    @staticmethod
+    def _request(environ: dict[str, Any]) -> OutgoingRequest:
+        """The request the environ describes, to SERVER_NAME:SERVER_PORT."""
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("SERVER_NAME")
         port = environ.get("SERVER_PORT") or _DEFAULT_PORTS.get(scheme)
         if scheme not in _DEFAULT_PORTS or not host or not port or not port.isdigit():
-            return error_response(environ, start_response, 400,
-                                  "cannot proxy to scheme %r, host %r, port %r"
-                                  % (scheme, host, port))
+            raise InvalidRequest("cannot proxy to scheme %r, host %r, port %r"
+                                 % (scheme, host, port))
         headers = environ_headers(environ)
         headers.append(("Host", environ.get("HTTP_HOST") or join_host(host, port, scheme)))
         target = request_path(environ) or "/"
         query = environ.get("QUERY_STRING")
         if query:
             target += "?" + safe_target(query)
-        return forward(self.transport, environ, start_response, scheme, host, port,
-                       target, headers)
+        return outgoing_request(environ, scheme, host, port, target, headers)
 
-    def close(self):
+    def close(self) -> None:
         """Close the pooled connections."""
         self.transport.close()
 
 
-_default_proxy = None
+_default_proxy: ExactProxy | None = None
 
 
-def proxy_exact_request(environ, start_response):
+def proxy_exact_request(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     """Proxy the request in ``environ`` to ``SERVER_NAME:SERVER_PORT`` (a WSGI app).
 
     Uses one shared, pooled :class:`ExactProxy`; make your own instance for
@@ -73,7 +96,7 @@ def proxy_exact_request(environ, start_response):
     return proxy(environ, start_response)
 
 
-def filter_paste_httpserver_proxy_environ(environ):
+def filter_paste_httpserver_proxy_environ(environ: dict[str, Any]) -> None:
     """Map ``paste.httpserver.proxy.scheme/host`` keys to ``wsgi.url_scheme``, SERVER_NAME/PORT."""
     if "paste.httpserver.proxy.scheme" in environ:
         environ["wsgi.url_scheme"] = environ["paste.httpserver.proxy.scheme"]
@@ -91,7 +114,7 @@ def filter_paste_httpserver_proxy_environ(environ):
         environ["SERVER_PORT"] = port or _DEFAULT_PORTS.get(scheme, "80")
 
 
-def filter_paste_httpserver_proxy(app):
+def filter_paste_httpserver_proxy(app: Any) -> Any:
     """Wrap ``app`` so ``paste.httpserver``'s proxy keys choose the backend.
 
     This lets ``paste.httpserver`` act as a real forward HTTP proxy around

@@ -6,16 +6,26 @@ headers and a body, calling the transport, mapping its failures to 4xx/5xx
 answers, and handing the streaming response to the WSGI server.
 """
 
+from __future__ import annotations
+
 import logging
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
-from .responses import error_response
-from .transport import (NON_NOMINATING_TOKENS, UNFORWARDED_REQUEST_HEADERS, BackendError,
-                        InvalidRequest, RequestBodyError, connection_tokens)
+from .errors import BackendError, InvalidRequest, RequestBodyError, WSGIProxyError
+from .responses import error_answer
+from .transport import NON_NOMINATING_TOKENS, UNFORWARDED_REQUEST_HEADERS, connection_tokens
 
-__all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path", "forward",
-           "quote_path", "safe_target"]
+if TYPE_CHECKING:
+    from .transport import Response, Transport
+
+__all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path",
+           "OutgoingRequest", "outgoing_request", "send", "relay", "failure_answer",
+           "quote_path", "safe_target", "StreamedBody"]
+
+Environ = dict[str, Any]
 
 log = logging.getLogger("wsgiproxy")
 
@@ -164,52 +174,94 @@ def request_path(environ, include_script_name=True):
     return quote_path(path)
 
 
-def forward(transport, environ, start_response, scheme, host, port, target,
-            headers, response_headers=None, before_send=None, inline_body_max=INLINE_BODY_MAX):
-    """Send the request to ``scheme://host:port`` and return the WSGI response.
+class OutgoingRequest:
+    """A finished request for a transport: where it goes, what it says, and its body.
 
-    ``response_headers``, if given, maps the backend's header list to the one
-    the client gets (Location rewriting).  ``before_send(method, target,
-    headers, body)`` may add headers once the body is known (signing).  Failures before the response
-    starts become error answers (400 for a bad request, 502/504 for the
-    backend); a failure in the middle of a body is raised, so the WSGI server
-    aborts the connection rather than send a silently short body.
+    Built whole (headers, body, signature) before it is sent: nothing is
+    added to it on the way.  ``body`` is ``None``, bytes, or the input stream
+    (``body_length`` ``None`` for a stream without a length: sent chunked).
     """
-    method = environ.get("REQUEST_METHOD") or "GET"
-    try:
-        body, length = request_body(environ, inline_body_max)
-        if before_send is not None:
-            before_send(method, target, headers, body)
-        response = transport.request(scheme, host, port, method, target, headers, body, length)
-    except BackendError as exc:
-        log.warning("%s %s: %s", method, target, exc)
-        return error_response(environ, start_response, exc.status, str(exc))
-    except (InvalidRequest, RequestBodyError) as exc:
-        log.info("%s %s: bad request: %s", method, target, exc)
-        return error_response(environ, start_response, exc.status, str(exc))
+
+    __slots__ = ("scheme", "host", "port", "method", "target", "headers", "body",
+                 "body_length")
+
+    def __init__(self, scheme: str, host: str, port: int | str, method: str, target: str,
+                 headers: list[tuple[str, str]], body: Any = None,
+                 body_length: int | None = 0) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.body_length = body_length
+
+
+def outgoing_request(environ: Environ, scheme: str, host: str, port: int | str, target: str,
+                     headers: list[tuple[str, str]],
+                     inline_body_max: int = INLINE_BODY_MAX) -> OutgoingRequest:
+    """The request an environ asks for, to ``scheme://host:port`` with ``headers``.
+
+    Reads the body as :func:`request_body` does; raises
+    :class:`~wsgiproxy.errors.InvalidRequest` or
+    :class:`~wsgiproxy.errors.RequestBodyError` for a bad one.
+    """
+    body, length = request_body(environ, inline_body_max)
+    return OutgoingRequest(scheme, host, port, environ.get("REQUEST_METHOD") or "GET", target,
+                           headers, body, length)
+
+
+def send(transport: Transport, request: OutgoingRequest) -> tuple[Response, Iterable[bytes]]:
+    """Send ``request``; return the response and its WSGI body.
+
+    A streamed body's first piece is fetched here, before anything is
+    answered (a WSGI server sends nothing before it anyway), so a backend
+    that fails before its first body byte still gets a clean 502/504: every
+    :class:`~wsgiproxy.errors.WSGIProxyError` is raised before the answer starts.
+    """
+    response = transport.request(request.scheme, request.host, request.port, request.method,
+                                 request.target, request.headers, request.body,
+                                 request.body_length)
     body = response.body
-    if body is None:
-        # Streaming: wait for the first piece before starting the response
-        # (a WSGI server sends nothing before it anyway), so a backend that
-        # fails before its first body byte still gets a clean 502/504.
-        chunks = iter(response)
-        try:
-            first = next(chunks, b"")
-        except BackendError as exc:
-            response.close()
-            log.warning("%s %s: %s", method, target, exc)
-            return error_response(environ, start_response, exc.status, str(exc))
-    out_headers = response.headers
-    if response_headers is not None:
-        out_headers = response_headers(out_headers)
+    if body is not None:
+        return response, [body] if body else []
+    chunks = iter(response)
     try:
-        start_response(response.status_line, out_headers)
+        first = next(chunks, b"")
     except BaseException:
         response.close()
         raise
-    if body is not None:
-        return [body] if body else []
-    return StreamedBody(first, chunks, response)
+    return response, StreamedBody(first, chunks, response)
+
+
+def relay(start_response: Any, response: Response, body: Iterable[bytes],
+          headers: list[tuple[str, str]] | None = None) -> Iterable[bytes]:
+    """Start the answer with the backend's status and ``headers`` (its own by default).
+
+    A failure of the body after this point is raised by the body, so the WSGI
+    server aborts the connection rather than send a silently short body.
+    """
+    try:
+        start_response(response.status_line, response.headers if headers is None else headers)
+    except BaseException:
+        response.close()
+        raise
+    return body
+
+
+def failure_answer(environ: Environ, start_response: Any,
+                   error: WSGIProxyError) -> Iterable[bytes]:
+    """Log a failed forwarding and answer it: the one error exit of the proxies."""
+    method = environ.get("REQUEST_METHOD") or "GET"
+    path = environ.get("PATH_INFO", "")
+    if isinstance(error, BackendError):
+        log.warning("%s %s: %s", method, path, error)
+    elif error.status >= 500:
+        log.error("%s %s: %s", method, path, error)
+    else:
+        log.info("%s %s: refused: %s", method, path, error)
+    return error_answer(environ, start_response, error)
 
 
 class StreamedBody:

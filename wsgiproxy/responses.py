@@ -9,7 +9,8 @@ through :func:`error_answer`, so a client always gets the same clear shape::
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from webob import exc as webob_exc
 from webob.acceptparse import create_accept_header
@@ -29,7 +30,7 @@ def wants_json(environ: dict[str, Any]) -> bool:
         return False
     try:
         offers = create_accept_header(accept).acceptable_offers(_OFFERS)
-    except Exception:  # an unparseable Accept header is no reason to fail
+    except Exception:  # noqa: BLE001 - an unparseable Accept header is no reason to fail
         return False
     return bool(offers) and offers[0][0] == "application/json"
 
@@ -46,7 +47,7 @@ def error_response(environ: dict[str, Any], start_response: Any, code: int, mess
         environ = dict(environ, REQUEST_METHOD="GET")
     exc_class = webob_exc.status_map[code]
     if wants_json(environ):
-        kind = exc_class.__name__[4:] if exc_class.__name__.startswith("HTTP") else exc_class.__name__
+        kind = exc_class.__name__.removeprefix("HTTP")
         body = json.dumps({"error": {"code": code, "type": kind, "message": message}}).encode()
         start_response("%d %s" % (code, exc_class.title), [
             ("Content-Type", "application/json"),
