@@ -163,7 +163,7 @@ class WSGIProxyApp:
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
         try:
             request = self.request_for(environ, url_scheme, client_host)
-            response, body = send(self.transport, request)
+            response, body = send(self.transport, self.scheme, self.host, self.port, request)
         except WSGIProxyError as exc:
             return failure_answer(environ, start_response, exc)
         if self.rewrite_location:
@@ -235,8 +235,7 @@ class WSGIProxyApp:
         if self.query:
             query = query + "&" + self.query if query else self.query
         target = path + "?" + safe_target(query) if query else path
-        request = outgoing_request(environ, self.scheme, self.host, self.port, target, headers,
-                                   self.inline_body_max)
+        request = outgoing_request(environ, target, headers, self.inline_body_max)
         if self.secret_keys is not None:
             self._sign(request, host_header, identity_at)
         return request
@@ -270,13 +269,12 @@ class WSGIProxyApp:
         Only ``headers[identity_at:]`` can be signed ones: the client's own
         identity headers were dropped, so the rest need not be looked at.
         """
-        path, _, query = request.target.partition("?")
-        body = request.body
+        method, target, headers, body, _ = request
+        path, _, query = target.partition("?")
         digest_body = (body if isinstance(body, (bytes, bytearray))
                        and len(body) <= self.sign_body_max else None)
-        headers = request.headers
         try:
-            signature = protocol.sign_request(self.secret_keys, request.method, host, path, query,
+            signature = protocol.sign_request(self.secret_keys, method, host, path, query,
                                               headers[identity_at:], body=digest_body)
         except protocol.ProtocolError as exc:  # e.g. CR/LF or non-latin-1 text in the Host
             raise InvalidRequest("cannot sign this request: %s" % exc) from None

@@ -14,8 +14,7 @@ from typing import Any
 
 from .errors import InvalidRequest, WSGIProxyError
 from .forwarding import (
-    OutgoingRequest,
-    environ_headers,
+        environ_headers,
     failure_answer,
     outgoing_request,
     relay,
@@ -52,28 +51,24 @@ class ExactProxy:
             self.transport = transport
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        try:
-            response, body = send(self.transport, self._request(environ))
-        except WSGIProxyError as exc:
-            return failure_answer(environ, start_response, exc)
-        return relay(start_response, response, body)
-
-    @staticmethod
-    def _request(environ: dict[str, Any]) -> OutgoingRequest:
-        """The request the environ describes, to SERVER_NAME:SERVER_PORT."""
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("SERVER_NAME")
         port = environ.get("SERVER_PORT") or _DEFAULT_PORTS.get(scheme)
-        if scheme not in _DEFAULT_PORTS or not host or not port or not port.isdigit():
-            raise InvalidRequest("cannot proxy to scheme %r, host %r, port %r"
-                                 % (scheme, host, port))
-        headers = environ_headers(environ)
-        headers.append(("Host", environ.get("HTTP_HOST") or join_host(host, port, scheme)))
-        target = request_path(environ) or "/"
-        query = environ.get("QUERY_STRING")
-        if query:
-            target += "?" + safe_target(query)
-        return outgoing_request(environ, scheme, host, port, target, headers)
+        try:
+            if scheme not in _DEFAULT_PORTS or not host or not port or not port.isdigit():
+                raise InvalidRequest("cannot proxy to scheme %r, host %r, port %r"
+                                     % (scheme, host, port))
+            headers = environ_headers(environ)
+            headers.append(("Host", environ.get("HTTP_HOST") or join_host(host, port, scheme)))
+            target = request_path(environ) or "/"
+            query = environ.get("QUERY_STRING")
+            if query:
+                target += "?" + safe_target(query)
+            request = outgoing_request(environ, target, headers)
+            response, body = send(self.transport, scheme, host, port, request)
+        except WSGIProxyError as exc:
+            return failure_answer(environ, start_response, exc)
+        return relay(start_response, response, body)
 
     def close(self) -> None:
         """Close the pooled connections."""
