@@ -1,0 +1,179 @@
+"""WSGIProxyMiddleware: rebuild the original environ behind a proxy, trusting nothing unverified.
+
+The receiving end of ``WSGIProxyApp``, and a stricter cousin of Werkzeug's
+``ProxyFix`` for other front proxies (nginx, HAProxy, load balancers).  Each
+request goes through three pieces:
+
+:mod:`~wsgiproxy.middleware.verify`
+    checks the signature (and replays, through a nonce store that fails closed);
+:mod:`~wsgiproxy.middleware.trust`
+    decides who sent it and so which forwarded headers are believed, from a
+    table in code; :func:`~wsgiproxy.middleware.verify.admit` refuses what
+    that row refuses (pickles, unsigned requests);
+:mod:`~wsgiproxy.middleware.rewrite`
+    rebuilds the environ from the believed headers and the forced values.
+
+Parsing and signature checking live in :mod:`wsgiproxy.protocol`.  See
+``docs/middleware.rst``; every option is described in
+``docs/configuration.rst``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import NonceStoreUnavailable, WSGIProxyError
+from ..protocol import (
+    DEFAULT_MAX_SIGNED_BODY,
+    DEFAULT_NONCE_CAPACITY,
+    DEFAULT_SIGNATURE_WINDOW,
+    SecretKeys,
+)
+from ..responses import error_answer
+from .rewrite import Rewriter, protocol_keys
+from .trust import Addresses, Trust
+from .verify import Verifier, admit, has_pickles, load_keys
+
+__all__ = ["WSGIProxyMiddleware"]
+
+log = logging.getLogger("wsgiproxy.middleware")
+
+StartResponse = Callable[..., Any]
+WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def _option(piece: str, name: str) -> Any:
+    """An option held by one of the pieces, read and set through the middleware as before."""
+    def get(self: Any) -> Any:
+        return getattr(getattr(self, piece), name)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(getattr(self, piece), name, value)
+    return property(get, set_)
+
+
+class WSGIProxyMiddleware:
+    """Rebuild the environ of a request that came through WSGIProxy or another proxy.
+
+    Forwarded headers are believed only from a request with a valid
+    signature, or from a peer listed in ``trust_ips`` (everything) or
+    ``front_proxy_ips`` (the ``X-Forwarded-*``/``Forwarded`` headers only);
+    :data:`wsgiproxy.middleware.trust.BELIEVED` is the table.  Errors are
+    answered, never raised: 400 for a malformed header, 403 for a refused
+    signature or pickle, 503 when the nonce store fails.  Every option is
+    described in ``docs/configuration.rst``.
+
+    :param app: the WSGI application called with the rebuilt environ.
+    :param secret_file: shared secrets (a path or a :class:`~wsgiproxy.protocol.SecretKeys`):
+        signed requests are believed from anyone; unsigned ones are refused
+        unless ``trust_ips`` names their peer or ``require_signature`` is false.
+    :param trust_ips: ``WSGIProxyApp`` hosts, believed for every forwarded header
+        without a signature; never nginx and the like.  ``*`` believes everyone.
+    :param prefix: force ``SCRIPT_NAME``; configuration, believed for every request.
+    :param pop_prefix: move this leading part of ``PATH_INFO`` to ``SCRIPT_NAME``
+        (400 for a request outside it).
+    :param scheme: force ``wsgi.url_scheme``, whatever any header says.
+    :param host: force ``HTTP_HOST``/``SERVER_NAME``/``SERVER_PORT`` from ``name[:port]``.
+    :param domain: force the host name, keeping the request's port.
+    :param port: force the port, keeping the request's host name.
+    :param x_for: how many believed proxies append to ``X-Forwarded-For``;
+        values further left were written by the client and are never used.
+    :param x_proto: the same for ``X-Forwarded-Proto``.
+    :param x_host: the same for ``X-Forwarded-Host`` (0: a client-chosen host
+        poisons absolute URLs).
+    :param x_port: the same for ``X-Forwarded-Port``.
+    :param x_prefix: the same for ``X-Forwarded-Prefix``.
+    :param forwarded: how many believed proxies append to RFC 7239 ``Forwarded``;
+        above 0 it replaces ``X-Forwarded-For/-Proto/-Host/-Port``.
+    :param front_proxy_ips: nginx, HAProxy, load balancers: believed for the
+        front-proxy headers only, never for WSGIProxy identity headers or pickles.
+    :param signature_window: seconds a signature's timestamp may be off this clock.
+    :param nonce_store: where used nonces are remembered, to refuse replays;
+        share one between processes that accept the same secret.  A failing
+        store refuses signed requests (503).
+    :param nonce_cache_size: capacity of the default in-memory nonce store.
+    :param require_signature: refuse unsigned requests from peers not in
+        ``trust_ips`` (default: when ``secret_file`` is set).
+    :param require_body_digest: refuse a signed body the signature does not cover.
+    :param max_signed_body_size: largest signed body read into memory to check its digest.
+    :param allow_pickle_from_trusted_ips: also unpickle from unsigned ``trust_ips``
+        requests: anyone who can connect from them can run code here.
+    """
+
+    def __init__(self, app: WSGIApplication, secret_file: str | SecretKeys | None = None,
+                 trust_ips: Addresses = None, prefix: str | None = None,
+                 pop_prefix: str | None = None, scheme: str | None = None,
+                 host: str | None = None, domain: str | None = None,
+                 port: int | str | None = None, x_for: int = 1, x_proto: int = 1,
+                 x_host: int = 0, x_port: int = 0, x_prefix: int = 0, *, forwarded: int = 0,
+                 front_proxy_ips: Addresses = None,
+                 signature_window: float = DEFAULT_SIGNATURE_WINDOW, nonce_store: Any = None,
+                 nonce_cache_size: int = DEFAULT_NONCE_CAPACITY,
+                 require_signature: bool | None = None, require_body_digest: bool = False,
+                 max_signed_body_size: int = DEFAULT_MAX_SIGNED_BODY,
+                 allow_pickle_from_trusted_ips: bool = False) -> None:
+        self.app = app
+        keys = load_keys(secret_file)
+        self.trust = Trust(trust_ips, front_proxy_ips, secret=keys is not None,
+                           require_signature=require_signature,
+                           allow_pickle_from_trusted_ips=allow_pickle_from_trusted_ips)
+        self.rewriter = Rewriter(prefix, pop_prefix, scheme, host, domain, port, x_for=x_for,
+                                 x_proto=x_proto, x_host=x_host, x_port=x_port,
+                                 x_prefix=x_prefix, forwarded=forwarded)
+        self.verifier = Verifier(keys, signature_window=signature_window,
+                                 nonce_store=nonce_store, nonce_cache_size=nonce_cache_size,
+                                 require_body_digest=require_body_digest,
+                                 max_signed_body_size=max_signed_body_size)
+
+    # The options, as attributes of the middleware (each held by the piece that uses it).
+    keys = _option("verifier", "keys")
+    signature_window = _option("verifier", "signature_window")
+    nonce_store = _option("verifier", "nonce_store")
+    require_body_digest = _option("verifier", "require_body_digest")
+    max_signed_body_size = _option("verifier", "max_signed_body_size")
+    trusted = _option("trust", "trusted")
+    trust_ips_configured = _option("trust", "trust_ips_configured")
+    front_proxies = _option("trust", "front_proxies")
+    require_signature = _option("trust", "require_signature")
+    allow_pickle_from_trusted_ips = _option("trust", "allow_pickle_from_trusted_ips")
+    prefix = _option("rewriter", "prefix")
+    pop_prefix = _option("rewriter", "pop_prefix")
+    scheme = _option("rewriter", "scheme")
+    host = _option("rewriter", "host")
+    domain = _option("rewriter", "domain")
+    port = _option("rewriter", "port")
+    x_for = _option("rewriter", "x_for")
+    x_proto = _option("rewriter", "x_proto")
+    x_host = _option("rewriter", "x_host")
+    x_port = _option("rewriter", "x_port")
+    x_prefix = _option("rewriter", "x_prefix")
+    forwarded = _option("rewriter", "forwarded")
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            found = protocol_keys(environ)
+            key_id = self.verifier.key_id(environ)
+            belief = self.trust.decide(environ.get("REMOTE_ADDR"), key_id is not None)
+            admit(belief, has_pickles(environ, found))
+            self.rewriter.rebuild(environ, belief, found, key_id)
+        except WSGIProxyError as error:
+            self._log_refusal(environ, error)
+            return error_answer(environ, start_response, error)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _log_refusal(environ: dict[str, Any], error: WSGIProxyError) -> None:
+        """403s are warnings, a failing nonce store an error, anything else (400s) info."""
+        peer, path = environ.get("REMOTE_ADDR"), environ.get("PATH_INFO")
+        if isinstance(error, NonceStoreUnavailable):
+            cause = error.__cause__
+            detail = (str(cause) or type(cause).__name__) if cause is not None else error
+            log.error("nonce store unavailable, refusing a signed request from %s for %r: %s",
+                      peer, path, detail)
+        elif error.status == 403:
+            log.warning("refused request from %s for %r: %s", peer, path, error)
+        else:
+            log.info("bad request from %s for %r: %s", peer, path, error)
