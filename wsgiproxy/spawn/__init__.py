@@ -27,10 +27,10 @@ import threading
 import time
 import weakref
 
-from .app import WSGIProxyApp
-from .transport import Transport
-from .errors import ServiceUnavailable
-from .responses import error_response
+from ..app import WSGIProxyApp
+from ..transport import Transport
+from ..errors import ServiceUnavailable
+from ..responses import error_response
 
 __all__ = ["SpawningApplication"]
 
