@@ -12,33 +12,35 @@ or on :meth:`SpawningApplication.close`.
 """
 
 import atexit
-import collections
 import io
 import logging
-import math
 import os
 import shlex
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import weakref
 
 from ..app import WSGIProxyApp
-from ..transport import Transport
-from ..errors import ServiceUnavailable
+from ..errors import ServiceUnavailable, StartFailed
 from ..responses import error_response
+from ..transport import Transport
+from .process import (
+    PORT_PLACEHOLDER,
+    Command,
+    describe_exit,
+    listener_owner,
+    parse_env,
+    split_command,
+    stop_children,
+)
 
 __all__ = ["SpawningApplication"]
 
-PORT_PLACEHOLDER = "__PORT__"
 #: How many other ports are tried when a child could not bind the one it was given.
 PORT_ATTEMPTS = 5
-#: stderr lines kept per child, for the log message when it fails.
-STDERR_TAIL = 50
 _LOOPBACK = "127.0.0.1"
 _PROBE_INTERVAL = 0.05
 _PROBE_TIMEOUT = 2.0  # seconds a health probe may take
@@ -49,22 +51,6 @@ FOREIGN_LISTENER_GRACE = 3.0
 
 # Slot states.
 STOPPED, STARTING, RUNNING, STOPPING = "stopped", "starting", "running", "stopping"
-
-
-class _StartFailed(Exception):
-    """A child did not become ready (exited, timed out, could not be run)."""
-
-
-def _describe_exit(code):
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "signal %d" % -code
-        return "was killed by %s" % name
-    return "exited with code %d" % code
 
 
 def _free_port():
@@ -90,74 +76,6 @@ def _accepts(port, timeout):
         return True
     except OSError:
         return False
-
-
-def _listener_owner(port, pgid):
-    """Whose listening socket is ``port``: ``"ours"`` (a process of group ``pgid``),
-    ``"foreign"`` (a process we can see outside it), or None where /proc cannot tell.
-
-    A port that accepts connections is not proof enough: if another process
-    took it between our check and the child's bind, the child fails while
-    the intruder accepts.  Linux's /proc tells whose socket it is.
-    """
-    inodes = set()
-    try:
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(table) as f:
-                    next(f)
-                    for line in f:
-                        fields = line.split()
-                        # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
-                        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                            inodes.add("socket:[%s]" % fields[9])
-            except FileNotFoundError:
-                pass
-        if not inodes:
-            return None
-        group, others = [], []
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open("/proc/%s/stat" % name) as f:
-                        stat = f.read()
-                    pgrp = int(stat[stat.rindex(")") + 2:].split()[2])
-                except (OSError, ValueError, IndexError):
-                    continue  # gone meanwhile
-                (group if pgrp == pgid else others).append(name)
-        if any(_holds(pid, inodes) for pid in group):
-            return "ours"
-        if any(_holds(pid, inodes) for pid in others):
-            return "foreign"
-        return None
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def _holds(pid, inodes):
-    """Whether process ``pid`` has one of the sockets ``inodes`` open (False if we cannot see)."""
-    fd_dir = "/proc/%s/fd" % pid
-    try:
-        for fd in os.listdir(fd_dir):
-            try:
-                if os.readlink(os.path.join(fd_dir, fd)) in inodes:
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return False
-
-
-def _find_program(name, path):
-    """A bare command name not on ``path`` is looked for next to the running Python.
-
-    So ``wsgiproxy`` (or any console script of our virtualenv) works in
-    ``start_script`` without the virtualenv being activated.
-    """
-    if os.sep in name or shutil.which(name, path=path):
-        return name
-    return shutil.which(name, path=os.path.dirname(sys.executable)) or name
 
 
 def _healthy(probe_proxy, path):
@@ -188,96 +106,6 @@ def _healthy(probe_proxy, path):
         log.debug("health probe of %s failed: %s", probe_proxy.href, exc)
         return False
     return bool(status) and 200 <= int(status[-1][:3]) < 400
-
-
-def parse_env(script_env):
-    """``script_env`` as a dict: a mapping, ``NAME=VALUE`` items, or a string of them.
-
-    A string is split like a shell command line (one or more items per line,
-    quotes allowed: ``OPTS="-a -b" DEBUG=1``).
-    """
-    if not script_env:
-        return {}
-    if isinstance(script_env, dict):
-        return {str(k): str(v) for k, v in script_env.items()}
-    items = shlex.split(script_env) if isinstance(script_env, str) else list(script_env)
-    env = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ValueError("script_env items must be NAME=VALUE, got %r" % item)
-        env[name] = value
-    return env
-
-
-class _Child:
-    """One child process: its pipes' reader threads and the thread that reaps it."""
-
-    def __init__(self, slot, proc, port, log):
-        self.slot = slot
-        self.proc = proc
-        self.pid = proc.pid
-        self.port = port
-        self.log = log
-        self.label = "spawn[%d] pid %d" % (slot, proc.pid)
-        self.stderr_tail = collections.deque(maxlen=STDERR_TAIL)
-        self.exited = threading.Event()
-        self.stopping = False  # set when we stop it on purpose (idle, close, timeout)
-        self.readers = []
-        self.started = time.monotonic()
-        self.listener_checked = False
-
-    def start_threads(self, on_exit):
-        for stream, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr")):
-            t = threading.Thread(target=self._read, args=(stream, name),
-                                 name="%s %s" % (self.label, name), daemon=True)
-            t.start()
-            self.readers.append(t)
-        threading.Thread(target=self._watch, args=(on_exit,), name=self.label + " reaper",
-                         daemon=True).start()
-
-    @property
-    def dead(self):
-        return self.exited.is_set() or self.proc.returncode is not None
-
-    def _read(self, stream, name):
-        keep = self.stderr_tail if name == "stderr" else None
-        try:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if keep is not None:
-                    keep.append(line)
-                self.log.info("%s %s: %s", self.label, name, line)
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-    def _watch(self, on_exit):
-        self.proc.wait()  # reaps it: no zombie
-        self.signal_group(signal.SIGKILL)  # whatever it left behind in its group
-        self.exited.set()
-        on_exit(self)
-
-    def signal_group(self, signum):
-        """Signal the child's process group (it is the leader of a new session)."""
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stderr_lines(self, wait=1.0):
-        """The last stderr lines, after giving the reader up to ``wait`` s to reach EOF."""
-        deadline = time.monotonic() + wait
-        for t in self.readers:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return list(self.stderr_tail)
-
-    def returncode(self):
-        return self.proc.returncode
 
 
 class _Slot:
@@ -354,19 +182,12 @@ class SpawningApplication:
                  idle_shutdown=None, logger=None, start_timeout=30.0, health_path=None,
                  stop_timeout=10.0, workers=1, restart_backoff=1.0, max_backoff=60.0,
                  handle_signals=True, **options):
-        if isinstance(start_script, str):
-            argv = shlex.split(start_script)
-        else:
-            argv = [str(arg) for arg in (start_script or ())]
-        if not argv:
-            raise ValueError("start_script is empty")
+        argv = split_command(start_script)
         if "href" in options:
             raise TypeError("SpawningApplication chooses href itself (the child's port)")
-        self.argv = argv
-        self.cwd = cwd
-        self.script_env = parse_env(script_env)
-        if spawned_port is None and not any(
-                PORT_PLACEHOLDER in s for s in argv + list(self.script_env.values())):
+        self.command = Command(argv, cwd, parse_env(script_env))
+        self.argv, self.cwd, self.script_env = self.command.argv, cwd, self.command.env
+        if spawned_port is None and not self.command.mentions_port:
             raise ValueError("start_script (or a script_env value) must contain %s so the "
                              "child knows its port, or give spawned_port"
                              % PORT_PLACEHOLDER)
@@ -508,7 +329,7 @@ class SpawningApplication:
         # This request starts the child; the others wait on the condition.
         try:
             child, proxy = self._start(slot)
-        except _StartFailed as exc:
+        except StartFailed as exc:
             with cond:
                 slot.failures += 1
                 slot.last_failure = str(exc)
@@ -538,7 +359,7 @@ class SpawningApplication:
         if self._closed:
             self._stop_children([child])
             raise ServiceUnavailable("the backend is shutting down", 5)
-        raise ServiceUnavailable("the backend %s right after it started" % _describe_exit(
+        raise ServiceUnavailable("the backend %s right after it started" % describe_exit(
             child.returncode()), 1, status=502)
 
     def _backoff(self, failures):
@@ -584,10 +405,10 @@ class SpawningApplication:
                     attempts += 1
                     self.log.warning("%s %s; port %d is taken by another process, "
                                      "trying another port", child.label,
-                                     _describe_exit(child.returncode()), port)
+                                     child.describe_exit(), port)
                     continue
                 reason = "it %s before it was ready on port %d" % (
-                    _describe_exit(child.returncode()), port)
+                    describe_exit(child.returncode()), port)
             else:
                 what = ("answer GET %s with 2xx/3xx" % self.health_path if self.health_path
                         else "accept connections on port %d" % port)
@@ -596,31 +417,16 @@ class SpawningApplication:
                 lines = child.stderr_lines()
             self.log.error("%s: start failed: %s; last stderr lines:\n%s", child.label, reason,
                            "\n".join(lines) if lines else "(none)")
-            raise _StartFailed(reason)
+            raise StartFailed(reason)
 
     def _launch(self, slot, port):
-        text = str(port)
-        argv = [arg.replace(PORT_PLACEHOLDER, text) for arg in self.argv]
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env.update((k, v.replace(PORT_PLACEHOLDER, text)) for k, v in self.script_env.items())
-        argv[0] = _find_program(argv[0], env.get("PATH", os.defpath))
         with self._cond:
             if self._closed:
                 raise ServiceUnavailable("the backend is shutting down", 5)
-            try:
-                proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        start_new_session=True, close_fds=True)
-            except OSError as exc:
-                reason = "cannot run %s: %s" % (
-                    exc.filename or argv[0], exc.strerror or exc)
-                self.log.error("spawn[%d]: %s", slot.index, reason)
-                raise _StartFailed(reason) from None
-            child = _Child(slot.index, proc, port, self.log)
+            child = self.command.launch(slot.index, port, self.log)
             self._children.add(child)
-        self.log.info("%s: started on port %d: %s", child.label, port, shlex.join(argv))
-        child.start_threads(self._child_exited)
+        self.log.info("%s: started on port %d: %s", child.label, port, shlex.join(child.argv))
+        child.watch(self._child_exited)
         return child
 
     def _probe_proxy(self, port):
@@ -662,7 +468,7 @@ class SpawningApplication:
 
     @staticmethod
     def _listener_is_childs(child):
-        owner = _listener_owner(child.port, child.pid)
+        owner = listener_owner(child.port, child.pid)
         if owner == "foreign" and time.monotonic() - child.started < FOREIGN_LISTENER_GRACE:
             return False
         child.listener_checked = True  # once is enough, e.g. while health_path fails
@@ -683,10 +489,10 @@ class SpawningApplication:
             lines = child.stderr_lines()
             self.log.warning("%s %s unexpectedly; the next request starts it again. "
                              "Last stderr lines:\n%s", child.label,
-                             _describe_exit(child.returncode()),
+                             describe_exit(child.returncode()),
                              "\n".join(lines) if lines else "(none)")
         elif child.stopping:
-            self.log.info("%s %s", child.label, _describe_exit(child.returncode()))
+            self.log.info("%s %s", child.label, describe_exit(child.returncode()))
 
     def _forget_child(self, slot, child):
         """Under the lock: the slot's child is gone; its next request starts a new one."""
@@ -698,20 +504,7 @@ class SpawningApplication:
                 proxy.close()
 
     def _stop_children(self, children):
-        """SIGTERM each child's process group, SIGKILL after ``stop_timeout``, reap."""
-        children = [c for c in children if not c.dead]
-        for child in children:
-            child.stopping = True
-            child.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        for child in children:
-            if not child.exited.wait(max(0.0, deadline - time.monotonic())):
-                self.log.warning("%s did not stop within %g s of SIGTERM; sending SIGKILL",
-                                 child.label, self.stop_timeout)
-                child.signal_group(signal.SIGKILL)
-        for child in children:
-            if not child.exited.wait(10):
-                self.log.error("%s did not exit after SIGKILL", child.label)
+        stop_children(children, self.stop_timeout, self.log)
 
     def _ensure_supervisor(self):
         """Under the lock: start the idle-shutdown thread on the first start."""
