@@ -12,100 +12,33 @@ or on :meth:`SpawningApplication.close`.
 """
 
 import atexit
-import io
 import logging
 import os
 import shlex
 import signal
-import socket
-import sys
 import threading
 import time
 import weakref
 
 from ..app import WSGIProxyApp
-from ..errors import ServiceUnavailable, StartFailed
+from ..errors import ServiceUnavailable, ShuttingDown, StartFailed
 from ..responses import error_response
-from ..transport import Transport
 from .process import (
     PORT_PLACEHOLDER,
     Command,
     describe_exit,
-    listener_owner,
     parse_env,
     split_command,
     stop_children,
 )
+from .readiness import LOOPBACK, Starter
 
 __all__ = ["SpawningApplication"]
 
-#: How many other ports are tried when a child could not bind the one it was given.
-PORT_ATTEMPTS = 5
-_LOOPBACK = "127.0.0.1"
-_PROBE_INTERVAL = 0.05
-_PROBE_TIMEOUT = 2.0  # seconds a health probe may take
 log = logging.getLogger("wsgiproxy.spawn")
-#: Seconds a child must stay alive before a port it does not listen on itself
-#: (but a process outside its group does) is taken as its own.
-FOREIGN_LISTENER_GRACE = 3.0
 
 # Slot states.
 STOPPED, STARTING, RUNNING, STOPPING = "stopped", "starting", "running", "stopping"
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _port_taken(port):
-    """True when something else listens on ``port`` (a TIME_WAIT leftover does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((_LOOPBACK, port))
-        except OSError:
-            return True
-    return False
-
-
-def _accepts(port, timeout):
-    try:
-        socket.create_connection((_LOOPBACK, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _healthy(probe_proxy, path):
-    """Does ``GET path`` through ``probe_proxy`` (a WSGIProxyApp) answer 2xx or 3xx?
-
-    The probe goes through the same proxy code and options as requests do, so
-    it is signed alike: a child behind a middleware that requires signatures
-    answers it.
-    """
-    path_info, _, query = path.partition("?")
-    environ = {
-        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path_info,
-        "QUERY_STRING": query, "SERVER_NAME": _LOOPBACK, "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": _LOOPBACK, "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
-    }
-    status = []
-    try:
-        body = probe_proxy(environ, lambda s, headers, exc_info=None: status.append(s))
-        try:
-            for _ in body:
-                pass
-        finally:
-            if hasattr(body, "close"):
-                body.close()
-    except Exception as exc:  # a probe that fails is a child that is not ready yet
-        log.debug("health probe of %s failed: %s", probe_proxy.href, exc)
-        return False
-    return bool(status) and 200 <= int(status[-1][:3]) < 400
 
 
 class _Slot:
@@ -213,8 +146,10 @@ class SpawningApplication:
         self.log = logger or logging.getLogger("wsgiproxy.spawn")
         self.proxy_options = options
         # Fail at configuration time, not on the first request.
-        WSGIProxyApp("http://%s:1" % _LOOPBACK, **options).close()
+        WSGIProxyApp("http://%s:1" % LOOPBACK, **options).close()
         self.handle_signals = bool(handle_signals)
+        self._starter = Starter(self.command, options, self.spawned_port, self.start_timeout,
+                                self.health_path, self._stop_children, self.log)
         self._init_state()
         _live_apps.add(self)
         if self.handle_signals:
@@ -328,7 +263,7 @@ class SpawningApplication:
                 break
         # This request starts the child; the others wait on the condition.
         try:
-            child, proxy = self._start(slot)
+            child, proxy = self._starter(slot.index, self)
         except StartFailed as exc:
             with cond:
                 slot.failures += 1
@@ -378,101 +313,21 @@ class SpawningApplication:
 
     # -- starting -------------------------------------------------------------
 
-    def _start(self, slot):
-        """Start the slot's child and wait until it is ready: ``(child, proxy)``."""
-        deadline = time.monotonic() + self.start_timeout
-        attempts = 0
-        while True:
-            port = (self.spawned_port + slot.index) if self.spawned_port else _free_port()
-            proxy = WSGIProxyApp("http://%s:%d" % (_LOOPBACK, port), **self.proxy_options)
-            try:
-                child = self._launch(slot, port)
-                outcome = self._wait_ready(child, deadline)
-            except BaseException:
-                proxy.close()
-                raise
-            if outcome == "ready":
-                self.log.info("%s: ready on port %d", child.label, port)
-                return child, proxy
-            proxy.close()
-            if outcome == "closed":
-                self._stop_children([child])
-                raise ServiceUnavailable("the backend is shutting down", 5)
-            if outcome == "exited":
-                lines = child.stderr_lines()
-                if (not self.spawned_port and attempts < PORT_ATTEMPTS and _port_taken(port)
-                        and time.monotonic() < deadline):
-                    attempts += 1
-                    self.log.warning("%s %s; port %d is taken by another process, "
-                                     "trying another port", child.label,
-                                     child.describe_exit(), port)
-                    continue
-                reason = "it %s before it was ready on port %d" % (
-                    describe_exit(child.returncode()), port)
-            else:
-                what = ("answer GET %s with 2xx/3xx" % self.health_path if self.health_path
-                        else "accept connections on port %d" % port)
-                reason = "it did not %s within %g s" % (what, self.start_timeout)
-                self._stop_children([child])
-                lines = child.stderr_lines()
-            self.log.error("%s: start failed: %s; last stderr lines:\n%s", child.label, reason,
-                           "\n".join(lines) if lines else "(none)")
-            raise StartFailed(reason)
+    @property
+    def closed(self):
+        return self._closed
 
-    def _launch(self, slot, port):
+    def adopt(self, launch):
+        """Under the lock, unless closed: ``launch()`` a child and register it; then watch it."""
         with self._cond:
             if self._closed:
-                raise ServiceUnavailable("the backend is shutting down", 5)
-            child = self.command.launch(slot.index, port, self.log)
+                raise ShuttingDown()
+            child = launch()
             self._children.add(child)
-        self.log.info("%s: started on port %d: %s", child.label, port, shlex.join(child.argv))
+        self.log.info("%s: started on port %d: %s", child.label, child.port,
+                      shlex.join(child.argv))
         child.watch(self._child_exited)
         return child
-
-    def _probe_proxy(self, port):
-        """A WSGIProxyApp for health probes: the children's options, short timeouts, no pool."""
-        options = dict(self.proxy_options)
-        if not isinstance(options.get("transport"), Transport):
-            options.update(connect_timeout=_PROBE_TIMEOUT, read_timeout=_PROBE_TIMEOUT,
-                           pool_size=0)
-        return WSGIProxyApp("http://%s:%d" % (_LOOPBACK, port), **options)
-
-    def _wait_ready(self, child, deadline):
-        """``"ready"``, ``"exited"``, ``"timeout"`` or ``"closed"``."""
-        probe_proxy = self._probe_proxy(child.port) if self.health_path else None
-        try:
-            return self._wait_ready_probing(child, deadline, probe_proxy)
-        finally:
-            if probe_proxy is not None:
-                probe_proxy.close()
-
-    def _wait_ready_probing(self, child, deadline, probe_proxy):
-        while True:
-            if child.dead:
-                return "exited"
-            if self._closed:
-                return "closed"
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "timeout"
-            probe = min(2.0, max(0.05, left))
-            # The port might be someone else's (taken between our check and the
-            # child's bind, and the child is about to fail): a socket we can see
-            # is not the child's counts only once the child has lived a while
-            # (a child may legitimately hand the port to a helper, e.g. Docker's).
-            if (_accepts(child.port, probe)
-                    and (child.listener_checked or self._listener_is_childs(child))
-                    and (probe_proxy is None or _healthy(probe_proxy, self.health_path))):
-                return "exited" if child.dead else "ready"
-            child.exited.wait(min(_PROBE_INTERVAL, max(0.0, deadline - time.monotonic())))
-
-    @staticmethod
-    def _listener_is_childs(child):
-        owner = listener_owner(child.port, child.pid)
-        if owner == "foreign" and time.monotonic() - child.started < FOREIGN_LISTENER_GRACE:
-            return False
-        child.listener_checked = True  # once is enough, e.g. while health_path fails
-        return True
 
     # -- stopping ---------------------------------------------------------
 
