@@ -275,7 +275,7 @@ def test_back_off_then_a_good_start_resets_it(spawn, piddir):
     failures = [json.loads(body)["error"]["message"] for status, _, body in answers[:-1]]
     assert all(status == 503 and retry == "1" for status, retry, _ in answers[:-1])
     assert any("2 failed starts in a row" in m and "exited with code 4" in m for m in failures)
-    assert app._slots[0].failures == 0
+    assert app._supervisor.slots[0].failures == 0
     assert json.loads(answers[-1][2])["pid"] == app.pids[0]
 
 

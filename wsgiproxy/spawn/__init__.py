@@ -11,51 +11,27 @@ to start), and stopped with their whole process group at exit, on SIGTERM
 or on :meth:`SpawningApplication.close`.
 """
 
-import atexit
+# The package, from the bottom up:
+#   process.py     one child process: command, start, output, stop, /proc
+#   readiness.py   starting a child until it is ready: ports and probes
+#   supervisor.py  the slots and their states; exit, SIGTERM and fork
+#   __init__.py    SpawningApplication, the WSGI face
+
+from __future__ import annotations
+
+import functools
 import logging
-import os
-import shlex
-import signal
-import threading
-import time
-import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..app import WSGIProxyApp
-from ..errors import ServiceUnavailable, ShuttingDown, StartFailed
-from ..responses import error_response
-from .process import (
-    PORT_PLACEHOLDER,
-    Command,
-    describe_exit,
-    parse_env,
-    split_command,
-    stop_children,
-)
+from ..errors import WSGIProxyError
+from ..responses import error_answer
+from .process import PORT_PLACEHOLDER, Command, parse_env, split_command, stop_children
 from .readiness import LOOPBACK, Starter
+from .supervisor import Slot, Supervisor, register
 
 __all__ = ["SpawningApplication"]
-
-log = logging.getLogger("wsgiproxy.spawn")
-
-# Slot states.
-STOPPED, STARTING, RUNNING, STOPPING = "stopped", "starting", "running", "stopping"
-
-
-class _Slot:
-    """One of the ``workers`` places for a child, with its supervision state."""
-
-    def __init__(self, index):
-        self.index = index
-        self.state = STOPPED
-        self.child = None
-        self.proxy = None
-        self.outstanding = 0
-        self.last_active = time.monotonic()
-        self.failures = 0       # failed starts in a row
-        self.not_before = 0.0   # no new start before this (monotonic) time
-        self.last_failure = ""
-        self.generation = 0     # counts starts, so waiters know which one they waited for
-        self.failed_generation = -1
 
 
 class SpawningApplication:
@@ -111,10 +87,14 @@ class SpawningApplication:
         is chosen here.
     """
 
-    def __init__(self, start_script, cwd=None, script_env=None, spawned_port=None,
-                 idle_shutdown=None, logger=None, start_timeout=30.0, health_path=None,
-                 stop_timeout=10.0, workers=1, restart_backoff=1.0, max_backoff=60.0,
-                 handle_signals=True, **options):
+    def __init__(self, start_script: str | Iterable[object],
+                 cwd: str | None = None,
+                 script_env: Mapping[str, object] | Iterable[str] | str | None = None,
+                 spawned_port: int | None = None, idle_shutdown: float | None = None,
+                 logger: logging.Logger | str | None = None, start_timeout: float = 30.0,
+                 health_path: str | None = None, stop_timeout: float = 10.0, workers: int = 1,
+                 restart_backoff: float = 1.0, max_backoff: float = 60.0,
+                 handle_signals: bool = True, **options: Any) -> None:
         argv = split_command(start_script)
         if "href" in options:
             raise TypeError("SpawningApplication chooses href itself (the child's port)")
@@ -148,286 +128,54 @@ class SpawningApplication:
         # Fail at configuration time, not on the first request.
         WSGIProxyApp("http://%s:1" % LOOPBACK, **options).close()
         self.handle_signals = bool(handle_signals)
-        self._starter = Starter(self.command, options, self.spawned_port, self.start_timeout,
-                                self.health_path, self._stop_children, self.log)
-        self._init_state()
-        _live_apps.add(self)
-        if self.handle_signals:
-            _install_sigterm_handler()
+        stop = functools.partial(stop_children, timeout=self.stop_timeout, log=self.log)
+        starter = Starter(self.command, options, self.spawned_port, self.start_timeout,
+                          self.health_path, stop, self.log)
+        self._supervisor = Supervisor(
+            self.workers, starter, stop, start_timeout=self.start_timeout,
+            stop_timeout=self.stop_timeout, idle_shutdown=self.idle_shutdown,
+            restart_backoff=self.restart_backoff, max_backoff=self.max_backoff, log=self.log)
+        register(self._supervisor, self.handle_signals)
 
-    def _init_state(self):
-        # Re-entrant: the SIGTERM handler may run close() in a thread that holds it.
-        self._cond = threading.Condition(threading.RLock())
-        self._slots = [_Slot(i) for i in range(self.workers)]
-        self._children = set()  # every child not yet reaped, in any state
-        self._closed = False
-        self._supervisor = None
-
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<SpawningApplication %s (%d worker%s)>" % (
             " ".join(self.argv), self.workers, "" if self.workers == 1 else "s")
 
-    # -- introspection ----------------------------------------------------
-
     @property
-    def pids(self):
+    def pids(self) -> list[int]:
         """Process ids of the children that are running or starting, in slot order."""
-        with self._cond:
-            return [c.pid for c in sorted(self._children, key=lambda c: c.slot)
-                    if not c.dead]
+        return self._supervisor.pids
 
     @property
-    def ports(self):
+    def ports(self) -> list[int]:
         """Ports of the children that are ready, in slot order."""
-        with self._cond:
-            return [s.child.port for s in self._slots if s.state == RUNNING and s.child]
+        return self._supervisor.ports
 
-    # -- WSGI ---------------------------------------------------------------
-
-    def __call__(self, environ, start_response):
-        slot = self._choose()
-        if slot is None:
-            return error_response(environ, start_response, 503,
-                                  "the backend is shutting down", [("Retry-After", "5")])
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        supervisor = self._supervisor
         try:
-            proxy = self._proxy_for(slot)
-        except ServiceUnavailable as exc:
-            self._release(slot)
-            return error_response(environ, start_response, exc.status, exc.message,
-                                  [("Retry-After", str(exc.retry_after))])
-        except BaseException:
-            self._release(slot)
-            raise
+            slot = supervisor.choose()
+            try:
+                proxy = supervisor.acquire(slot)
+            except BaseException:
+                supervisor.release(slot)
+                raise
+        except WSGIProxyError as exc:  # the one place an error becomes an answer
+            return error_answer(environ, start_response, exc)
         try:
             result = proxy(environ, start_response)
         except BaseException:
-            self._release(slot)
+            supervisor.release(slot)
             raise
-        return _ReleasingIterable(result, self._release, slot)
+        return _ReleasingIterable(result, supervisor.release, slot)
 
-    def _choose(self):
-        """The slot with the fewest requests in flight; counts this request in it."""
-        rank = {RUNNING: 0, STOPPED: 1, STARTING: 1, STOPPING: 2}
-        with self._cond:
-            if self._closed:
-                return None
-            now = time.monotonic()
-            slot = min(self._slots, key=lambda s: (
-                s.outstanding, 3 if s.state == STOPPED and s.not_before > now else rank[s.state],
-                s.index))
-            slot.outstanding += 1
-            slot.last_active = now
-            return slot
-
-    def _release(self, slot):
-        with self._cond:
-            slot.outstanding -= 1
-            slot.last_active = time.monotonic()
-            if slot.outstanding == 0 and self.idle_shutdown:
-                self._cond.notify_all()  # the idle supervisor computes a new deadline
-
-    def _proxy_for(self, slot):
-        """The running child's proxy, after starting it (or waiting for its start)."""
-        cond = self._cond
-        with cond:
-            waited = None  # the start generation this request waited for
-            deadline = None
-            while True:
-                if self._closed:
-                    raise ServiceUnavailable("the backend is shutting down", 5)
-                if slot.state == RUNNING:
-                    if not slot.child.dead:
-                        return slot.proxy
-                    self._forget_child(slot, slot.child)
-                    continue
-                if slot.state in (STARTING, STOPPING):
-                    if slot.state == STARTING and waited is None:
-                        waited = slot.generation
-                    if deadline is None:
-                        deadline = time.monotonic() + self.start_timeout + self.stop_timeout + 5
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ServiceUnavailable("the backend is still starting", self.start_timeout)
-                    cond.wait(left)
-                    continue
-                # STOPPED
-                if waited is not None and slot.failed_generation == waited:
-                    raise ServiceUnavailable(self._failure_message(slot),
-                                       slot.not_before - time.monotonic())
-                if time.monotonic() < slot.not_before:
-                    raise ServiceUnavailable(self._failure_message(slot),
-                                       slot.not_before - time.monotonic())
-                slot.state = STARTING
-                slot.generation += 1
-                generation = slot.generation
-                break
-        # This request starts the child; the others wait on the condition.
-        try:
-            child, proxy = self._starter(slot.index, self)
-        except StartFailed as exc:
-            with cond:
-                slot.failures += 1
-                slot.last_failure = str(exc)
-                slot.not_before = time.monotonic() + self._backoff(slot.failures)
-                slot.failed_generation = generation
-                slot.state = STOPPED
-                cond.notify_all()
-                message = self._failure_message(slot)
-                retry = slot.not_before - time.monotonic()
-            raise ServiceUnavailable(message, retry) from None
-        except BaseException:
-            with cond:
-                slot.state = STOPPED
-                cond.notify_all()
-            raise
-        with cond:
-            if not self._closed and not child.dead:
-                slot.child, slot.proxy, slot.state = child, proxy, RUNNING
-                slot.failures = 0
-                slot.last_active = time.monotonic()
-                cond.notify_all()
-                self._ensure_supervisor()
-                return proxy
-            slot.state = STOPPED
-            cond.notify_all()
-        proxy.close()
-        if self._closed:
-            self._stop_children([child])
-            raise ServiceUnavailable("the backend is shutting down", 5)
-        raise ServiceUnavailable("the backend %s right after it started" % describe_exit(
-            child.returncode()), 1, status=502)
-
-    def _backoff(self, failures):
-        if not self.restart_backoff:
-            return 0.0
-        return min(self.max_backoff, self.restart_backoff * 2 ** (failures - 1))
-
-    def _failure_message(self, slot):
-        left = max(0.0, slot.not_before - time.monotonic())
-        message = "the backend failed to start (%s)" % slot.last_failure
-        if slot.failures > 1:
-            message += "; %d failed starts in a row" % slot.failures
-        if left > 0:
-            message += "; restarting with back-off: next attempt in %.1f s" % left
-        return message
-
-    # -- starting -------------------------------------------------------------
-
-    @property
-    def closed(self):
-        return self._closed
-
-    def adopt(self, launch):
-        """Under the lock, unless closed: ``launch()`` a child and register it; then watch it."""
-        with self._cond:
-            if self._closed:
-                raise ShuttingDown()
-            child = launch()
-            self._children.add(child)
-        self.log.info("%s: started on port %d: %s", child.label, child.port,
-                      shlex.join(child.argv))
-        child.watch(self._child_exited)
-        return child
-
-    # -- stopping ---------------------------------------------------------
-
-    def _child_exited(self, child):
-        """Called by the child's reaper thread once it has exited."""
-        with self._cond:
-            self._children.discard(child)
-            slot = self._slots[child.slot] if child.slot < len(self._slots) else None
-            unexpected = (slot is not None and slot.child is child and slot.state == RUNNING)
-            if unexpected:
-                self._forget_child(slot, child)
-            self._cond.notify_all()
-        if unexpected:
-            lines = child.stderr_lines()
-            self.log.warning("%s %s unexpectedly; the next request starts it again. "
-                             "Last stderr lines:\n%s", child.label,
-                             describe_exit(child.returncode()),
-                             "\n".join(lines) if lines else "(none)")
-        elif child.stopping:
-            self.log.info("%s %s", child.label, describe_exit(child.returncode()))
-
-    def _forget_child(self, slot, child):
-        """Under the lock: the slot's child is gone; its next request starts a new one."""
-        if slot.child is child:
-            proxy = slot.proxy
-            slot.child = slot.proxy = None
-            slot.state = STOPPED
-            if proxy is not None:
-                proxy.close()
-
-    def _stop_children(self, children):
-        stop_children(children, self.stop_timeout, self.log)
-
-    def _ensure_supervisor(self):
-        """Under the lock: start the idle-shutdown thread on the first start."""
-        if self.idle_shutdown and self._supervisor is None:
-            self._supervisor = threading.Thread(target=self._idle_loop, daemon=True,
-                                                name="wsgiproxy.spawn idle supervisor")
-            self._supervisor.start()
-
-    def _idle_loop(self):
-        cond = self._cond
-        idle = self.idle_shutdown
-        while True:
-            with cond:
-                if self._closed or threading.current_thread() is not self._supervisor:
-                    return
-                now = time.monotonic()
-                due, next_at = [], None
-                for slot in self._slots:
-                    if slot.state != RUNNING or slot.outstanding:
-                        continue
-                    at = slot.last_active + idle
-                    if at <= now:
-                        slot.state = STOPPING
-                        slot.child.stopping = True
-                        due.append((slot, slot.child, slot.proxy))
-                    elif next_at is None or at < next_at:
-                        next_at = at
-                if not due:
-                    cond.wait(None if next_at is None else next_at - now)
-                    continue
-            for slot, child, proxy in due:
-                self.log.info("%s: idle for %g s; stopping it", child.label, idle)
-            self._stop_children([child for _, child, _ in due])
-            with cond:
-                for slot, child, proxy in due:
-                    if slot.child is child:
-                        slot.child = slot.proxy = None
-                        slot.state = STOPPED
-                    proxy.close()
-                cond.notify_all()
-
-    def close(self):
+    def close(self) -> None:
         """Stop every child (SIGTERM to its group, SIGKILL after ``stop_timeout``) and wait.
 
         Later requests are answered 503.  Called at interpreter exit and,
         with ``handle_signals``, on SIGTERM.
         """
-        with self._cond:
-            self._closed = True
-            children = list(self._children)
-            proxies = [s.proxy for s in self._slots if s.proxy is not None]
-            for slot in self._slots:
-                if slot.state in (RUNNING, STOPPING):
-                    slot.child = slot.proxy = None
-                    slot.state = STOPPED
-            self._cond.notify_all()
-        if children:
-            self.log.info("stopping %d child process%s", len(children),
-                          "" if len(children) == 1 else "es")
-        self._stop_children(children)
-        for proxy in proxies:
-            proxy.close()
-        _live_apps.discard(self)
-
-    def _after_fork(self):
-        # In a forked process (gunicorn --preload workers) the children and
-        # threads belong to the parent: start afresh, without touching them.
-        self._init_state()
+        self._supervisor.close()
 
 
 class _ReleasingIterable:
@@ -435,15 +183,16 @@ class _ReleasingIterable:
 
     __slots__ = ("iterable", "release", "slot")
 
-    def __init__(self, iterable, release, slot):
+    def __init__(self, iterable: Iterable[bytes], release: Callable[[Slot], None],
+                 slot: Slot) -> None:
         self.iterable = iterable
-        self.release = release
+        self.release: Callable[[Slot], None] | None = release
         self.slot = slot
 
-    def __iter__(self):
+    def __iter__(self) -> Any:
         return iter(self.iterable)
 
-    def close(self):
+    def close(self) -> None:
         release, self.release = self.release, None
         try:
             close = getattr(self.iterable, "close", None)
@@ -452,52 +201,3 @@ class _ReleasingIterable:
         finally:
             if release is not None:
                 release(self.slot)
-
-
-# -- process-wide: exit, SIGTERM, fork ----------------------------------------
-
-_live_apps = weakref.WeakSet()
-_signal_state = {"installed": False, "previous": None}
-
-
-def _stop_all(only_signal_handlers=False):
-    for app in list(_live_apps):
-        if only_signal_handlers and not app.handle_signals:
-            continue
-        try:
-            app.close()
-        except Exception:  # keep stopping the others
-            app.log.exception("stopping the children failed")
-
-
-def _on_sigterm(signum, frame):
-    _stop_all(only_signal_handlers=True)
-    previous = _signal_state["previous"]
-    if callable(previous):
-        previous(signum, frame)
-    elif previous != signal.SIG_IGN:
-        # The default action (or a handler not set from Python): terminate, as
-        # if we had not been here.
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-def _install_sigterm_handler():
-    if _signal_state["installed"] or threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):
-        return
-    _signal_state.update(installed=True, previous=previous)
-
-
-def _after_fork_in_child():
-    for app in list(_live_apps):
-        app._after_fork()
-
-
-atexit.register(_stop_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
