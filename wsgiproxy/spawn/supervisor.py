@@ -62,13 +62,13 @@ class Slot:
     Changed only under the supervisor's lock, through the transitions below.
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, now: float) -> None:
         self.index = index
         self.state = STOPPED
         self.child: Child | None = None
         self.proxy: Proxy | None = None
         self.outstanding = 0
-        self.last_active = time.monotonic()
+        self.last_active = now
         self.failures = 0       # failed starts in a row
         self.not_before = 0.0   # no new start before this (monotonic) time
         self.last_failure = ""
@@ -127,9 +127,9 @@ class Slot:
         self.state = STOPPED
         return proxy
 
-    def failure_message(self) -> str:
+    def failure_message(self, now: float) -> str:
         """Why its last start failed, and when the next one may happen."""
-        left = max(0.0, self.not_before - time.monotonic())
+        left = max(0.0, self.not_before - now)
         message = "the backend failed to start (%s)" % self.last_failure
         if self.failures > 1:
             message += "; %d failed starts in a row" % self.failures
@@ -158,12 +158,15 @@ class Supervisor:
     :param restart_backoff: the first wait after a failed start (0: none).
     :param max_backoff: the longest wait.
     :param log: where lifecycle events go.
+    :param clock: seconds from a monotonic clock (tests pass their own).
     """
 
     def __init__(self, workers: int, start: StartChild, stop: StopChildren, *,
                  start_timeout: float, stop_timeout: float, idle_shutdown: float | None,
-                 restart_backoff: float, max_backoff: float, log: logging.Logger) -> None:
+                 restart_backoff: float, max_backoff: float, log: logging.Logger,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.workers = workers
+        self._clock = clock
         self._start = start
         self._stop = stop
         self.start_timeout = start_timeout
@@ -177,7 +180,7 @@ class Supervisor:
     def _init_state(self) -> None:
         # Re-entrant: the SIGTERM handler may run close() in a thread that holds it.
         self._cond = threading.Condition(threading.RLock())
-        self.slots = [Slot(i) for i in range(self.workers)]
+        self.slots = [Slot(i, self._clock()) for i in range(self.workers)]
         self._children: set[Child] = set()  # every child not yet reaped, in any state
         self._closed = False
         self._idle_thread: threading.Thread | None = None
@@ -210,7 +213,7 @@ class Supervisor:
         with self._cond:
             if self._closed:
                 raise ShuttingDown()
-            now = time.monotonic()
+            now = self._clock()
             slot = min(self.slots, key=lambda s: (s.outstanding, s.preference(now), s.index))
             slot.outstanding += 1
             slot.last_active = now
@@ -220,7 +223,7 @@ class Supervisor:
         """The request counted in ``slot`` by :meth:`choose` is over."""
         with self._cond:
             slot.outstanding -= 1
-            slot.last_active = time.monotonic()
+            slot.last_active = self._clock()
             if slot.outstanding == 0 and self.idle_shutdown:
                 self._cond.notify_all()  # the idle thread computes a new deadline
 
@@ -246,19 +249,19 @@ class Supervisor:
                     if slot.state == STARTING and waited is None:
                         waited = slot.generation
                     if deadline is None:
-                        deadline = (time.monotonic() + self.start_timeout + self.stop_timeout
+                        deadline = (self._clock() + self.start_timeout + self.stop_timeout
                                     + _WAIT_MARGIN)
-                    left = deadline - time.monotonic()
+                    left = deadline - self._clock()
                     if left <= 0:
                         raise ServiceUnavailable("the backend is still starting",
                                                  self.start_timeout)
                     cond.wait(left)
                     continue
                 # STOPPED: the start this request waited for failed, or back-off.
+                now = self._clock()
                 if ((waited is not None and slot.failed_generation == waited)
-                        or time.monotonic() < slot.not_before):
-                    raise StartFailed(slot.failure_message(),
-                                      slot.not_before - time.monotonic())
+                        or now < slot.not_before):
+                    raise StartFailed(slot.failure_message(now), slot.not_before - now)
                 generation = slot.begin_start()
                 break
         # This request starts the child; the others wait on the condition.
@@ -270,10 +273,11 @@ class Supervisor:
             child, proxy = self._start(slot.index, self)
         except StartFailed as exc:
             with cond:
-                slot.failed(exc.message, generation, time.monotonic(), self._backoff)
+                now = self._clock()
+                slot.failed(exc.message, generation, now, self._backoff)
                 cond.notify_all()
-                message = slot.failure_message()
-                retry = slot.not_before - time.monotonic()
+                message = slot.failure_message(now)
+                retry = slot.not_before - now
             raise StartFailed(message, retry) from None
         except BaseException:
             with cond:
@@ -282,7 +286,7 @@ class Supervisor:
             raise
         with cond:
             if not self._closed and not child.dead:
-                slot.started(child, proxy, time.monotonic())
+                slot.started(child, proxy, self._clock())
                 cond.notify_all()
                 self._ensure_idle_thread()
                 return proxy
@@ -352,7 +356,7 @@ class Supervisor:
             with cond:
                 if self._closed or threading.current_thread() is not self._idle_thread:
                     return
-                now = time.monotonic()
+                now = self._clock()
                 due, next_at = [], None
                 for slot in self.slots:
                     if slot.state != RUNNING or slot.outstanding:
