@@ -6,9 +6,9 @@ read line by line into the log; the last stderr lines are kept for the
 message when it fails.  A reaper thread waits for it, so it never lingers as
 a zombie.
 
-How a child is created is decided in one place, :func:`_popen`; tying the
-child's life to ours (it dies with its parent) belongs there and in
-:class:`Child`.
+How a child is created is decided in one place, :func:`_popen`, and what
+belongs to one child (its pipes, its threads) lives in :class:`Child`:
+tying the child's life to ours (it dies with its parent) goes there.
 
 :func:`listener_owner` reads Linux's ``/proc`` to tell whose socket listens
 on a port: the child's, or another process's that took the port first.
@@ -244,10 +244,6 @@ class Child:
         for t in self.readers:
             t.join(max(0.0, deadline - time.monotonic()))
         return list(self.stderr_tail)
-
-    def returncode(self) -> int | None:
-        """Its return code; None while it runs."""
-        return self.proc.returncode
 
     def describe_exit(self) -> str:
         """How it ended (see :func:`describe_exit`)."""
