@@ -117,6 +117,24 @@ class Harness:
                 child.die(-15)
         self.stop_called.set()
 
+    def held_start(self, then=None):
+        """A request whose start is held until the returned gate opens: ``(request, gate)``.
+
+        ``then(child)`` runs when the gate opens (e.g. to fail the start).
+        """
+        entered, gate = threading.Event(), threading.Event()
+
+        def step(child):
+            entered.set()
+            assert gate.wait(10), "the test never opened the gate"
+            if then is not None:
+                then(child)
+
+        self.plan.append(step)
+        request = run(self.request)
+        assert entered.wait(10), "the start should have begun"
+        return request, gate
+
     def request(self):
         """One request's way through the supervisor: ``(slot, proxy)``, counted in flight."""
         slot = self.sup.choose()
@@ -135,13 +153,6 @@ def fails(reason, code=3):
     def step(child):
         child.die(code)
         raise StartFailed(reason)
-    return step
-
-
-def blocks(entered, gate):
-    def step(child):
-        entered.set()
-        assert gate.wait(10), "the test never opened the gate"
     return step
 
 
@@ -242,10 +253,7 @@ def test_an_unexpected_error_in_start_resets_without_back_off():
 
 def test_waiters_share_one_start():
     h = Harness()
-    entered, gate = threading.Event(), threading.Event()
-    h.plan.append(blocks(entered, gate))
-    starter = run(h.request)
-    assert entered.wait(10)
+    starter, gate = h.held_start()
     assert h.sup.slots[0].state == STARTING
     waiter = run(h.request)
     assert h.cond.waits.acquire(timeout=10), "the second request should wait for the start"
@@ -258,15 +266,7 @@ def test_waiters_share_one_start():
 
 def test_waiters_get_the_failure_of_the_start_they_waited_for():
     h = Harness(restart_backoff=0, max_backoff=0)
-    entered, gate = threading.Event(), threading.Event()
-
-    def slow_failure(child):
-        blocks(entered, gate)(child)
-        fails("it did not accept connections")(child)
-
-    h.plan.append(slow_failure)
-    starter = run(h.request)
-    assert entered.wait(10)
+    starter, gate = h.held_start(then=fails("it did not accept connections"))
     waiter = run(h.request)
     assert h.cond.waits.acquire(timeout=10)
     gate.set()
@@ -326,10 +326,7 @@ def test_close_stops_every_child_closes_each_proxy_once_and_refuses():
 
 def test_close_during_a_start_stops_the_new_child():
     h = Harness()
-    entered, gate = threading.Event(), threading.Event()
-    h.plan.append(blocks(entered, gate))
-    starter = run(h.request)
-    assert entered.wait(10)
+    starter, gate = h.held_start()
     closer = run(h.sup.close)  # stops the starting child too: it is registered
     closer["thread"].join(10)
     gate.set()
