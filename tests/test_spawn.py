@@ -23,8 +23,15 @@ from paste.deploy import loadapp
 
 from wsgiproxy.spawn import SpawningApplication
 
-from .servers import (Process, WaitressServer, free_port, group_gone, pid_gone, wait_for_port,
-                      wait_until)
+from .servers import (
+    Process,
+    WaitressServer,
+    free_port,
+    group_gone,
+    pid_gone,
+    wait_for_port,
+    wait_until,
+)
 
 BIN = os.path.dirname(sys.executable)
 
@@ -135,7 +142,8 @@ def spawn(child_script, piddir):
         app.close()
     pids = started_pids(piddir)
     for pid in pids:
-        wait_until(lambda: pid_gone(pid) and group_gone(pid), 10, "child %d to be gone" % pid)
+        wait_until(lambda pid=pid: pid_gone(pid) and group_gone(pid), 10,
+                   "child %d to be gone" % pid)
     squatter = os.path.join(piddir, "squatter.pid")
     if os.path.exists(squatter):
         with open(squatter) as f:
@@ -275,7 +283,7 @@ def test_back_off_then_a_good_start_resets_it(spawn, piddir):
     failures = [json.loads(body)["error"]["message"] for status, _, body in answers[:-1]]
     assert all(status == 503 and retry == "1" for status, retry, _ in answers[:-1])
     assert any("2 failed starts in a row" in m and "exited with code 4" in m for m in failures)
-    assert app._slots[0].failures == 0
+    assert app._supervisor.slots[0].failures == 0
     assert json.loads(answers[-1][2])["pid"] == app.pids[0]
 
 
@@ -458,12 +466,12 @@ def test_no_orphans_after_parent_exits(tmp_path, child_script, piddir, how):
 
 def test_gunicorn_workers_each_supervise_their_children(tmp_path, child_script, piddir):
     port = free_port()
-    (tmp_path / "gunicorn.ini").write_text(textwrap.dedent("""
+    (tmp_path / "gunicorn.ini").write_text(textwrap.dedent(f"""
         [app:main]
         use = egg:WSGIProxy#spawn
-        start_script = {python} {child} __PORT__ {piddir}
+        start_script = {sys.executable} {child_script} __PORT__ {piddir}
         stop_timeout = 5
-        """.format(python=sys.executable, child=child_script, piddir=piddir)))
+        """))
     args = [os.path.join(BIN, "gunicorn"), "--paste", str(tmp_path / "gunicorn.ini"),
             "-b", "127.0.0.1:%d" % port, "-w", "2", "-k", "gthread", "--threads", "4"]
     with Process(args) as proc:

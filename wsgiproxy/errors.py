@@ -21,6 +21,7 @@ __all__ = [
     "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
     "ResponseTooLarge", "RequestTooLarge",
     "ServiceUnavailable", "NonceStoreFull", "NonceStoreUnavailable",
+    "StartFailed", "ShuttingDown",
 ]
 
 Headers = Sequence["tuple[str, str]"]
@@ -189,6 +190,19 @@ class NonceStoreUnavailable(ServiceUnavailable):
     """
 
     def __init__(self, message: str = "nonce store unavailable", retry_after: float = 5,
+                 **kwargs: Any) -> None:
+        super().__init__(message, retry_after, **kwargs)
+
+
+class StartFailed(ServiceUnavailable):
+    """A spawned backend did not become ready: it could not be run, it exited, or it
+    was not ready in time (a 503; ``Retry-After`` says when a new start may be tried)."""
+
+
+class ShuttingDown(ServiceUnavailable):
+    """The spawned backends are being stopped: nothing is forwarded any more (a 503)."""
+
+    def __init__(self, message: str = "the backend is shutting down", retry_after: float = 5,
                  **kwargs: Any) -> None:
         super().__init__(message, retry_after, **kwargs)
 
