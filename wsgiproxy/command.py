@@ -8,6 +8,8 @@ same process, so one ``.ini`` can run a proxy and a sample backend together.
 as with ``pserve``; spawn uses that to hand a child its port.
 """
 
+from __future__ import annotations
+
 import argparse
 import configparser
 import logging
@@ -16,14 +18,14 @@ import os
 import sys
 import threading
 
-from paste.deploy import loadapp, loadserver
+from paste.deploy import loadapp, loadserver  # type: ignore[import-untyped]
 
 log = logging.getLogger("wsgiproxy.command")
 
 _APP_KINDS = ("app", "pipeline", "composite", "filter-app")
 
 
-def servers_in(path):
+def servers_in(path: str) -> list[str]:
     """Names of the ``[server:NAME]`` sections that have an app of the same name, main first."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.read(path)
@@ -35,7 +37,7 @@ def servers_in(path):
     return sorted(names, key=lambda n: n != "main")
 
 
-def parse_vars(items):
+def parse_vars(items: list[str] | None) -> dict[str, str]:
     """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; anything else is a usage error."""
     out = {}
     for item in items or ():
@@ -46,7 +48,8 @@ def parse_vars(items):
     return out
 
 
-def serve(config, names=None, variables=None):
+def serve(config: str, names: list[str] | None = None,
+          variables: dict[str, str] | None = None) -> None:
     """Load and run the servers of ``config``; returns when they all stop."""
     path = os.path.abspath(config)
     if not os.path.exists(path):
@@ -79,7 +82,8 @@ def serve(config, names=None, variables=None):
         log.info("interrupted; stopping")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``wsgiproxy serve CONFIG.ini [NAME=VALUE ...]``); returns the exit code."""
     parser = argparse.ArgumentParser(prog="wsgiproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="serve the app and server sections of a .ini file")

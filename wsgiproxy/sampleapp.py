@@ -4,22 +4,26 @@ HTML by default, JSON when the client's Accept prefers it (or ``?format=json``),
 so it doubles as an echo server for tests and for checking a deployment.
 """
 
+from __future__ import annotations
+
 import html
 import json
 import os
+from collections.abc import Iterable
+from typing import Any
 
-from .errors import wants_json
+from .responses import wants_json
 
 __all__ = ["application", "make_sample_app", "make_demo_user_filter"]
 
 
-def _shown(value):
+def _shown(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
 
 
-def application(environ, start_response):
+def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     """Answer with the request's environ (string-like values; others as their repr)."""
     length = environ.get("CONTENT_LENGTH")
     body = environ["wsgi.input"].read(int(length)) if length and length.isdigit() else b""
@@ -40,14 +44,15 @@ def application(environ, start_response):
     return [out]
 
 
-def make_sample_app(global_conf=None, **settings):
+def make_sample_app(global_conf: dict[str, str] | None = None, **settings: str) -> Any:
     """Paste app factory for ``egg:WSGIProxy#sample``; takes no options."""
     if settings:
         raise TypeError("the sample app takes no options, got: %s" % ", ".join(sorted(settings)))
     return application
 
 
-def make_demo_user_filter(app, global_conf=None, user="demo"):
+def make_demo_user_filter(app: Any, global_conf: dict[str, str] | None = None,
+                          user: str = "demo") -> Any:
     """Paste filter ``egg:WSGIProxy#demo_user``: sets REMOTE_USER, as a login would.
 
     For the demo only: it shows REMOTE_USER travelling through the proxy as a
