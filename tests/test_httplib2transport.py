@@ -18,11 +18,17 @@ from urllib.parse import parse_qs
 from urllib.request import parse_http_list, parse_keqv_list
 
 import pytest
+from paste.deploy import loadapp
 
 from wsgiproxy.exactproxy import ExactProxy
-from wsgiproxy.httplib2transport import (Httplib2Transport, RequestTooLarge,
-                                         parse_credentials, parse_size)
+from wsgiproxy.httplib2transport import (
+    Httplib2Transport,
+    RequestTooLarge,
+    parse_credentials,
+    parse_size,
+)
 from wsgiproxy.transport import BackendUnavailable, make_transport
+from wsgiproxy.wsgiapp import TRANSPORT_OPTIONS, convert
 
 from .servers import OK, RawServer, WaitressServer, blank, scripted
 
@@ -57,13 +63,15 @@ def test_client_certificate_from_options(ca, ca_file, tmp_path):
 
 # == What only the httplib2 transport does =====================================
 
-def test_make_transport_and_options_from_ini_strings(tmp_path):
-    transport = make_transport(
-        "httplib2", connect_timeout="2.5", read_timeout="7", pool_size="3", idle_timeout="9",
-        verify="false", cache_dir=str(tmp_path / "cache"),
+def test_ini_strings_are_converted_by_the_deployment_layer(tmp_path):
+    settings = dict(
+        transport="httplib2", connect_timeout="2.5", read_timeout="7", pool_size="3",
+        idle_timeout="9", verify="false", cache_dir=str(tmp_path / "cache"),
         credentials="u:p alice@example.com:p%20w@backend:8080",
         proxy_info="http://a:b@proxy.example:3128", proxy_from_env="false",
         no_proxy="localhost, .internal", max_buffered_body="2M", max_request_body="512K")
+    options = convert(settings, TRANSPORT_OPTIONS, "test")
+    transport = make_transport(options.pop("transport"), **options)
     assert isinstance(transport, Httplib2Transport) and transport.streaming is False
     assert (transport.connect_timeout, transport.read_timeout, transport.pool_size,
             transport.idle_timeout) == (2.5, 7.0, 3, 9.0)
@@ -76,11 +84,47 @@ def test_make_transport_and_options_from_ini_strings(tmp_path):
     assert transport.proxy_for("http", "db.internal") is None
     assert transport.proxy_for("https", "localhost") is None
     assert (transport.max_buffered_body, transport.max_request_body) == (2 * 1024 ** 2, 512 * 1024)
-    # Empty .ini values mean "not set"; the option table matches the class.
-    plain = Httplib2Transport(cache_dir="", proxy_info="", credentials="", max_request_body="")
+    # Empty and "none" .ini values mean "not set".
+    plain = Httplib2Transport(**convert(
+        dict(cache_dir="", proxy_info="none", credentials="None", max_request_body="none",
+             ca_certs="none"), TRANSPORT_OPTIONS, "test"))
     assert plain.cache_dir is None and plain.proxy_for("http", "x") is None
+    assert plain.credentials == []
     assert plain.max_request_body == plain.max_buffered_body == 10 * 1024 ** 2
     assert isinstance(ExactProxy(transport="httplib2").transport, Httplib2Transport)
+
+
+def test_an_ini_file_configures_the_httplib2_transport(tmp_path):
+    ini = tmp_path / "proxy.ini"
+    ini.write_text("[app:main]\nuse = egg:WSGIProxy#main\nhref = http://127.0.0.1:1\n"
+                   "transport = httplib2\nmax_buffered_body = 1K\nno_proxy = a, b\n"
+                   "credentials = u:p@h\nproxy_from_env = yes\n")
+    app = loadapp("config:" + str(ini))
+    try:
+        transport = app.transport
+        assert isinstance(transport, Httplib2Transport)
+        assert transport.max_buffered_body == 1024 and transport.credentials == [("u", "p", "h")]
+        assert transport._no_proxy[:2] == ["a", "b"]
+    finally:
+        app.close()
+
+
+def test_a_bad_credentials_value_is_named_but_never_shown():
+    with pytest.raises(ValueError) as info:
+        convert({"credentials": "ok:fine secret-without-colon"}, TRANSPORT_OPTIONS, "egg:x")
+    assert "secret" not in str(info.value) and "fine" not in str(info.value)
+    assert "egg:x: option credentials" in str(info.value) and "item 2" in str(info.value)
+
+
+@pytest.mark.parametrize("option", [
+    {"verify": "false"}, {"max_buffered_body": "2M"}, {"max_request_body": "1K"},
+    {"credentials": "u:p"}, {"credentials": ["u:p"]}, {"no_proxy": "localhost"},
+    {"proxy_from_env": "true"},
+])
+def test_options_are_typed_and_ini_strings_are_refused(option):
+    """Strings from an .ini are the deployment layer's to convert (wsgiproxy.wsgiapp)."""
+    with pytest.raises(TypeError):
+        Httplib2Transport(**option)
 
 
 def test_option_parsers():
@@ -352,7 +396,7 @@ def test_redirects_are_never_followed(status, tmp_path):
     b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 1001 + b"<close>",
 ])
 def test_response_larger_than_max_buffered_body_is_502(response):
-    proxy = ExactProxy(transport="httplib2", max_buffered_body="1000")
+    proxy = ExactProxy(transport="httplib2", max_buffered_body=1000)
     with RawServer(scripted(response, OK)) as server:
         res = get(proxy, server.port, headers={"Accept": "application/json"})
         assert res.status_int == 502
@@ -373,7 +417,7 @@ def test_response_of_exactly_max_buffered_body_passes():
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_request_body_larger_than_max_request_body_is_413(chunked):
-    proxy = ExactProxy(transport="httplib2", max_request_body="1K")
+    proxy = ExactProxy(transport="httplib2", max_request_body=1024)
     with RawServer(scripted(OK)) as server:
         req = blank("/up", server.port, method="POST")
         req.environ["wsgi.input"] = io.BytesIO(b"z" * 1025)
@@ -430,14 +474,15 @@ def test_basic_credentials_answer_the_challenge_and_are_never_cached(tmp_path):
     with WaitressServer(basic_app) as server:
         domain = "127.0.0.1:%d" % server.port
         proxy = ExactProxy(transport="httplib2", cache_dir=str(tmp_path),
-                           credentials="user:p%%20w%%40x@%s" % domain)
+                           credentials=parse_credentials("user:p%%20w%%40x@%s" % domain))
         assert get(proxy, server.port).body == b"secret"
         assert get(proxy, server.port).body == b"secret"
         assert basic_app.seen[:2] == [None, "Basic dXNlcjpwIHdAeA=="]
         assert basic_app.seen[2:] == ["Basic dXNlcjpwIHdAeA=="]  # learned: sent up front
         # Credentials for another host are never sent here; the 401 reaches the client.
         basic_app.seen.clear()
-        other = ExactProxy(transport="httplib2", credentials="user:p%20w%40x@other.example")
+        other = ExactProxy(transport="httplib2",
+                           credentials=parse_credentials("user:p%20w%40x@other.example"))
         res = get(other, server.port)
         assert res.status_int == 401 and res.headers["WWW-Authenticate"] == 'Basic realm="r"'
         assert basic_app.seen == [None]
@@ -493,7 +538,7 @@ def test_environment_proxy_is_used_only_when_asked(monkeypatch, echo):
         assert get(ExactProxy(transport="httplib2", proxy_from_env=True), echo.port).body \
             == b"via proxy"
         assert fwd.requests[0][0].startswith(b"GET http://127.0.0.1:%d/ HTTP/1.1" % echo.port)
-        bypass = ExactProxy(transport="httplib2", proxy_from_env="true", no_proxy="127.0.0.1")
+        bypass = ExactProxy(transport="httplib2", proxy_from_env=True, no_proxy=["127.0.0.1"])
         assert get(bypass, echo.port).json["PATH_INFO"] == "/"
         assert fwd.connections == 1
 

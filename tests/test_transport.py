@@ -13,10 +13,10 @@ import pytest
 from webob import Request
 
 from wsgiproxy.exactproxy import ExactProxy
-from wsgiproxy.transport import (BackendTimeout, BadBackendResponse, HTTPTransport,
-                                 make_transport)
+from wsgiproxy.transport import BackendTimeout, BadBackendResponse, HTTPTransport, make_transport
 
 from .servers import OK, RawServer, scripted
+
 
 def get(proxy, port, path="/", method="GET", **kw):
     req = Request.blank(path, method=method, **kw)

@@ -151,6 +151,7 @@ class Transport:
     def request(self, scheme: str, host: str, port: int, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
                 body_length: int | None = None) -> Response:
+        """Send one request to ``scheme://host:port`` and return its :class:`Response`."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -6,26 +6,27 @@ files.  Entry points (``setup.py``) keep the original WSGIProxy names:
 """
 
 import importlib
-import re
 
-from paste.deploy.converters import asbool, asint
+from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
-__all__ = ["make_app", "make_middleware", "make_real_proxy", "make_sample_app",
-           "make_spawn", "aslist", "convert", "nonce_store"]
+from .converters import aslist, parse_credentials, parse_size
 
-
-def aslist(value):
-    """A list from a string of items separated by commas and/or whitespace."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [item for item in re.split(r"[\s,]+", value) if item]
-    return list(value)
+__all__ = ["aslist", "convert", "make_app", "make_middleware", "make_real_proxy",
+           "make_sample_app", "make_spawn", "nonce_store"]
 
 
 def _optional_int(value):
     return None if value in (None, "", "none", "None") else asint(value)
 
+
+def _optional(converter):
+    """``converter``, with ``none`` (any case) meaning "not set"."""
+    def convert_or_none(value):
+        return None if value.lower() == "none" else converter(value)
+    return convert_or_none
+
+
+_optional_str = _optional(str)
 
 #: Options every transport-using component takes (and the ``httplib2`` ones).
 TRANSPORT_OPTIONS = {
@@ -34,21 +35,25 @@ TRANSPORT_OPTIONS = {
     "read_timeout": float,
     "pool_size": asint,
     "idle_timeout": float,
-    "ca_certs": str,
+    "ca_certs": _optional_str,
     "verify": asbool,
-    "cert_file": str,
-    "key_file": str,
-    # transport = httplib2 only; that transport parses these strings itself.
-    "cache_dir": str,
-    "credentials": str,
-    "proxy_info": str,
+    "cert_file": _optional_str,
+    "key_file": _optional_str,
+    # transport = httplib2 only.
+    "cache_dir": _optional_str,
+    "credentials": _optional(parse_credentials),
+    "proxy_info": _optional_str,
     "proxy_from_env": asbool,
-    "no_proxy": str,
-    "max_buffered_body": str,
-    "max_request_body": str,
+    "no_proxy": aslist,
+    "max_buffered_body": parse_size,
+    "max_request_body": _optional(parse_size),
 }
 
-APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
+# Options whose value is never repeated in an error message (it holds a password).
+_SECRET_OPTIONS = frozenset(["credentials"])
+
+APP_OPTIONS = {
+    **TRANSPORT_OPTIONS,
     "href": str,
     "secret_file": str,
     "string_keys": aslist,
@@ -62,7 +67,7 @@ APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
     "allowed_methods": aslist,
     "max_body_size": _optional_int,
     "sign_body_max": asint,
-})
+}
 
 
 def proxy_count(value):
@@ -119,7 +124,8 @@ def convert(settings, spec, what):
             try:
                 value = spec[name](value)
             except ValueError as exc:
-                raise ValueError("%s: option %s = %r: %s" % (what, name, value, exc)) from None
+                shown = "(not shown)" if name in _SECRET_OPTIONS else repr(value)
+                raise ValueError("%s: option %s = %s: %s" % (what, name, shown, exc)) from None
         if value is not None:
             out[name] = value
     return out
@@ -190,7 +196,8 @@ def make_sample_app(global_conf, **settings):
 
 
 #: ``egg:WSGIProxy#spawn``: the child process options, plus the proxy's (no href).
-SPAWN_OPTIONS = dict({k: v for k, v in APP_OPTIONS.items() if k != "href"}, **{
+SPAWN_OPTIONS = {
+    **{k: v for k, v in APP_OPTIONS.items() if k != "href"},
     "start_script": str,        # split like a shell command line; __PORT__ is the port
     "cwd": str,
     "script_env": str,          # NAME=VALUE items, shell-quoted, on one or more lines
@@ -204,7 +211,7 @@ SPAWN_OPTIONS = dict({k: v for k, v in APP_OPTIONS.items() if k != "href"}, **{
     "max_backoff": float,
     "handle_signals": asbool,
     "logger": str,              # a logger name
-})
+}
 
 
 def make_spawn(global_conf, **settings):
