@@ -5,7 +5,11 @@ files.  Entry points (``setup.py``) keep the original WSGIProxy names:
 ``egg:WSGIProxy#main`` (app and filter), ``#real_proxy``, plus ``#sample``.
 """
 
+from __future__ import annotations
+
 import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
@@ -15,13 +19,13 @@ __all__ = ["aslist", "convert", "make_app", "make_middleware", "make_real_proxy"
            "make_sample_app", "make_spawn", "nonce_store"]
 
 
-def _optional_int(value):
+def _optional_int(value: str | None) -> int | None:
     return None if value in (None, "", "none", "None") else asint(value)
 
 
-def _optional(converter):
+def _optional(converter: Callable[[str], Any]) -> Callable[[str], Any]:
     """``converter``, with ``none`` (any case) meaning "not set"."""
-    def convert_or_none(value):
+    def convert_or_none(value: str) -> Any:
         return None if value.lower() == "none" else converter(value)
     return convert_or_none
 
@@ -70,7 +74,7 @@ APP_OPTIONS = {
 }
 
 
-def proxy_count(value):
+def proxy_count(value: str) -> int:
     """A number of trusted proxies; ``true``/``false`` (and yes/no, on/off) are 1 and 0.
 
     The filter's ``forwarded`` is a count, the app's a switch: the same
@@ -81,7 +85,7 @@ def proxy_count(value):
     return 1 if asbool(value) else 0
 
 
-def nonce_store(value):
+def nonce_store(value: str) -> Any:
     """A nonce store from its ``.ini`` spelling.
 
     ``memory`` (the default), a ``redis://`` (``rediss://``, ``unix://``)
@@ -97,7 +101,7 @@ def nonce_store(value):
     if not attr:
         raise ValueError("nonce_store must be memory, a redis:// URL or "
                          "'package.module:name', not %r" % value)
-    obj = importlib.import_module(module_name)
+    obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, type) or not hasattr(obj, "check_and_add"):
@@ -105,7 +109,8 @@ def nonce_store(value):
     return obj
 
 
-def convert(settings, spec, what):
+def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]],
+            what: str) -> dict[str, Any]:
     """Convert ``.ini`` strings by ``spec``; unknown or unparseable options fail clearly.
 
     An empty value (``prefix =``) means the option's default, as does a
@@ -131,7 +136,7 @@ def convert(settings, spec, what):
     return out
 
 
-def make_app(global_conf, **settings):
+def make_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#main`` as an app: a :class:`~wsgiproxy.app.WSGIProxyApp`."""
     from .app import WSGIProxyApp
     if not settings.get("href"):
@@ -167,21 +172,22 @@ MIDDLEWARE_OPTIONS = {
 }
 
 
-def make_middleware(app, global_conf, **settings):
+def make_middleware(app: Any, global_conf: Mapping[str, str] | None, **settings: Any) -> Any:
     """``egg:WSGIProxy#main`` as a filter: a :class:`~wsgiproxy.middleware.WSGIProxyMiddleware`.
 
     ``secret_file`` and ``trust_ips`` fall back to ``[DEFAULT]``, as in the
     original WSGIProxy.
     """
     from .middleware import WSGIProxyMiddleware
+    defaults = global_conf or {}
     for name in ("secret_file", "trust_ips"):
-        if not settings.get(name) and (global_conf or {}).get(name):
-            settings[name] = global_conf[name]
+        if not settings.get(name) and defaults.get(name):
+            settings[name] = defaults[name]
     return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
                                               "egg:WSGIProxy#main (filter)"))
 
 
-def make_real_proxy(global_conf, **settings):
+def make_real_proxy(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#real_proxy``: the exact proxy behind ``paste.httpserver``'s proxy keys."""
     from .exactproxy import ExactProxy, filter_paste_httpserver_proxy, proxy_exact_request
     options = convert(settings, TRANSPORT_OPTIONS, "egg:WSGIProxy#real_proxy")
@@ -189,7 +195,7 @@ def make_real_proxy(global_conf, **settings):
     return filter_paste_httpserver_proxy(proxy)
 
 
-def make_sample_app(global_conf, **settings):
+def make_sample_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#sample``: the sample backend that shows its environ."""
     from .sampleapp import make_sample_app as factory
     return factory(global_conf, **settings)
@@ -214,7 +220,7 @@ SPAWN_OPTIONS = {
 }
 
 
-def make_spawn(global_conf, **settings):
+def make_spawn(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#spawn``: a :class:`~wsgiproxy.spawn.SpawningApplication`."""
     from .spawn import SpawningApplication
     if "secret_file" not in settings and global_conf.get("secret_file"):
