@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from webob import Request
 
+from wsgiproxy import connection, http11
 from wsgiproxy import transport as transport_module
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.transport import BackendError, BadBackendResponse
@@ -254,12 +255,11 @@ class _Feed:
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.integers(1, 64),
-       st.sampled_from([transport_module._CHUNKED, transport_module._LENGTH,
-                        transport_module._CLOSE]))
+       st.sampled_from([http11.CHUNKED, http11.CONTENT_LENGTH, http11.UNTIL_CLOSE]))
 def test_fuzz_body_reader_raises_only_backend_errors(data, step, mode):
-    conn = transport_module._Connection(_Feed(data, step), ("http", "fuzz", 1))
-    reader = transport_module._BodyReader(transport_module.HTTPTransport(), conn, mode, 100, False,
-                                          "fuzz")
+    conn = connection.Connection(_Feed(data, step), ("http", "fuzz", 1))
+    reader = connection.BodyReader(transport_module.HTTPTransport(), conn, mode, 100, False,
+                                   "fuzz")
     try:
         for _ in reader.chunks():
             pass
@@ -309,7 +309,7 @@ def test_no_leak_after_2000_requests_with_faults(faults):
         assert abs(threading.active_count() - threads) <= 2
     idle = [conn for conns in proxy.transport._idle.values() for conn in conns]
     assert len(idle) <= 4
-    assert all(conn.looks_alive() and not conn.buf for conn in idle)
+    assert all(connection.looks_alive(conn) and not conn.buf for conn in idle)
 
 
 # -- concurrency -------------------------------------------------------------------
@@ -360,5 +360,5 @@ def test_name_caches_never_keep_long_client_chosen_names():
         assert key[5:].encode() in head
         assert not protocol.is_signed_header(key)
     assert not set(long_names) & set(selector._names)
-    assert not any(len(n) > 100 for n in transport._request_names)
+    assert not any(len(n) > 100 for n in http11._request_names)
     assert not any(len(n) > 100 for n in protocol._signed_names)

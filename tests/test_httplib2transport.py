@@ -20,9 +20,12 @@ from urllib.request import parse_http_list, parse_keqv_list
 import pytest
 
 from wsgiproxy.exactproxy import ExactProxy
-from wsgiproxy.httplib2transport import (Httplib2Transport, RequestTooLarge,
-                                         parse_credentials, parse_size)
-from wsgiproxy.transport import BackendUnavailable, make_transport
+from wsgiproxy.httplib2transport import (
+    Httplib2Transport,
+    RequestTooLarge,
+    parse_credentials,
+)
+from wsgiproxy.transport import BackendUnavailable
 
 from .servers import OK, RawServer, WaitressServer, blank, scripted
 
@@ -56,47 +59,6 @@ def test_client_certificate_from_options(ca, ca_file, tmp_path):
 
 
 # == What only the httplib2 transport does =====================================
-
-def test_make_transport_and_options_from_ini_strings(tmp_path):
-    transport = make_transport(
-        "httplib2", connect_timeout="2.5", read_timeout="7", pool_size="3", idle_timeout="9",
-        verify="false", cache_dir=str(tmp_path / "cache"),
-        credentials="u:p alice@example.com:p%20w@backend:8080",
-        proxy_info="http://a:b@proxy.example:3128", proxy_from_env="false",
-        no_proxy="localhost, .internal", max_buffered_body="2M", max_request_body="512K")
-    assert isinstance(transport, Httplib2Transport) and transport.streaming is False
-    assert (transport.connect_timeout, transport.read_timeout, transport.pool_size,
-            transport.idle_timeout) == (2.5, 7.0, 3, 9.0)
-    assert transport.ssl_context().verify_mode == ssl.CERT_NONE
-    assert transport.credentials == [("u", "p", ""), ("alice@example.com", "p w", "backend:8080")]
-    assert (tmp_path / "cache").is_dir()
-    proxy = transport.proxy_for("http", "backend.example")
-    assert (proxy.host, proxy.port, proxy.authorization) == (
-        "proxy.example", 3128, "Basic " + base64.b64encode(b"a:b").decode())
-    assert transport.proxy_for("http", "db.internal") is None
-    assert transport.proxy_for("https", "localhost") is None
-    assert (transport.max_buffered_body, transport.max_request_body) == (2 * 1024 ** 2, 512 * 1024)
-    # Empty .ini values mean "not set"; the option table matches the class.
-    plain = Httplib2Transport(cache_dir="", proxy_info="", credentials="", max_request_body="")
-    assert plain.cache_dir is None and plain.proxy_for("http", "x") is None
-    assert plain.max_request_body == plain.max_buffered_body == 10 * 1024 ** 2
-    assert isinstance(ExactProxy(transport="httplib2").transport, Httplib2Transport)
-
-
-def test_option_parsers():
-    assert [parse_size(v) for v in (100, "100", "1k", "2 MiB", "1G", "3mb")] == [
-        100, 100, 1024, 2 * 1024 ** 2, 1024 ** 3, 3 * 1024 ** 2]
-    with pytest.raises(ValueError):
-        parse_size("lots")
-    assert parse_credentials([("u", "p"), ("v", "q", "Host:81")]) == [
-        ("u", "p", ""), ("v", "q", "host:81")]
-    assert parse_credentials("bob:p%40ss@h u%3Ax:p%20w") == [("bob", "p@ss", "h"), ("u:x", "p w", "")]
-    with pytest.raises(ValueError) as info:
-        parse_credentials("ok:fine secret-without-colon")
-    assert "secret" not in str(info.value) and "item 2" in str(info.value)
-    with pytest.raises(ValueError, match="only http://"):
-        Httplib2Transport(proxy_info="socks5://127.0.0.1:1080")
-
 
 # -- the shared cache -------------------------------------------------------
 
@@ -352,7 +314,7 @@ def test_redirects_are_never_followed(status, tmp_path):
     b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 1001 + b"<close>",
 ])
 def test_response_larger_than_max_buffered_body_is_502(response):
-    proxy = ExactProxy(transport="httplib2", max_buffered_body="1000")
+    proxy = ExactProxy(transport="httplib2", max_buffered_body=1000)
     with RawServer(scripted(response, OK)) as server:
         res = get(proxy, server.port, headers={"Accept": "application/json"})
         assert res.status_int == 502
@@ -373,7 +335,7 @@ def test_response_of_exactly_max_buffered_body_passes():
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_request_body_larger_than_max_request_body_is_413(chunked):
-    proxy = ExactProxy(transport="httplib2", max_request_body="1K")
+    proxy = ExactProxy(transport="httplib2", max_request_body=1024)
     with RawServer(scripted(OK)) as server:
         req = blank("/up", server.port, method="POST")
         req.environ["wsgi.input"] = io.BytesIO(b"z" * 1025)
@@ -430,14 +392,15 @@ def test_basic_credentials_answer_the_challenge_and_are_never_cached(tmp_path):
     with WaitressServer(basic_app) as server:
         domain = "127.0.0.1:%d" % server.port
         proxy = ExactProxy(transport="httplib2", cache_dir=str(tmp_path),
-                           credentials="user:p%%20w%%40x@%s" % domain)
+                           credentials=parse_credentials("user:p%%20w%%40x@%s" % domain))
         assert get(proxy, server.port).body == b"secret"
         assert get(proxy, server.port).body == b"secret"
         assert basic_app.seen[:2] == [None, "Basic dXNlcjpwIHdAeA=="]
         assert basic_app.seen[2:] == ["Basic dXNlcjpwIHdAeA=="]  # learned: sent up front
         # Credentials for another host are never sent here; the 401 reaches the client.
         basic_app.seen.clear()
-        other = ExactProxy(transport="httplib2", credentials="user:p%20w%40x@other.example")
+        other = ExactProxy(transport="httplib2",
+                           credentials=parse_credentials("user:p%20w%40x@other.example"))
         res = get(other, server.port)
         assert res.status_int == 401 and res.headers["WWW-Authenticate"] == 'Basic realm="r"'
         assert basic_app.seen == [None]
@@ -493,7 +456,7 @@ def test_environment_proxy_is_used_only_when_asked(monkeypatch, echo):
         assert get(ExactProxy(transport="httplib2", proxy_from_env=True), echo.port).body \
             == b"via proxy"
         assert fwd.requests[0][0].startswith(b"GET http://127.0.0.1:%d/ HTTP/1.1" % echo.port)
-        bypass = ExactProxy(transport="httplib2", proxy_from_env="true", no_proxy="127.0.0.1")
+        bypass = ExactProxy(transport="httplib2", proxy_from_env=True, no_proxy=["127.0.0.1"])
         assert get(bypass, echo.port).json["PATH_INFO"] == "/"
         assert fwd.connections == 1
 

@@ -1,7 +1,8 @@
 """HTTPTransport itself: framing, pooling, reuse and timeouts, against raw servers.
 
 The cases every transport shares (through ExactProxy) are in
-test_end_to_end_transports.py.
+test_end_to_end_transports.py; the idle-connection probe, which both
+transports take from wsgiproxy.connection, is tested here for both.
 
 Invariant 1 of the design notes runs through this file: a connection returns
 to the pool only after a complete, unambiguous response.
@@ -13,10 +14,11 @@ import pytest
 from webob import Request
 
 from wsgiproxy.exactproxy import ExactProxy
-from wsgiproxy.transport import (BackendTimeout, BadBackendResponse, HTTPTransport,
-                                 make_transport)
+from wsgiproxy.httplib2transport import Httplib2Transport
+from wsgiproxy.transport import BackendTimeout, BadBackendResponse, HTTPTransport, make_transport
 
 from .servers import OK, RawServer, scripted
+
 
 def get(proxy, port, path="/", method="GET", **kw):
     req = Request.blank(path, method=method, **kw)
@@ -148,8 +150,9 @@ def _skip_liveness_check(transport):
     return acquire
 
 
-def test_closed_idle_connection_is_detected_before_use():
-    transport = HTTPTransport()
+@pytest.mark.parametrize("transport_class", [HTTPTransport, Httplib2Transport])
+def test_closed_idle_connection_is_detected_before_use(transport_class):
+    transport = transport_class()
     closed = threading.Event()
 
     def once_then_close(conn):
@@ -182,7 +185,8 @@ def test_make_transport_rejects_unknown_names():
         make_transport("carrier-pigeon")
 
 
-def test_stray_bytes_arriving_after_a_response_are_never_read_as_the_next_one():
+@pytest.mark.parametrize("transport_class", [HTTPTransport, Httplib2Transport])
+def test_stray_bytes_arriving_after_a_response_are_never_read_as_the_next_one(transport_class):
     """Invariant 1: late bytes (after the response was read and pooled) make it stale."""
     pooled, sent = threading.Event(), threading.Event()
 
@@ -194,7 +198,7 @@ def test_stray_bytes_arriving_after_a_response_are_never_read_as_the_next_one():
         sent.set()
         while conn.read_request()[0] is not None:
             conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong")
-    transport = HTTPTransport()
+    transport = transport_class()
     with RawServer(late_garbage) as bad:
         assert b"".join(transport_get(transport, bad.port)) == b"ok"
         assert transport.idle_connections() == 1

@@ -5,27 +5,32 @@ files.  Entry points (``setup.py``) keep the original WSGIProxy names:
 ``egg:WSGIProxy#main`` (app and filter), ``#real_proxy``, plus ``#sample``.
 """
 
+from __future__ import annotations
+
 import importlib
-import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from paste.deploy.converters import asbool, asint
+from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
-__all__ = ["make_app", "make_middleware", "make_real_proxy", "make_sample_app",
-           "make_spawn", "aslist", "convert", "nonce_store"]
+from .converters import aslist, parse_credentials, parse_size
 
-
-def aslist(value):
-    """A list from a string of items separated by commas and/or whitespace."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [item for item in re.split(r"[\s,]+", value) if item]
-    return list(value)
+__all__ = ["aslist", "convert", "make_app", "make_middleware", "make_real_proxy",
+           "make_sample_app", "make_spawn", "nonce_store"]
 
 
-def _optional_int(value):
+def _optional_int(value: str | None) -> int | None:
     return None if value in (None, "", "none", "None") else asint(value)
 
+
+def _optional(converter: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``converter``, with ``none`` (any case) meaning "not set"."""
+    def convert_or_none(value: str) -> Any:
+        return None if value.lower() == "none" else converter(value)
+    return convert_or_none
+
+
+_optional_str = _optional(str)
 
 #: Options every transport-using component takes (and the ``httplib2`` ones).
 TRANSPORT_OPTIONS = {
@@ -34,21 +39,25 @@ TRANSPORT_OPTIONS = {
     "read_timeout": float,
     "pool_size": asint,
     "idle_timeout": float,
-    "ca_certs": str,
+    "ca_certs": _optional_str,
     "verify": asbool,
-    "cert_file": str,
-    "key_file": str,
-    # transport = httplib2 only; that transport parses these strings itself.
-    "cache_dir": str,
-    "credentials": str,
-    "proxy_info": str,
+    "cert_file": _optional_str,
+    "key_file": _optional_str,
+    # transport = httplib2 only.
+    "cache_dir": _optional_str,
+    "credentials": _optional(parse_credentials),
+    "proxy_info": _optional_str,
     "proxy_from_env": asbool,
-    "no_proxy": str,
-    "max_buffered_body": str,
-    "max_request_body": str,
+    "no_proxy": aslist,
+    "max_buffered_body": parse_size,
+    "max_request_body": _optional(parse_size),
 }
 
-APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
+# Options whose value is never repeated in an error message (it holds a password).
+_SECRET_OPTIONS = frozenset(["credentials"])
+
+APP_OPTIONS = {
+    **TRANSPORT_OPTIONS,
     "href": str,
     "secret_file": str,
     "string_keys": aslist,
@@ -62,10 +71,10 @@ APP_OPTIONS = dict(TRANSPORT_OPTIONS, **{
     "allowed_methods": aslist,
     "max_body_size": _optional_int,
     "sign_body_max": asint,
-})
+}
 
 
-def proxy_count(value):
+def proxy_count(value: str) -> int:
     """A number of trusted proxies; ``true``/``false`` (and yes/no, on/off) are 1 and 0.
 
     The filter's ``forwarded`` is a count, the app's a switch: the same
@@ -76,7 +85,7 @@ def proxy_count(value):
     return 1 if asbool(value) else 0
 
 
-def nonce_store(value):
+def nonce_store(value: str) -> Any:
     """A nonce store from its ``.ini`` spelling.
 
     ``memory`` (the default), a ``redis://`` (``rediss://``, ``unix://``)
@@ -92,7 +101,7 @@ def nonce_store(value):
     if not attr:
         raise ValueError("nonce_store must be memory, a redis:// URL or "
                          "'package.module:name', not %r" % value)
-    obj = importlib.import_module(module_name)
+    obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, type) or not hasattr(obj, "check_and_add"):
@@ -100,7 +109,8 @@ def nonce_store(value):
     return obj
 
 
-def convert(settings, spec, what):
+def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]],
+            what: str) -> dict[str, Any]:
     """Convert ``.ini`` strings by ``spec``; unknown or unparseable options fail clearly.
 
     An empty value (``prefix =``) means the option's default, as does a
@@ -119,13 +129,14 @@ def convert(settings, spec, what):
             try:
                 value = spec[name](value)
             except ValueError as exc:
-                raise ValueError("%s: option %s = %r: %s" % (what, name, value, exc)) from None
+                shown = "(not shown)" if name in _SECRET_OPTIONS else repr(value)
+                raise ValueError("%s: option %s = %s: %s" % (what, name, shown, exc)) from None
         if value is not None:
             out[name] = value
     return out
 
 
-def make_app(global_conf, **settings):
+def make_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#main`` as an app: a :class:`~wsgiproxy.app.WSGIProxyApp`."""
     from .app import WSGIProxyApp
     if not settings.get("href"):
@@ -161,21 +172,22 @@ MIDDLEWARE_OPTIONS = {
 }
 
 
-def make_middleware(app, global_conf, **settings):
+def make_middleware(app: Any, global_conf: Mapping[str, str] | None, **settings: Any) -> Any:
     """``egg:WSGIProxy#main`` as a filter: a :class:`~wsgiproxy.middleware.WSGIProxyMiddleware`.
 
     ``secret_file`` and ``trust_ips`` fall back to ``[DEFAULT]``, as in the
     original WSGIProxy.
     """
     from .middleware import WSGIProxyMiddleware
+    defaults = global_conf or {}
     for name in ("secret_file", "trust_ips"):
-        if not settings.get(name) and (global_conf or {}).get(name):
-            settings[name] = global_conf[name]
+        if not settings.get(name) and defaults.get(name):
+            settings[name] = defaults[name]
     return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
                                               "egg:WSGIProxy#main (filter)"))
 
 
-def make_real_proxy(global_conf, **settings):
+def make_real_proxy(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#real_proxy``: the exact proxy behind ``paste.httpserver``'s proxy keys."""
     from .exactproxy import ExactProxy, filter_paste_httpserver_proxy, proxy_exact_request
     options = convert(settings, TRANSPORT_OPTIONS, "egg:WSGIProxy#real_proxy")
@@ -183,14 +195,15 @@ def make_real_proxy(global_conf, **settings):
     return filter_paste_httpserver_proxy(proxy)
 
 
-def make_sample_app(global_conf, **settings):
+def make_sample_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#sample``: the sample backend that shows its environ."""
     from .sampleapp import make_sample_app as factory
     return factory(global_conf, **settings)
 
 
 #: ``egg:WSGIProxy#spawn``: the child process options, plus the proxy's (no href).
-SPAWN_OPTIONS = dict({k: v for k, v in APP_OPTIONS.items() if k != "href"}, **{
+SPAWN_OPTIONS = {
+    **{k: v for k, v in APP_OPTIONS.items() if k != "href"},
     "start_script": str,        # split like a shell command line; __PORT__ is the port
     "cwd": str,
     "script_env": str,          # NAME=VALUE items, shell-quoted, on one or more lines
@@ -204,10 +217,10 @@ SPAWN_OPTIONS = dict({k: v for k, v in APP_OPTIONS.items() if k != "href"}, **{
     "max_backoff": float,
     "handle_signals": asbool,
     "logger": str,              # a logger name
-})
+}
 
 
-def make_spawn(global_conf, **settings):
+def make_spawn(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#spawn``: a :class:`~wsgiproxy.spawn.SpawningApplication`."""
     from .spawn import SpawningApplication
     if "secret_file" not in settings and global_conf.get("secret_file"):
