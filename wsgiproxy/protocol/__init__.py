@@ -35,7 +35,7 @@ import time
 from collections import namedtuple
 from urllib.parse import quote, unquote_to_bytes
 
-from .errors import NonceStoreFull, ProtocolError, SignatureError
+from ..errors import NonceStoreFull, ProtocolError, SignatureError
 
 __all__ = [
     "PROTOCOL_VERSION", "HEADER_PREFIX", "VERSION_HEADER", "SIGNATURE_HEADER", "KEY_KINDS",
