@@ -5,11 +5,13 @@ import hashlib
 import logging
 import os
 import threading
+from urllib.parse import quote, unquote_to_bytes
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from wsgiproxy import protocol
+from wsgiproxy import keys, protocol
+from wsgiproxy.protocol import signature
 from wsgiproxy.protocol import (
     LOOPBACK, PROTOCOL_VERSION, SIGNATURE_HEADER, MemoryNonceStore, NonceStore, NonceStoreFull,
     ProtocolError,
@@ -542,7 +544,7 @@ request_st = st.fixed_dictionaries({
     "method": st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
     "host": st.from_regex(r"[a-z0-9.-]{1,20}(:[0-9]{1,5})?", fullmatch=True),
     "path": st.lists(st.text(max_size=8), max_size=4).map(
-        lambda parts: "/" + "/".join(protocol.quote(p.encode("utf-8"), safe="") for p in parts)),
+        lambda parts: "/" + "/".join(quote(p.encode("utf-8"), safe="") for p in parts)),
     "query": st.from_regex(r"[a-z0-9=&%+]{0,20}", fullmatch=True),
     "headers": st.dictionaries(signed_names_st, header_value_st, max_size=6).map(
         lambda d: sorted(d.items())),
@@ -560,7 +562,7 @@ def test_sign_verify_property(request, mutation, data):
                              request["query"], request["headers"], body=request["body"], now=NOW)
     store = MemoryNonceStore(clock=lambda: NOW)
     args = dict(request, headers=received(request["headers"]), now=NOW + 5)
-    path_bytes = protocol.unquote_to_bytes(request["path"])
+    path_bytes = unquote_to_bytes(request["path"])
     # unchanged: verifies (with the decoded path the receiver sees)
     assert verify_request(KEYS, signature, args["method"], args["host"], path_bytes,
                           args["query"], args["headers"], now=args["now"],
@@ -928,7 +930,7 @@ def test_nonces_are_unique_in_threads_and_across_fork():
     lock = threading.Lock()
 
     def draw():
-        mine = [protocol.new_nonce() for _ in range(2000)]
+        mine = [keys.new_nonce() for _ in range(2000)]
         with lock:
             seen.extend(mine)
     threads = [threading.Thread(target=draw) for _ in range(4)]
@@ -937,18 +939,18 @@ def test_nonces_are_unique_in_threads_and_across_fork():
     for t in threads:
         t.join()
     assert len(set(seen)) == len(seen) == 8000
-    assert all(protocol._NONCE_RE.match(n) for n in seen)
+    assert all(signature._NONCE_RE.match(n) for n in seen)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its nonces must differ from the parent's next ones
         os.close(read_end)
-        os.write(write_end, " ".join(protocol.new_nonce() for _ in range(100)).encode())
+        os.write(write_end, " ".join(keys.new_nonce() for _ in range(100)).encode())
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as f:
         child = set(f.read().split())
     os.waitpid(pid, 0)
-    parent = {protocol.new_nonce() for _ in range(100)}
+    parent = {keys.new_nonce() for _ in range(100)}
     assert len(child) == 100 and not child & parent and not child & set(seen)
 
 
@@ -961,15 +963,15 @@ def test_nonces_are_unique_in_threads_and_across_fork():
 ])
 def test_a_senders_planned_headers_equal_the_general_reduction(headers):
     for _ in range(2):  # the second time from the plan cache
-        assert protocol._sender_signed_headers(list(headers)) == protocol._signed_headers(headers)
+        assert signature._sender_signed_headers(list(headers)) == signature._signed_headers(headers)
 
 
 def test_sender_plans_are_bounded_for_long_client_chosen_names():
-    before = len(protocol._signed_plans)
+    before = len(signature._signed_plans)
     for i in range(50):
         names = [("X-Client-%d-%s" % (i, "n" * 3000), "v"), ("X-Forwarded-For", "1.2.3.4")]
-        assert protocol._sender_signed_headers(names) == [("x-forwarded-for", "1.2.3.4")]
-    assert len(protocol._signed_plans) == before
+        assert signature._sender_signed_headers(names) == [("x-forwarded-for", "1.2.3.4")]
+    assert len(signature._signed_plans) == before
 
 
 def test_a_secret_file_others_can_read_is_warned_about(tmp_path, caplog):
