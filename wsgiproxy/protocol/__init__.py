@@ -133,9 +133,9 @@ def sign_request(keys: Keys, method: str, host: str, path: str | bytes, query: s
     (default: the clock) and ``nonce`` (default: a new one) are for tests;
     :func:`wsgiproxy.protocol.signature.sign` takes them always.
     """
+    nonce = new_nonce() if nonce is None else _signature.check_nonce(nonce)
     return _signature.sign(_as_keys(keys), method, host, path, query, headers, body=body,
-                           now=time.time() if now is None else now,
-                           nonce=new_nonce() if nonce is None else nonce)
+                           now=time.time() if now is None else now, nonce=nonce)
 
 
 def verify_request(keys: Keys, signature: str | None, method: str, host: str,

@@ -35,7 +35,8 @@ from .headers import (
 
 __all__ = [
     "DEFAULT_MAX_SIGNED_BODY", "DEFAULT_SIGNATURE_WINDOW", "KeySource", "NonceChecker",
-    "Signature", "canonical_request", "is_signed_header", "parse_signature", "sign", "verify",
+    "Signature", "canonical_request", "check_nonce", "is_signed_header", "parse_signature",
+    "sign", "verify",
 ]
 
 #: Seconds a signature's timestamp may differ from the receiver's clock.
@@ -295,6 +296,13 @@ def _hmac(secret: bytes, canonical: bytes) -> str:
 # ---------------------------------------------------------------------------
 # Signing and verifying
 
+def check_nonce(nonce: object) -> str:
+    """Return ``nonce`` if it is 32 lowercase hex characters; raise ``ValueError`` otherwise."""
+    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
+        raise ValueError("a nonce must be 32 lowercase hex characters")
+    return nonce
+
+
 def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
          headers: Headers, *, now: float, nonce: str, body: bytes | None = None) -> str:
     """Return the ``X-WSGIProxy-Signature`` value for a request about to be sent.
@@ -305,11 +313,10 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
     :param query: the query string as sent.
     :param headers: the ``(name, value)`` pairs sent; all signed ones are covered.
     :param now: the time to sign with, in unix seconds.
-    :param nonce: 32 lowercase hex characters, never used before with this key.
+    :param nonce: never used before with this key; 32 lowercase hex characters
+        (:func:`check_nonce`, not called here: a fresh nonce needs no check).
     :param body: when given (bytes), a SHA-256 digest of it is covered too.
     """
-    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
-        raise ValueError("a nonce must be 32 lowercase hex characters")
     key_id, secret = keys.signing_key()
     timestamp = int(now)
     digest = _body_digest(body)
