@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..abnf import TOKEN, is_token
 from ..errors import ProtocolError
 from .headers import CTL_RE
 
@@ -21,9 +22,8 @@ __all__ = [
 ]
 
 
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_FWD_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Unquoted values are a token; ':' '[' ']' are accepted too because proxies
+_FWD_NAME_RE = re.compile(TOKEN)
+# Unquoted values are a token plus ':' '[' ']' -- so not abnf.TOKEN: proxies
 # emit for=192.0.2.1:80 and for=[2001:db8::1] unquoted although RFC 7239 says
 # to quote them.
 _FWD_VALUE_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z:\[\]-]+")
@@ -101,7 +101,7 @@ def parse_forwarded(value: str) -> list[dict[str, str]]:
 def _format_forwarded_value(value: object) -> str:
     if not isinstance(value, str):
         value = str(value)
-    if _TOKEN_RE.match(value):
+    if is_token(value):
         return value
     if CTL_RE.search(value):
         raise ProtocolError("a Forwarded value must not contain control characters")
@@ -128,7 +128,7 @@ def format_forwarded(elements: Iterable[ForwardedElement]) -> str:
         for name, value in items:
             if value is None:
                 continue
-            if not isinstance(name, str) or not _TOKEN_RE.match(name):
+            if not isinstance(name, str) or not is_token(name):
                 raise ProtocolError("Forwarded parameter name %r is not a token" % (name,))
             pairs.append("%s=%s" % (name.lower(), _format_forwarded_value(value)))
         if pairs:
