@@ -866,6 +866,53 @@ def test_nth_from_right(value, n, expected):
     assert nth_from_right(value, n) == expected
 
 
+@pytest.mark.parametrize("value, n, expected", [
+    ('"a, b", c', 1, "c"), ('"a, b", c', 2, '"a, b"'), ('"a, b", c', 3, None),
+    ('192.0.2.1, "x, y"', 2, "192.0.2.1"), ('192.0.2.1, "x, y"', 1, '"x, y"'),
+    ('a, "q\\"x, y", b', 2, '"q\\"x, y"'),  # an escaped quote does not end the string
+    ('"a, b" , , "c,d"', 2, '"a, b"'),
+])
+def test_nth_from_right_respects_quoted_commas(value, n, expected):
+    assert nth_from_right(value, n) == expected
+
+
+@pytest.mark.parametrize("value, n, expected", [
+    # The client wrote '6.6.6.6, "' and two trusted proxies appended theirs:
+    # the open quote must not swallow them and move 6.6.6.6 into their place.
+    ('6.6.6.6, ", 10.0.0.1, 10.0.0.2', 2, "10.0.0.1"),
+    ('6.6.6.6, ", 10.0.0.1, 10.0.0.2', 3, '"'),
+    ('"a, b", 6.6.6.6, "x, 10.0.0.1', 1, "10.0.0.1"),
+    ('6.6.6.6, "\\", 10.0.0.1', 1, "10.0.0.1"),  # an escaped quote does not close it
+])
+def test_nth_from_right_an_unterminated_quote_protects_no_comma(value, n, expected):
+    assert nth_from_right(value, n) == expected
+
+
+@pytest.mark.parametrize("header, remote_addr", [
+    # The proxy next to us wrote one quoted item, the one before it 192.0.2.9:
+    # split on every comma, the second from the right was 'x"' (a 400).
+    ('198.51.100.7, 192.0.2.9, "unknown, x"', "192.0.2.9"),
+    # The client opened a quote; the two proxies' items are still theirs.
+    ('6.6.6.6, ", 192.0.2.9, 10.0.0.1', "192.0.2.9"),
+])
+def test_x_forwarded_for_quotes_through_the_middleware(header, remote_addr):
+    from wsgiproxy.middleware import WSGIProxyMiddleware
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [])
+        return [b""]
+    mw = WSGIProxyMiddleware(app, front_proxy_ips="10.0.0.1", x_for=2)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "b",
+               "SERVER_PORT": "80", "wsgi.url_scheme": "http", "REMOTE_ADDR": "10.0.0.1",
+               "HTTP_X_FORWARDED_FOR": header}
+    statuses = []
+    mw(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses == ["200 OK"]
+    assert seen["REMOTE_ADDR"] == remote_addr
+
+
 def test_trusted_networks():
     nets = TrustedNetworks("10.0.0.0/8, 192.0.2.7 2001:db8::/32,[::1]")
     for addr in ("10.1.2.3", "192.0.2.7", "2001:db8::1", "::1", "[::1]", "::ffff:10.0.0.1",

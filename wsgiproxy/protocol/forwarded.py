@@ -3,6 +3,7 @@
 RFC 7239 ``Forwarded`` parsing and formatting, the comma lists of
 ``X-Forwarded-*`` (read the Werkzeug ProxyFix way, from the right), client
 addresses (``for=`` nodes), trusted networks and ``host[:port]`` values.
+Every comma list is split with quoted strings respected.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..abnf import TOKEN, is_token
+from ..abnf import TOKEN, is_token, split_comma_list
 from ..errors import ProtocolError
 from .headers import CTL_RE
 
@@ -32,6 +33,8 @@ _FWD_QUOTED_RE = re.compile(
 _FWD_UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _OBF_RE = re.compile(r"_[A-Za-z0-9._-]+\Z")
 _PORT_RE = re.compile(r"[0-9]{1,5}\Z")
+# True when every quoted string in the value ends (the quoted-string of abnf.split_comma_list).
+_QUOTES_CLOSE = re.compile(r'(?:[^"]|"(?:[^"\\]|\\.)*")*\Z', re.DOTALL).match
 
 
 def _skip_ows(value: str, pos: int) -> int:
@@ -211,12 +214,18 @@ def nth_from_right(value: str | None, n: int) -> str | None:
     Werkzeug ProxyFix semantics: each trusted proxy appends one value, so the
     ``n``-th from the right is the one written by the outermost of ``n``
     trusted proxies; anything further left was written by the client.  ``n``
-    of 0 (or an empty value) gives ``None``.
+    of 0 (or an empty value) gives ``None``.  A comma inside a quoted string
+    does not split (``"a, b"`` is one item, quotes kept).
     """
     if not n or not value:
         return None
-    items = [item.strip(" \t") for item in value.split(",")]
-    items = [item for item in items if item]
+    if '"' in value and not _QUOTES_CLOSE(value):
+        # A quote that never closes protects no comma: else a client could
+        # open one and swallow the values trusted proxies append after its
+        # own, moving a value of its choice into their place.
+        items = [item for item in (part.strip(" \t") for part in value.split(",")) if item]
+    else:
+        items = split_comma_list(value)
     if len(items) < n:
         return None
     return items[-n]
