@@ -125,13 +125,13 @@ def sign_request(keys: Keys, method: str, host: str, path: str | bytes, query: s
                  nonce: str | None = None) -> str:
     """Return the ``X-WSGIProxy-Signature`` value for a request about to be sent.
 
-    ``keys`` is a :class:`SecretKeys` (the first key signs) or one secret.
-    ``host`` is the Host header sent, ``path`` the request path as sent
-    (percent-encoded), ``query`` the query string as sent, ``headers`` the
-    ``(name, value)`` pairs sent -- all signed ones are covered.  With
-    ``body`` (bytes) a SHA-256 digest of it is covered too.  ``now``
-    (default: the clock) and ``nonce`` (default: a new one) are for tests;
-    :func:`wsgiproxy.protocol.signature.sign` takes them always.
+    :func:`signature.sign <wsgiproxy.protocol.signature.sign>`, which says
+    what the arguments are, with these defaults:
+
+    :param keys: a :class:`SecretKeys` (the first key signs), or one secret.
+    :param now: the time to sign with; by default the clock.
+    :param nonce: by default a fresh one; one given is checked
+        (:func:`~wsgiproxy.protocol.signature.check_nonce`).
     """
     nonce = new_nonce() if nonce is None else _signature.check_nonce(nonce)
     return _signature.sign(_as_keys(keys), method, host, path, query, headers, body=body,
@@ -145,21 +145,12 @@ def verify_request(keys: Keys, signature: str | None, method: str, host: str,
                    body: bytes | Callable[[], bytes | None] | None = None) -> str:
     """Check a received request's signature; return the id of the key that verified it.
 
-    ``path`` is the decoded ``(SCRIPT_NAME + PATH_INFO).encode("latin-1")``
-    (bytes) or the path as sent (str).  ``headers`` are the received headers,
-    e.g. the environ's ``HTTP_*`` items.  ``now`` defaults to the clock.
-    Raises :class:`SignatureError` with the reason.  Checks run in this order,
-    so a reason is only given for an authentic signature where that matters:
-    format, key, covered header set, HMAC (constant time), timestamp window,
-    body digest, then the nonce -- which is only recorded for a request that
-    passed everything else.
+    :func:`signature.verify <wsgiproxy.protocol.signature.verify>`, which
+    says what the arguments are and in which order the checks run (raising
+    :class:`SignatureError` with the reason), with these defaults:
 
-    ``body`` is the request body (bytes), or a function of no arguments that
-    reads and returns it.  The function is called only when the signature
-    claims a body digest, and only once the HMAC -- which covers that claimed
-    digest -- and the window have been checked: a stranger cannot make the
-    receiver read a body.  Whatever it raises propagates.  See
-    :func:`wsgiproxy.protocol.signature.verify`.
+    :param keys: a :class:`SecretKeys` (any of its keys verifies), or one secret.
+    :param now: the receiver's time; by default the clock.
     """
     return _signature.verify(_as_keys(keys), signature, method, host, path, query, headers,
                              now=time.time() if now is None else now, window=window,
