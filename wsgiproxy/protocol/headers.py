@@ -223,7 +223,7 @@ def _encode_json(key: str, value: Any) -> bytes:
 def _encode_pickle(key: str, value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=PICKLE_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 -- pickling may fail in many ways (lambdas, sockets...)
+    except Exception as exc:  # noqa: BLE001 -- pickling fails in many ways (lambdas, sockets)
         raise TypeError("environ[%r] is listed in pickle_keys but cannot be pickled: %s"
                         % (key, exc)) from None
 

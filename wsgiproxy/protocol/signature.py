@@ -8,7 +8,7 @@ store any object with ``check_and_add(key_id, nonce, expires_at)``.
 :func:`wsgiproxy.protocol.sign_request` and
 :func:`~wsgiproxy.protocol.verify_request` fill in the clock and the nonce.
 
-The per-request work is kept small on purpose (it was measured): header
+The per-request work is kept small on purpose: header
 names are reduced through bounded caches, and the HMAC key schedule is
 computed once per secret.
 """
