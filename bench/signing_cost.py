@@ -8,7 +8,7 @@ round so that machine noise hits them alike:
   unsigned     WSGIProxyApp(href)
   signed       WSGIProxyApp(href, secret_file=...)
   signed, HMAC free
-               the same, with protocol._hmac replaced by a constant: what the
+               the same, with protocol.signature._hmac replaced by a constant: what the
                rest of signing (canonical form, nonce, header) costs
   signed, signing free
                protocol.sign_request replaced by a constant header value: the
@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--n", type=int, default=3000, help="timed requests per variant and round")
     args = ap.parse_args()
     from wsgiproxy import protocol
+    from wsgiproxy.protocol import signature
 
     os.sched_setaffinity(0, {0})
     backend, port = start_backend()
@@ -63,7 +64,7 @@ def main():
     secret_file = os.path.join(secret_dir, "secret")
     with open(secret_file, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
-    real_hmac, real_sign = protocol._hmac, protocol.sign_request
+    real_hmac, real_sign = signature._hmac, protocol.sign_request
     try:
         base = subjects.base_environ("127.0.0.1", port)
         loops = {}
@@ -76,7 +77,7 @@ def main():
         cpu = {variant: [] for variant in VARIANTS}
         for _ in range(args.rounds):
             for variant, one in loops.items():
-                protocol._hmac = (lambda secret, canonical: "A" * 43) \
+                signature._hmac = (lambda secret, canonical: "A" * 43) \
                     if variant == "signed, HMAC free" else real_hmac
                 protocol.sign_request = (lambda *a, **k: FIXED_SIGNATURE) \
                     if variant == "signed, signing free" else real_sign
@@ -87,7 +88,7 @@ def main():
                     one()
                 cpu[variant].append((time.process_time() - start) / args.n * 1e6)
     finally:
-        protocol._hmac, protocol.sign_request = real_hmac, real_sign
+        signature._hmac, protocol.sign_request = real_hmac, real_sign
         backend.kill()
         backend.wait()
         os.unlink(secret_file)

@@ -361,4 +361,4 @@ def test_name_caches_never_keep_long_client_chosen_names():
         assert not protocol.is_signed_header(key)
     assert not set(long_names) & set(selector._names)
     assert not any(len(n) > 100 for n in http11._request_names)
-    assert not any(len(n) > 100 for n in protocol._signed_names)
+    assert not any(len(n) > 100 for n in protocol.signature._signed_names)

@@ -1,7 +1,7 @@
-"""A :class:`~wsgiproxy.protocol.NonceStore` in Redis, shared by every process that verifies.
+"""A :class:`~wsgiproxy.keys.NonceStore` in Redis, shared by every process that verifies.
 
 With several worker processes (``gunicorn -w 4``) or several backend hosts,
-each :class:`~wsgiproxy.protocol.MemoryNonceStore` remembers only the nonces
+each :class:`~wsgiproxy.keys.MemoryNonceStore` remembers only the nonces
 its own process saw, so a captured signed request can be replayed once per
 process.  :class:`RedisNonceStore` keeps them in one Redis server instead::
 
@@ -26,9 +26,9 @@ import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import NonceStoreUnavailable
-from .protocol import NonceStore
+from .keys import NonceStore
 
-__all__ = ["RedisNonceStore", "NonceStoreUnavailable", "URL_SCHEMES"]
+__all__ = ["URL_SCHEMES", "NonceStoreUnavailable", "RedisNonceStore"]
 
 #: URL schemes understood as a Redis server (those of ``redis.Redis.from_url``).
 URL_SCHEMES = ("redis", "rediss", "unix")
@@ -167,7 +167,7 @@ class RedisNonceStore(NonceStore):
 
     def _ttl_ms(self, expires_at):
         seconds = float(expires_at) - self._clock() + self.clock_skew
-        return max(1000, int(math.ceil(seconds * 1000)))
+        return max(1000, math.ceil(seconds * 1000))
 
     def _retryable(self, exc):
         """A connection error or timeout (worth one more try on a new connection)."""

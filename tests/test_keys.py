@@ -1,0 +1,202 @@
+"""keys.py: secret files, nonce stores and the nonce source (the stateful side)."""
+
+import logging
+import os
+import threading
+
+import pytest
+
+from wsgiproxy.errors import NonceStoreFull
+from wsgiproxy.keys import MemoryNonceStore, NonceStore, SecretKeys, key_id_for, new_nonce
+from wsgiproxy.protocol.signature import check_nonce
+
+# -- secret files -------------------------------------------------------------
+
+def write(path, text):
+    path.write_text(text)
+    # make sure the change is seen even on coarse-mtime file systems
+    st_ = os.stat(path)
+    os.utime(path, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1_000_000_000 * write.counter))
+    write.counter += 1
+
+
+write.counter = 1
+
+
+def test_secret_file_format(tmp_path):
+    path = tmp_path / "secret"
+    write(path, "# rotated 2024-05\n  new-secret-0123456789  \n\n# old\nold-secret-0123456789\n")
+    keys = SecretKeys(str(path))
+    assert keys.key_ids == [key_id_for(b"new-secret-0123456789"),
+                            key_id_for(b"old-secret-0123456789")]
+    assert keys.signing_key() == (key_id_for(b"new-secret-0123456789"), b"new-secret-0123456789")
+    assert keys.get(key_id_for(b"old-secret-0123456789")) == b"old-secret-0123456789"
+    assert keys.get("0000000000000000") is None
+    assert "new-secret" not in repr(keys)
+
+
+def test_single_line_file_is_the_original_format(tmp_path):
+    path = tmp_path / "secret"
+    path.write_bytes(b"the-only-secret-012345\n")
+    assert SecretKeys(path).signing_key()[1] == b"the-only-secret-012345"
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n", "   \n"])
+def test_empty_secret_file_is_an_error(tmp_path, content):
+    path = tmp_path / "secret"
+    path.write_text(content)
+    with pytest.raises(ValueError) as info:
+        SecretKeys(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_missing_secret_file_is_an_error_naming_the_path(tmp_path):
+    with pytest.raises(ValueError, match="nope"):
+        SecretKeys(str(tmp_path / "nope"))
+
+
+def test_unreadable_secret_file_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="secret-dir"):
+        (tmp_path / "secret-dir").mkdir()
+        SecretKeys(str(tmp_path / "secret-dir"))
+
+
+def test_secret_file_reload_and_bad_reload(tmp_path, caplog):
+    path = tmp_path / "secret"
+    write(path, "first-secret-0123456789\n")
+    keys = SecretKeys(str(path), check_interval=0)
+    first = keys.signing_key()
+    write(path, "second-secret-0123456789\nfirst-secret-0123456789\n")
+    assert keys.signing_key()[1] == b"second-secret-0123456789"
+    assert keys.get(first[0]) == b"first-secret-0123456789"
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"):
+        write(path, "# half written\n")
+        assert keys.signing_key()[1] == b"second-secret-0123456789"
+        os.unlink(path)
+        assert keys.signing_key()[1] == b"second-secret-0123456789"
+        assert keys.signing_key()[1] == b"second-secret-0123456789"
+    messages = [r.getMessage() for r in caplog.records
+                if "read by other users" not in r.getMessage()]  # the file's mode: not this test
+    assert len(messages) == 2, messages  # once per bad version, not once per request
+    assert all("second-secret" not in m and "half written" not in m for m in messages)
+    write(path, "third-secret-0123456789\n")
+    assert keys.signing_key()[1] == b"third-secret-0123456789"
+
+
+def test_reload_is_rate_limited(tmp_path):
+    path = tmp_path / "secret"
+    write(path, "first-secret-0123456789\n")
+    keys = SecretKeys(str(path), check_interval=3600)
+    write(path, "second-secret-0123456789\n")
+    assert keys.signing_key()[1] == b"first-secret-0123456789"
+
+
+def test_short_secret_warns(tmp_path, caplog):
+    path = tmp_path / "secret"
+    path.write_text("short\n")
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"):
+        SecretKeys(path)
+    assert "shorter than 16" in caplog.text and "short\n" not in caplog.text
+
+
+def test_from_secrets():
+    keys = SecretKeys.from_secrets("one-secret-0123456789")
+    assert keys.signing_key()[1] == b"one-secret-0123456789"
+    with pytest.raises(ValueError):
+        SecretKeys.from_secrets([])
+    with pytest.raises(ValueError):
+        SecretKeys.from_secrets([" "])
+
+
+# -- nonce stores -------------------------------------------------------------
+
+def test_nonce_store_interface():
+    with pytest.raises(NotImplementedError):
+        NonceStore().check_and_add("k", "n", 0)
+
+
+def test_memory_nonce_store_expiry():
+    clock = [1000.0]
+    store = MemoryNonceStore(clock=lambda: clock[0])
+    assert store.check_and_add("k", "a", 1010)
+    assert not store.check_and_add("k", "a", 1010)
+    assert store.check_and_add("other-key", "a", 1010)  # per key id
+    clock[0] = 1010
+    assert not store.check_and_add("k", "a", 1010)  # still live at its expiry second
+    clock[0] = 1011
+    assert len(store) == 0
+    assert store.check_and_add("k", "a", 1020)
+
+
+def test_memory_nonce_store_is_bounded_and_fails_closed(caplog):
+    clock = [0.0]
+    store = MemoryNonceStore(max_entries=3, clock=lambda: clock[0])
+    for nonce in "abc":
+        assert store.check_and_add("k", nonce, 10)
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"), \
+            pytest.raises(NonceStoreFull):  # not "replayed": the nonce is new
+        store.check_and_add("k", "d", 10)
+    assert "full" in caplog.text
+    assert not store.check_and_add("k", "a", 10)  # live entries were not forgotten
+    clock[0] = 11
+    assert store.check_and_add("k", "d", 20)
+    assert len(store) == 1
+
+
+def test_memory_nonce_store_is_thread_safe():
+    store = MemoryNonceStore()
+    results = []
+    barrier = threading.Barrier(16)
+
+    def worker():
+        barrier.wait()
+        results.append(store.check_and_add("k", "same", 2 ** 40))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 15 + [True]
+
+
+def test_nonces_are_unique_in_threads_and_across_fork():
+    seen = []
+    lock = threading.Lock()
+
+    def draw():
+        mine = [new_nonce() for _ in range(2000)]
+        with lock:
+            seen.extend(mine)
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == len(seen) == 8000
+    assert all(check_nonce(n) for n in seen)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its nonces must differ from the parent's next ones
+        os.close(read_end)
+        os.write(write_end, " ".join(new_nonce() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        child = set(f.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_nonce() for _ in range(100)}
+    assert len(child) == 100 and not child & parent and not child & set(seen)
+
+
+def test_a_secret_file_others_can_read_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "secret.txt"
+    path.write_text("a-long-enough-secret-value\n")
+    os.chmod(path, 0o600)
+    with caplog.at_level("WARNING", logger="wsgiproxy"):
+        SecretKeys(str(path))
+    assert "can be read by other users" not in caplog.text
+    os.chmod(path, 0o644)
+    with caplog.at_level("WARNING", logger="wsgiproxy"):
+        SecretKeys(str(path))
+    assert "can be read by other users (mode 644)" in caplog.text

@@ -1,0 +1,300 @@
+"""The stateful side of signatures: secret files, nonce stores and the nonce source.
+
+:mod:`wsgiproxy.protocol` is sans-IO; whatever reads files, holds locks,
+reads the clock on its own or draws random numbers lives here:
+
+* :class:`SecretKeys`: the shared secrets of a secret file, re-read when the
+  file changes (key rotation without downtime);
+* :class:`NonceStore` (the interface) and :class:`MemoryNonceStore` (one
+  process), which remember accepted nonces so a request cannot be replayed
+  (:class:`~wsgiproxy.redisstore.RedisNonceStore` shares them in Redis);
+* :data:`new_nonce`: the process-wide source of nonces for signing.
+
+:func:`key_id_for` lives here too, although the key id is part of the wire
+format: :class:`SecretKeys` needs it, and :mod:`wsgiproxy.protocol` imports
+this module (for its defaults and old import paths), never the other way
+round.  This module knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from .errors import NonceStoreFull
+
+__all__ = [
+    "DEFAULT_NONCE_CAPACITY", "MemoryNonceStore", "NonceStore", "SecretKeys", "key_id_for",
+    "new_nonce",
+]
+
+# The logger these messages have always gone to (when this code lived in
+# wsgiproxy.protocol): logging configurations may name it.
+log = logging.getLogger("wsgiproxy.protocol")
+
+#: Default capacity of MemoryNonceStore: a 300 s window at ~1,500 signed
+#: requests/s per process.  About 200 bytes per live nonce, so at most ~100 MB.
+DEFAULT_NONCE_CAPACITY = 500000
+
+
+def key_id_for(secret: bytes) -> str:
+    """The public id of a secret: 16 hex characters of ``sha256(b"wsgiproxy-key-id:" + secret)``."""
+    return hashlib.sha256(b"wsgiproxy-key-id:" + secret).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Secrets
+
+KeyPairs = list[tuple[str, bytes]]
+
+
+def _parse_secrets(data: bytes) -> KeyPairs:
+    secrets_: list[bytes] = []
+    for line in data.splitlines():
+        line = line.strip()
+        if line and not line.startswith(b"#") and line not in secrets_:
+            secrets_.append(line)
+    return [(key_id_for(secret), secret) for secret in secrets_]
+
+
+class SecretKeys:
+    """The shared secrets of a secret file: the first signs, any of them verifies.
+
+    Each non-empty line not starting with ``#`` is one secret (surrounding
+    whitespace stripped), so a one-line file is the original WSGIProxy
+    format and several lines allow rotation without downtime: add the new
+    key as a second line everywhere, then move it first, then drop the old.
+    The file is re-read when its mtime, size or inode changes, checked at
+    most every ``check_interval`` seconds.  An empty, missing or unreadable
+    file raises ``ValueError`` (naming the path, never the content) at
+    construction; a later bad version is logged and the old keys are kept,
+    so a half-written file cannot take the service down.
+
+    :param path: the secret file.
+    :param check_interval: seconds between two looks at the file's metadata.
+    """
+
+    path: str | None
+    check_interval: float | None
+
+    def __init__(self, path: str | os.PathLike[str], check_interval: float = 1.0) -> None:
+        self.path = os.fspath(path)
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._stat_failed = False
+        try:
+            self._state, self._stat_key = self._read()
+        except OSError as exc:
+            raise ValueError("cannot read secret file %r: %s" % (self.path, exc.strerror or exc)) \
+                from None
+        self._next_check = time.monotonic() + check_interval
+
+    @classmethod
+    def from_secrets(cls, secrets: str | bytes | Iterable[str | bytes]) -> SecretKeys:
+        """In-memory keys (``str`` secrets are UTF-8 encoded); for tests and programmatic use."""
+        if isinstance(secrets, (bytes, str)):
+            secrets = [secrets]
+        raw: list[bytes] = []
+        for secret in secrets:
+            secret = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+            secret = secret.strip()
+            if not secret:
+                raise ValueError("an empty secret is not a secret")
+            if secret not in raw:
+                raw.append(secret)
+        if not raw:
+            raise ValueError("no secret given")
+        self = cls.__new__(cls)
+        self.path = None
+        self.check_interval = None
+        self._lock = threading.Lock()
+        self._stat_failed = False
+        self._stat_key = None
+        self._state = cls._make_state([(key_id_for(s), s) for s in raw])
+        self._next_check = float("inf")
+        return self
+
+    @staticmethod
+    def _make_state(pairs: KeyPairs) -> tuple[KeyPairs, dict[str, bytes]]:
+        return pairs, dict(pairs)
+
+    def _read(self):
+        with open(self.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+        pairs = _parse_secrets(data)
+        if not pairs:
+            raise ValueError("secret file %r holds no secret (only empty or # lines)" % self.path)
+        if any(len(secret) < 16 for _, secret in pairs):
+            log.warning("secret file %s holds a secret shorter than 16 bytes; use a long random "
+                        "one (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                        self.path)
+        if st.st_mode & 0o077 and os.name == "posix":
+            log.warning("secret file %s can be read by other users (mode %03o): whoever reads "
+                        "it can sign requests; chmod 600 it", self.path, st.st_mode & 0o777)
+        return self._make_state(pairs), (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _maybe_reload(self):
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        with self._lock:
+            if now < self._next_check:
+                return
+            self._next_check = now + self.check_interval
+            try:
+                st = os.stat(self.path)
+            except OSError as exc:
+                if not self._stat_failed:
+                    log.warning("secret file %s is not readable (%s); keeping the keys loaded "
+                                "before", self.path, exc.strerror or exc)
+                    self._stat_failed = True
+                return
+            self._stat_failed = False
+            stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stat_key == self._stat_key:
+                return
+            try:
+                self._state, self._stat_key = self._read()
+            except (OSError, ValueError) as exc:
+                self._stat_key = stat_key  # warn once per version of the file
+                log.warning("secret file %s could not be reloaded (%s); keeping the %d key(s) "
+                            "loaded before", self.path,
+                            getattr(exc, "strerror", None) or exc, len(self._state[0]))
+                return
+            log.info("secret file %s reloaded: %d key(s)", self.path, len(self._state[0]))
+
+    def signing_key(self) -> tuple[str, bytes]:
+        """``(key id, secret)`` of the key that signs: the first one."""
+        self._maybe_reload()
+        return self._state[0][0]
+
+    def get(self, key_id: str) -> bytes | None:
+        """The secret with this key id, or ``None``."""
+        self._maybe_reload()
+        return self._state[1].get(key_id)
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The key ids, signing key first (they are public; the secrets are not)."""
+        self._maybe_reload()
+        return [key_id for key_id, _ in self._state[0]]
+
+    def __repr__(self) -> str:  # never the secrets
+        return "<SecretKeys %s: %s>" % (self.path or "in memory", ", ".join(self.key_ids))
+
+
+# ---------------------------------------------------------------------------
+# Nonce stores
+
+class NonceStore:
+    """Remembers the nonces of accepted signatures, so a captured request cannot be replayed.
+
+    An interface: implement :meth:`check_and_add` atomically over a shared
+    store (Redis ``SET key 1 NX EXAT expires_at``, say) when several
+    processes verify requests signed with the same secret.
+    """
+
+    def check_and_add(self, key_id: str, nonce: str, expires_at: float) -> bool:
+        """Record ``nonce`` until ``expires_at`` (unix seconds); False if it was already there."""
+        raise NotImplementedError
+
+
+class MemoryNonceStore(NonceStore):
+    """A thread-safe, in-process :class:`NonceStore` with expiry and a size cap.
+
+    Expired entries are dropped as time passes.  Size it for the signature
+    window times the peak rate of signed requests per process.  When
+    ``max_entries`` live entries are held it raises :class:`NonceStoreFull`
+    (the middleware answers 503 and logs the reason) rather than forgetting
+    live ones, which would re-open replays.  Only one process is protected;
+    with several workers each remembers its own nonces (use a shared store).
+
+    :param max_entries: the most live nonces held.
+    :param clock: the current time in unix seconds.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_NONCE_CAPACITY,
+                 clock: Callable[[], float] = time.time) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[object, float] = {}
+        self._heap: list[tuple[float, object]] = []
+        self._full_warned = False
+
+    def _expire(self, now: float) -> None:
+        heap, entries = self._heap, self._entries
+        while heap and heap[0][0] < now:
+            expires_at, key = heapq.heappop(heap)
+            if entries.get(key) == expires_at:
+                del entries[key]
+
+    def check_and_add(self, key_id: str, nonce: str, expires_at: float) -> bool:
+        """Record ``nonce`` until ``expires_at`` (unix seconds); False if it was already there.
+
+        Raises :class:`NonceStoreFull` when ``max_entries`` live nonces are held.
+        """
+        key: object
+        try:  # 24 bytes instead of a tuple of two strings: ~200 bytes per entry in all
+            key = bytes.fromhex(key_id + nonce)
+        except (TypeError, ValueError):
+            key = (key_id, nonce)
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            if key in self._entries:
+                return False
+            if len(self._entries) >= self.max_entries:
+                if not self._full_warned:
+                    log.warning("nonce store is full (%d live entries): refusing signed requests "
+                                "until entries expire; raise max_entries (nonce_cache_size) or "
+                                "use a shared store", self.max_entries)
+                    self._full_warned = True
+                raise NonceStoreFull("the nonce store is full (%d live nonces)" % self.max_entries)
+            self._full_warned = False
+            self._entries[key] = expires_at
+            heapq.heappush(self._heap, (expires_at, key))
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire(self._clock())
+            return len(self._entries)
+
+
+# ---------------------------------------------------------------------------
+# The nonce source
+
+class _NonceSource:
+    """Nonces that never repeat: a random 64-bit prefix per process, then a counter.
+
+    A nonce only has to be unique (the signature, not the nonce, is the
+    secret part); this costs no system call per request, unlike
+    ``os.urandom``.  A forked child draws a new prefix, so parent and
+    children never share a nonce.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def __call__(self) -> str:
+        return "%s%016x" % (self.prefix, next(self.counter))  # next() on count is atomic
+
+
+#: A new nonce (32 lowercase hex characters) each call, unique in this process and its forks.
+new_nonce = _NonceSource()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=new_nonce.reseed)

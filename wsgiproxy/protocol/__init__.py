@@ -1,0 +1,157 @@
+"""The WSGIProxy wire protocol, "sans-IO": header names, value codecs, signatures, Forwarded.
+
+Both ends import this package -- ``WSGIProxyApp`` encodes and signs with it,
+:class:`~wsgiproxy.middleware.WSGIProxyMiddleware` verifies and decodes with
+it -- so the encoder and the decoder cannot drift apart.  Everything works on
+plain ``str``/``bytes``/``dict`` values: no sockets, no WSGI servers, no
+configuration parsing.  The modules:
+
+* :mod:`~wsgiproxy.protocol.headers`: header names, the value codec, key
+  headers and path headers;
+* :mod:`~wsgiproxy.protocol.signature`: the covered headers, the canonical
+  request, signing and verifying, with the clock and the nonce as arguments;
+* :mod:`~wsgiproxy.protocol.forwarded`: ``Forwarded``/``X-Forwarded-*``,
+  client addresses, trusted networks and hosts.
+
+This ``__init__`` is the package's edge: :func:`sign_request` and
+:func:`verify_request` read the clock and draw the nonce when the caller
+gives none, and the stateful parts (secret files, nonce stores:
+:mod:`wsgiproxy.keys`) are re-exported so that the old import paths keep
+working.
+
+Conventions (those of WSGI): a "native string" is a ``str`` holding bytes as
+ISO-8859-1 (latin-1) characters, which is how WSGI servers hand over header
+values, ``PATH_INFO`` and ``QUERY_STRING``.  Header names are accepted in
+header form (``X-Forwarded-For``) or environ form (``HTTP_X_FORWARDED_FOR``)
+wherever a name is taken.  No encoder here ever produces a value containing
+CR, LF or NUL.
+
+The format is described for implementers of the other side in
+``docs/protocol.rst``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..errors import NonceStoreFull as NonceStoreFull  # not in __all__, as before
+from ..errors import ProtocolError, SignatureError
+from ..keys import DEFAULT_NONCE_CAPACITY as DEFAULT_NONCE_CAPACITY  # not in __all__, as before
+from ..keys import MemoryNonceStore, NonceStore, SecretKeys, key_id_for, new_nonce
+from . import signature as _signature
+from .forwarded import (
+    LOOPBACK,
+    TrustedNetworks,
+    default_port,
+    format_forwarded,
+    forwarded_node,
+    join_host,
+    nth_from_right,
+    parse_forwarded,
+    parse_node,
+    split_host,
+)
+from .headers import (
+    FORWARDED,
+    FORWARDED_FOR,
+    FORWARDED_HOST,
+    FORWARDED_PORT,
+    FORWARDED_PREFIX,
+    FORWARDED_PROTO,
+    FORWARDED_SCHEME,
+    FORWARDED_SCRIPT_NAME,
+    FORWARDED_SERVER,
+    HEADER_PREFIX,
+    KEY_KINDS,
+    PICKLE_PROTOCOL,
+    PROTOCOL_VERSION,
+    SCRIPT_NAME_HEADER,
+    SIGNATURE_HEADER,
+    TRAVERSAL_PATH,
+    TRAVERSAL_QUERY_STRING,
+    VERSION_HEADER,
+    canonical_header_name,
+    check_header_value,
+    decode_key_header,
+    decode_path_header,
+    decode_value,
+    encode_key_headers,
+    encode_path_header,
+    encode_value,
+    environ_key,
+    key_header_kind,
+)
+from .signature import (
+    DEFAULT_MAX_SIGNED_BODY,
+    DEFAULT_SIGNATURE_WINDOW,
+    Headers,
+    KeySource,
+    NonceChecker,
+    Signature,
+    canonical_request,
+    is_signed_header,
+    parse_signature,
+)
+
+__all__ = [  # noqa: RUF022 -- grouped as the reference in docs/protocol.rst
+    "PROTOCOL_VERSION", "HEADER_PREFIX", "VERSION_HEADER", "SIGNATURE_HEADER", "KEY_KINDS",
+    "DEFAULT_SIGNATURE_WINDOW", "DEFAULT_MAX_SIGNED_BODY", "PICKLE_PROTOCOL",
+    "ProtocolError", "SignatureError",
+    "canonical_header_name", "environ_key", "check_header_value",
+    "encode_value", "decode_value", "encode_key_headers", "decode_key_header", "key_header_kind",
+    "encode_path_header", "decode_path_header",
+    "is_signed_header", "canonical_request", "sign_request", "verify_request",
+    "parse_signature", "Signature",
+    "SecretKeys", "key_id_for", "NonceStore", "MemoryNonceStore",
+    "parse_forwarded", "format_forwarded", "forwarded_node", "parse_node",
+    "nth_from_right", "TrustedNetworks", "LOOPBACK", "split_host", "join_host", "default_port",
+    "FORWARDED_FOR", "FORWARDED_SERVER", "FORWARDED_SCHEME", "FORWARDED_SCRIPT_NAME",
+    "TRAVERSAL_PATH", "TRAVERSAL_QUERY_STRING", "FORWARDED", "FORWARDED_PROTO", "FORWARDED_HOST",
+    "FORWARDED_PORT", "FORWARDED_PREFIX", "SCRIPT_NAME_HEADER",
+]
+
+Keys = KeySource | bytes | str
+
+
+def _as_keys(keys: Keys) -> KeySource:
+    if isinstance(keys, (bytes, str)):
+        return SecretKeys.from_secrets([keys])
+    return keys
+
+
+def sign_request(keys: Keys, method: str, host: str, path: str | bytes, query: str,
+                 headers: Headers, *, body: bytes | None = None, now: float | None = None,
+                 nonce: str | None = None) -> str:
+    """Return the ``X-WSGIProxy-Signature`` value for a request about to be sent.
+
+    :func:`signature.sign <wsgiproxy.protocol.signature.sign>`, which says
+    what the arguments are, with these defaults:
+
+    :param keys: a :class:`SecretKeys` (the first key signs), or one secret.
+    :param now: the time to sign with; by default the clock.
+    :param nonce: by default a fresh one; one given is checked
+        (:func:`~wsgiproxy.protocol.signature.check_nonce`).
+    """
+    nonce = new_nonce() if nonce is None else _signature.check_nonce(nonce)
+    return _signature.sign(_as_keys(keys), method, host, path, query, headers, body=body,
+                           now=time.time() if now is None else now, nonce=nonce)
+
+
+def verify_request(keys: Keys, signature: str | None, method: str, host: str,
+                   path: str | bytes, query: str, headers: Headers, *, now: float | None = None,
+                   window: float = DEFAULT_SIGNATURE_WINDOW,
+                   nonce_store: NonceChecker | None = None,
+                   body: bytes | Callable[[], bytes | None] | None = None) -> str:
+    """Check a received request's signature; return the id of the key that verified it.
+
+    :func:`signature.verify <wsgiproxy.protocol.signature.verify>`, which
+    says what the arguments are and in which order the checks run (raising
+    :class:`SignatureError` with the reason), with these defaults:
+
+    :param keys: a :class:`SecretKeys` (any of its keys verifies), or one secret.
+    :param now: the receiver's time; by default the clock.
+    """
+    return _signature.verify(_as_keys(keys), signature, method, host, path, query, headers,
+                             now=time.time() if now is None else now, window=window,
+                             nonce_store=nonce_store, body=body)
