@@ -441,7 +441,9 @@ class HTTPTransport(Transport):
         else:
             raise BadBackendResponse("too many interim (1xx) responses", backend)
 
-        mode, length, keep_alive = body_framing(method, status, version, *framing)
+        length, chunked, conn_tokens = framing
+        mode, length, keep_alive = body_framing(method, status, version, length, chunked,
+                                                conn_tokens)
         keep_alive = keep_alive and reusable
         if mode == NO_BODY:
             if keep_alive and not conn.buf:
