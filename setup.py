@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "wsgiproxy", "__init__.py")) as f:
-    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE).group(1)
 with open(os.path.join(HERE, "README.txt")) as f:
     LONG_DESCRIPTION = f.read()
 

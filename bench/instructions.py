@@ -27,7 +27,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUBJECTS = ("wsgiproxy-exact", "wsgiproxy-app", "wsgiproxy-app-signed")
-_TOTAL = re.compile(r"^summary:\s+(\d+)", re.M)
+_TOTAL = re.compile(r"^summary:\s+(\d+)", re.MULTILINE)
 
 
 def start_backend():

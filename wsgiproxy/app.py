@@ -269,12 +269,14 @@ class WSGIProxyApp:
         Only ``headers[identity_at:]`` can be signed ones: the client's own
         identity headers were dropped, so the rest need not be looked at.
         """
+        keys = self.secret_keys
+        assert keys is not None
         method, target, headers, body, _ = request
         path, _, query = target.partition("?")
-        digest_body = (body if isinstance(body, (bytes, bytearray))
+        digest_body = (bytes(body) if isinstance(body, (bytes, bytearray))
                        and len(body) <= self.sign_body_max else None)
         try:
-            signature = protocol.sign_request(self.secret_keys, method, host, path, query,
+            signature = protocol.sign_request(keys, method, host, path, query,
                                               headers[identity_at:], body=digest_body)
         except protocol.ProtocolError as exc:  # e.g. CR/LF or non-latin-1 text in the Host
             raise InvalidRequest("cannot sign this request: %s" % exc) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .responses import wants_json
@@ -44,7 +44,7 @@ def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]
     return [out]
 
 
-def make_sample_app(global_conf: dict[str, str] | None = None, **settings: str) -> Any:
+def make_sample_app(global_conf: Mapping[str, str] | None = None, **settings: Any) -> Any:
     """Paste app factory for ``egg:WSGIProxy#sample``; takes no options."""
     if settings:
         raise TypeError("the sample app takes no options, got: %s" % ", ".join(sorted(settings)))

@@ -148,7 +148,7 @@ class Transport:
         self._reset_pool()
         forget_connections_after_fork(self)
 
-    def request(self, scheme: str, host: str, port: int, method: str, target: str,
+    def request(self, scheme: str, host: str, port: int | str, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
                 body_length: int | None = None) -> Response:
         """Send one request to ``scheme://host:port`` and return its :class:`Response`."""
@@ -325,7 +325,7 @@ class HTTPTransport(Transport):
 
     # -- one exchange ---------------------------------------------------------
 
-    def request(self, scheme: str, host: str, port: int, method: str, target: str,
+    def request(self, scheme: str, host: str, port: int | str, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
                 body_length: int | None = None) -> Response:
         """Send one request; the :class:`Response` streams its body (iterate, then close).

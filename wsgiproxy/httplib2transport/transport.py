@@ -177,7 +177,7 @@ class Httplib2Transport(Transport):
 
     # -- one exchange ---------------------------------------------------------
 
-    def request(self, scheme: str, host: str, port: int, method: str, target: str,
+    def request(self, scheme: str, host: str, port: int | str, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
                 body_length: int | None = None) -> Response:
         """Send one request and return the whole :class:`~wsgiproxy.transport.Response`.

@@ -399,9 +399,9 @@ class Rewriter:
                 state.host = join_host(self.domain or state.host_name())
             state.set_port(self.port)
         if self.domain is not None:
-            port = state.server_port or str(default_port(state.scheme))
+            server_port = state.server_port or str(default_port(state.scheme))
             state.server_name = self.domain
-            state.host = join_host(self.domain, port, state.scheme)
+            state.host = join_host(self.domain, server_port, state.scheme)
         if self.prefix is not None:
             state.script_name = self.prefix
         elif self.pop_prefix is not None:

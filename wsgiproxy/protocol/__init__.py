@@ -94,7 +94,7 @@ from .signature import (
     parse_signature,
 )
 
-__all__ = [  # noqa: RUF022 -- grouped as the reference in docs/protocol.rst
+__all__ = [  # grouped as the reference in docs/protocol.rst
     "PROTOCOL_VERSION", "HEADER_PREFIX", "VERSION_HEADER", "SIGNATURE_HEADER", "KEY_KINDS",
     "DEFAULT_SIGNATURE_WINDOW", "DEFAULT_MAX_SIGNED_BODY", "PICKLE_PROTOCOL",
     "ProtocolError", "SignatureError",
