@@ -35,7 +35,8 @@ from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
 
 from .docsnippets import snippet
-from .servers import Process, WaitressServer, free_port, send_raw, wait_for_port, wait_until
+from .client import send_raw
+from .servers import Process, WaitressServer, free_port, wait_for_port, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSGIPROXY = os.path.join(os.path.dirname(sys.executable), "wsgiproxy")
