@@ -40,7 +40,7 @@ import os
 import re
 import textwrap
 
-__all__ = ["Snippet", "snippets", "snippet", "parse", "DOCS", "CODE_DIRECTIVES"]
+__all__ = ["CODE_DIRECTIVES", "DOCS", "Snippet", "parse", "snippet", "snippets"]
 
 #: The documentation's source directory.
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")

@@ -9,8 +9,20 @@ from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.command import servers_in
 
 from .client import get_json, request
-from .servers import (BIN, ROOT, WSGIPROXY, Gunicorn, Served, WaitressServer, echo_app,
-                      free_port, parent_of, pid_gone, wait_for_port, wait_until)
+from .servers import (
+    BIN,
+    ROOT,
+    WSGIPROXY,
+    Gunicorn,
+    Served,
+    WaitressServer,
+    echo_app,
+    free_port,
+    parent_of,
+    pid_gone,
+    wait_for_port,
+    wait_until,
+)
 
 #: The fixed port of development.ini: checked, never assumed free.
 DEMO_PORT = 8080

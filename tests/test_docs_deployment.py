@@ -46,9 +46,23 @@ import pytest
 
 from .client import json_error, parse_answer, request, send_raw
 from .docsnippets import snippet
-from .servers import (BIN, EXAMPLES, Gunicorn, Process, RedisServer, alive,
-                      capture_signed_request, children_of, free_port, need, nginx_conf,
-                      nginx_process, parent_of, wait_for_port, wait_until)
+from .servers import (
+    BIN,
+    EXAMPLES,
+    Gunicorn,
+    Process,
+    RedisServer,
+    alive,
+    capture_signed_request,
+    children_of,
+    free_port,
+    need,
+    nginx_conf,
+    nginx_process,
+    parent_of,
+    wait_for_port,
+    wait_until,
+)
 
 #: The ports the page shows, each replaced by a free one in every test.
 PAGE_PORTS = (8443, 8080, 8000, 9000, 9001, 9002, 6379)

@@ -40,8 +40,18 @@ from wsgiproxy.transport import HTTPTransport
 
 from .client import JSON, add_header, call_wsgi, json_error, send_raw
 from .docsnippets import snippet
-from .servers import (BIN, Process, RawServer, WaitressServer, echo_app, free_port, scripted,
-                      wait_for_port, wait_until, write_secret)
+from .servers import (
+    BIN,
+    Process,
+    RawServer,
+    WaitressServer,
+    echo_app,
+    free_port,
+    scripted,
+    wait_for_port,
+    wait_until,
+    write_secret,
+)
 
 # The worked example of docs/protocol.rst.
 DOC_SECRET = "correct horse battery staple 2024"

@@ -22,9 +22,22 @@ from wsgiproxy import protocol
 
 from .client import get_json, json_error, parse_answer, request, send_raw
 from .docsnippets import snippet
-from .servers import (EXAMPLES, ROOT, WSGIPROXY, Served, WaitressServer, capture_signed_request,
-                      children_of, echo_app, free_port, group_gone, listeners, parent_of,
-                      pid_gone, wait_until)
+from .servers import (
+    EXAMPLES,
+    ROOT,
+    WSGIPROXY,
+    Served,
+    WaitressServer,
+    capture_signed_request,
+    children_of,
+    echo_app,
+    free_port,
+    group_gone,
+    listeners,
+    parent_of,
+    pid_gone,
+    wait_until,
+)
 
 #: The fixed port of ./dev demo (development.ini): checked, never assumed free.
 DEMO_PORT = 8080
@@ -184,7 +197,7 @@ def test_recipe_spawn_starts_backend_on_first_request(tmp_path):
         # The child listens on loopback, but only the proxy's signed requests get in.
         with open("/proc/%d/cmdline" % child, "rb") as f:
             argv = f.read().decode().split("\0")
-        child_port = int([a for a in argv if a.startswith("http_port=")][0].split("=")[1])
+        child_port = int(next(a for a in argv if a.startswith("http_port=")).split("=")[1])
         assert request(child_port, "/whoami").status == 403
     # Stopping the server (SIGTERM) stopped the child and its whole process group.
     wait_until(lambda: pid_gone(child) and group_gone(child), what="the spawned backend to stop")
@@ -267,5 +280,5 @@ def test_dev_test_is_what_ci_and_readme_run():
     # README.txt lists the same two commands, in the same order.
     with open(os.path.join(ROOT, "README.txt")) as f:
         readme = f.read()
-    listed = re.findall(r"^ {4}(\./dev \w+)\s", readme, re.M)
+    listed = re.findall(r"^ {4}(\./dev \w+)\s", readme, re.MULTILINE)
     assert listed == console_commands(snippet("quickstart-demo")) + commands

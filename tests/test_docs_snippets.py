@@ -32,7 +32,6 @@ import collections
 import concurrent.futures
 import configparser
 import doctest
-import json
 import os
 import shlex
 import shutil
@@ -48,9 +47,24 @@ from wsgiproxy.middleware import WSGIProxyMiddleware
 
 from .client import JSON, json_error, parse_answer, request, send_raw, through
 from .docsnippets import DOCS, Snippet, _line_spec, pages, parse, snippet, snippets
-from .servers import (BIN, EXAMPLES, WSGIPROXY, Served, WaitressServer, capture_signed_request,
-                      echo_app, free_port, group_gone, nginx_files, nginx_process, pid_gone,
-                      wait_for_port, wait_until, with_environ, write_secret)
+from .servers import (
+    BIN,
+    EXAMPLES,
+    WSGIPROXY,
+    Served,
+    WaitressServer,
+    capture_signed_request,
+    echo_app,
+    free_port,
+    group_gone,
+    nginx_files,
+    nginx_process,
+    pid_gone,
+    wait_for_port,
+    wait_until,
+    with_environ,
+    write_secret,
+)
 
 #: Languages a snippet may have, and what the suite does with each.
 LANGUAGES = {

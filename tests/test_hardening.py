@@ -144,17 +144,17 @@ def test_client_disconnecting_mid_upload_discards_the_backend_connection(tmp_pat
             outcomes.append(len(body))
             conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
-    with RawServer(record) as backend:
-        with _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % backend.port) as gunicorn:
-            port = gunicorn.port
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         + b"10000\r\n" + b"u" * 0x10000 + b"\r\n" + b"10000\r\n" + b"u" * 5000)
-            wait_until(lambda: backend.connections, 10, "the proxy to connect to the backend")
-            sock.close()
-            wait_until(lambda: "aborted" in outcomes, 10, "the backend to see the upload cut")
-            assert request(port, "/again", "POST", body=b"fine").body == b"ok"
-            assert outcomes[-1] == 4
+    with RawServer(record) as backend, \
+            _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % backend.port) as gunicorn:
+        port = gunicorn.port
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"10000\r\n" + b"u" * 0x10000 + b"\r\n" + b"10000\r\n" + b"u" * 5000)
+        wait_until(lambda: backend.connections, 10, "the proxy to connect to the backend")
+        sock.close()
+        wait_until(lambda: "aborted" in outcomes, 10, "the backend to see the upload cut")
+        assert request(port, "/again", "POST", body=b"fine").body == b"ok"
+        assert outcomes[-1] == 4
 
 
 @pytest.mark.parametrize("declared", [1000, 200000])

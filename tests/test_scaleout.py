@@ -27,9 +27,24 @@ from wsgiproxy.redisstore import NonceStoreUnavailable, RedisNonceStore
 from wsgiproxy.wsgiapp import make_middleware
 
 from .client import JSON, get_json, json_error, parse_answer, request, send_raw
-from .servers import (BIN, Gunicorn, RedisServer, WaitressServer, alive, capture_signed_request,
-                      children_of, echo_app, free_port, nginx_conf, nginx_process, parent_of,
-                      pids_in, wait_for_port, wait_until, with_environ)
+from .servers import (
+    BIN,
+    Gunicorn,
+    RedisServer,
+    WaitressServer,
+    alive,
+    capture_signed_request,
+    children_of,
+    echo_app,
+    free_port,
+    nginx_conf,
+    nginx_process,
+    parent_of,
+    pids_in,
+    wait_for_port,
+    wait_until,
+    with_environ,
+)
 
 PREFIX = RedisServer.prefix
 
@@ -192,10 +207,10 @@ def test_gunicorn_workers_share_the_redis_store_and_refuse_replays(tmp_path, red
     with gunicorn(tmp_path, ini, 4) as backend:
         proxy = WSGIProxyApp("http://127.0.0.1:%d" % backend.port, secret_file=secret_file,
                              string_keys=["REMOTE_USER"])
-        with WaitressServer(as_alice(proxy), threads=8) as front:
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                seen_all = list(pool.map(lambda i: get_json(
-                    front.port, "/page/%d" % i, {"Host": "www.example.com"}), range(40)))
+        with WaitressServer(as_alice(proxy), threads=8) as front, \
+                concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seen_all = list(pool.map(lambda i: get_json(
+                front.port, "/page/%d" % i, {"Host": "www.example.com"}), range(40)))
         proxy.close()
         workers = set()
         for seen in seen_all:
