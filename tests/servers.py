@@ -53,6 +53,7 @@ __all__ = [
     "blank",
     "capture_signed_request",
     "children_of",
+    "counted",
     "echo_app",
     "free_port",
     "group_gone",
@@ -139,6 +140,17 @@ def echo_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(out)))])
     return [out]
+
+
+def counted(app, counts, name):
+    """``app``, counting its calls in ``counts[name]`` (one dict for several backends)."""
+    lock = threading.Lock()
+
+    def wrapped(environ, start_response):
+        with lock:
+            counts[name] = counts.get(name, 0) + 1
+        return app(environ, start_response)
+    return wrapped
 
 
 def with_environ(app, **values):
@@ -460,6 +472,8 @@ class Served:
     and it is entered only once its own process group listens there.
     """
 
+    host = "127.0.0.1"
+
     def __init__(self, args, port, log, env=None, cwd=None, fixed=False):
         self.args = [str(arg) for arg in args]
         self.port = port
@@ -481,16 +495,19 @@ class Served:
             self.process = Process(self.args, stdout=out, stderr=subprocess.STDOUT,
                                    env=self.env, cwd=self.cwd)
         try:
-            if self.fixed:
-                wait_for_listener(self.port, self.process.proc)
-            else:
-                wait_for_port(self.port, process=self.process.proc)
+            self._wait()
         except BaseException as exc:
             self.process.__exit__(None, None, None)
-            if isinstance(exc, (RuntimeError, TimeoutError)):
+            if isinstance(exc, (AssertionError, RuntimeError, TimeoutError)):
                 pytest.fail("%s: %s; its output:\n%s" % (what, exc, self.output()))
             raise
         return self
+
+    def _wait(self):
+        if self.fixed:
+            wait_for_listener(self.port, self.process.proc)
+        else:
+            wait_for_port(self.port, self.host, process=self.process.proc)
 
     def __exit__(self, *exc):
         self.process.__exit__(*exc)
@@ -509,58 +526,39 @@ def post_worker_init(worker):  # the worker has loaded the app and is about to s
 """
 
 
-class Gunicorn:
-    """A gunicorn command line (``-b HOST:PORT`` in it) run as given, in its own process
-    group; entered once it listens and every worker (``-w``) has loaded the application.
+class Gunicorn(Served):
+    """A gunicorn command line (``-b HOST:PORT`` in it) run as given (a :class:`Served`);
+    entered once it listens and every worker (``-w``) has loaded the application.
 
     GUNICORN_CMD_ARGS, which leaves the command line as written, adds an access log
     (``pid status request``: :meth:`access_log`) and :data:`GUNICORN_CONF`, whose hook
     marks each worker that has loaded the app in ``directory``/ready.  Its output goes
-    to ``directory``/``label``.log, shown when it fails to start.
+    to ``directory``/``label``.log.
     """
 
     def __init__(self, args, directory, label="gunicorn", env=None, cwd=None):
-        self.args = [str(arg) for arg in args]
-        self.directory = directory
-        self.label = label
-        self.env = dict(env if env is not None else os.environ)
-        self.cwd = cwd
-        bind = self.args[self.args.index("-b") + 1]
-        host, _, port = bind.rpartition(":")
-        self.host, self.port = host, int(port)
-        self.workers = int(self.args[self.args.index("-w") + 1]) if "-w" in self.args else 1
-        self.access = directory / (label + ".access")
+        args = [str(arg) for arg in args]
+        host, _, port = args[args.index("-b") + 1].rpartition(":")
+        self.workers = int(args[args.index("-w") + 1]) if "-w" in args else 1
         self.ready = directory / "ready"
-        self.process = None
-
-    @property
-    def pid(self):
-        return self.process.proc.pid
+        self.conf = directory / "gunicorn_conf.py"
+        self.access = directory / (label + ".access")
+        env = dict(env if env is not None else os.environ, GUNICORN_CMD_ARGS=" ".join(
+            shlex.quote(arg) for arg in ("--config", str(self.conf), "--access-logfile",
+                                         str(self.access), "--access-logformat",
+                                         "%(p)s %(s)s %(r)s")))
+        super().__init__(args, int(port), directory / (label + ".log"), env=env, cwd=cwd)
+        self.host = host
 
     def __enter__(self):
         self.ready.mkdir(exist_ok=True)
-        conf = self.directory / "gunicorn_conf.py"
-        conf.write_text(GUNICORN_CONF.format(ready=str(self.ready)))
-        env = dict(self.env, GUNICORN_CMD_ARGS=" ".join(shlex.quote(arg) for arg in (
-            "--config", str(conf), "--access-logfile", str(self.access),
-            "--access-logformat", "%(p)s %(s)s %(r)s")))
-        log = self.directory / (self.label + ".log")
-        with open(str(log), "ab") as out:
-            self.process = Process(self.args, cwd=self.cwd, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(self.port, self.host, process=self.process.proc)
-            wait_until(lambda: self._running() and len(self.ready_workers()) == self.workers,
-                       30, "%d workers of %s" % (self.workers, " ".join(self.args)))
-        except BaseException as exc:
-            self.process.__exit__(None, None, None)
-            if isinstance(exc, (AssertionError, RuntimeError, TimeoutError)):
-                pytest.fail("%s\n--- %s:\n%s" % (exc, log, _read_tail(str(log))))
-            raise
-        return self
+        self.conf.write_text(GUNICORN_CONF.format(ready=str(self.ready)))
+        return super().__enter__()
 
-    def __exit__(self, *exc):
-        self.process.__exit__(*exc)
+    def _wait(self):
+        super()._wait()
+        wait_until(lambda: self._running() and len(self.ready_workers()) == self.workers,
+                   30, "%d workers to load the application" % self.workers)
 
     def _running(self):
         if self.process.proc.poll() is not None:

@@ -54,6 +54,7 @@ from .servers import (
     Served,
     WaitressServer,
     capture_signed_request,
+    counted,
     echo_app,
     free_port,
     group_gone,
@@ -813,13 +814,10 @@ def test_scaleout_redis_python(tmp_path, monkeypatch, redis_server):
 
 
 def test_scaleout_nginx_in_front_of_two_backends(tmp_path, secret_file):
-    counts = collections.Counter()
+    counts = {"a": 0, "b": 0}
 
     def backend(name):
-        def app(environ, start_response):
-            counts[name] += 1
-            return echo_app(environ, start_response)
-        return WSGIProxyMiddleware(app, secret_file=secret_file)
+        return WSGIProxyMiddleware(counted(echo_app, counts, name), secret_file=secret_file)
 
     prefix = tmp_path / "nginx"
     prefix.mkdir()

@@ -221,14 +221,20 @@ def test_header_injection_is_refused(name):
         transport.request("http", "127.0.0.1", 1, "GET", "/a b", [("Host", "x")])
 
 
+def chunked_upload(port, body):
+    """A POST whose body has no length: chunked, as a server hands it over
+    (``wsgi.input_terminated``, no CONTENT_LENGTH)."""
+    req = blank("/up", port, method="POST")
+    req.environ.pop("CONTENT_LENGTH", None)
+    req.environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    req.environ["wsgi.input"] = io.BytesIO(body)
+    req.environ["wsgi.input_terminated"] = True
+    return req
+
+
 def test_chunked_upload_without_length_arrives_whole(proxy):
     with RawServer(scripted(OK)) as server:
-        req = blank("/up", server.port, method="POST")
-        req.environ.pop("CONTENT_LENGTH", None)
-        req.environ["HTTP_TRANSFER_ENCODING"] = "chunked"
-        req.environ["wsgi.input"] = io.BytesIO(b"x" * 200000)
-        req.environ["wsgi.input_terminated"] = True
-        assert req.get_response(proxy).status_int == 200
+        assert chunked_upload(server.port, b"x" * 200000).get_response(proxy).status_int == 200
         assert server.requests[0][1] == b"x" * 200000
 
 
@@ -236,11 +242,7 @@ def test_chunked_upload_without_length_arrives_whole(proxy):
                                                 "sent with a Content-Length, not chunked"))
 def test_chunked_upload_is_sent_chunked(name):
     with RawServer(scripted(OK)) as server:
-        req = blank("/up", server.port, method="POST")
-        req.environ.pop("CONTENT_LENGTH", None)
-        req.environ["HTTP_TRANSFER_ENCODING"] = "chunked"
-        req.environ["wsgi.input"] = io.BytesIO(b"x" * 1000)
-        req.environ["wsgi.input_terminated"] = True
+        req = chunked_upload(server.port, b"x" * 1000)
         assert req.get_response(ExactProxy(transport=name)).status_int == 200
         assert b"transfer-encoding: chunked" in server.requests[0][0].lower()
 

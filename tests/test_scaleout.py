@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -35,6 +34,7 @@ from .servers import (
     alive,
     capture_signed_request,
     children_of,
+    counted,
     echo_app,
     free_port,
     nginx_conf,
@@ -483,16 +483,9 @@ NGINX_HTTP = """\
 
 def test_nginx_spreads_signed_requests_over_two_backends(tmp_path, secret_file):
     counts = {"a": 0, "b": 0}
-    lock = threading.Lock()
 
-    def named(name):
-        def app(environ, start_response):
-            with lock:
-                counts[name] += 1
-            environ["test.backend"] = name
-            return echo_app(environ, start_response)
-        # Each backend verifies with the same secret file.
-        return WSGIProxyMiddleware(app, secret_file=secret_file)
+    def named(name):  # each backend verifies with the same secret file
+        return WSGIProxyMiddleware(counted(echo_app, counts, name), secret_file=secret_file)
 
     prefix = tmp_path / "nginx"
     prefix.mkdir()
