@@ -146,9 +146,9 @@ def json_error(answer, status=None):
 
 
 def through(proxy, port, path="/", **kwargs):
-    """The answer of ``proxy`` (an exact proxy or transport test subject) to a webob request
-    aimed at 127.0.0.1:``port`` (``host``, ``scheme``, ``method``, ``headers``... as for
-    :func:`tests.servers.blank`)."""
+    """The answer of ``proxy`` (an exact proxy, which sends a request where SERVER_NAME and
+    SERVER_PORT say) to a webob request aimed at 127.0.0.1:``port``; ``host``, ``scheme``,
+    ``method``, ``headers``... as for :func:`tests.servers.blank`."""
     return blank(path, port, **kwargs).get_response(proxy)
 
 

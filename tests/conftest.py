@@ -1,4 +1,6 @@
-"""Suite-wide guards (a run that executed no test, or passed none, is a failure) and shared fixtures."""
+"""Suite-wide guards (a run that executed no test, or passed none, is a failure) and the
+shared fixtures: echo, secret_file, h2proxy, ca, ca_file, tls_server, django_settings,
+redis_server.  Their helpers are in tests/servers.py and tests/client.py."""
 
 import ssl
 
