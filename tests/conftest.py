@@ -74,9 +74,9 @@ def tls_server(ca):
 def django_settings(request):
     """Django configured for the test module (``ROOT_URLCONF`` is the module: its
     ``urlpatterns``), and unconfigured after it, so each module gets its own."""
-    import django
-    from django.conf import settings
-    from django.utils.functional import empty
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.utils.functional import empty  # type: ignore[import-untyped]
     configured_here = not settings.configured
     if configured_here:
         settings.configure(DEBUG=False, SECRET_KEY="wsgiproxy-tests", ALLOWED_HOSTS=["*"],

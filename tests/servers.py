@@ -31,7 +31,7 @@ import threading
 import time
 
 import pytest
-import waitress
+import waitress  # type: ignore[import-untyped]
 from waitress import wasyncore
 from webob import Request
 

@@ -2,7 +2,7 @@
 
 import os
 
-from paste.deploy import loadapp
+from paste.deploy import loadapp  # type: ignore[import-untyped]
 from webob import Request
 
 from wsgiproxy.app import WSGIProxyApp

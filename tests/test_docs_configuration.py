@@ -17,8 +17,8 @@ import os
 import re
 
 import pytest
-from paste.deploy import loadapp
-from paste.deploy.converters import asbool, asint
+from paste.deploy import loadapp  # type: ignore[import-untyped]
+from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
 from wsgiproxy import command, wsgiapp
 from wsgiproxy.app import WSGIProxyApp

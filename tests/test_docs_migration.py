@@ -33,7 +33,7 @@ import sys
 import types
 
 import pytest
-from paste.deploy import loadapp, loadfilter
+from paste.deploy import loadapp, loadfilter  # type: ignore[import-untyped]
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
@@ -50,7 +50,7 @@ DPS_REQUIREMENTS = ["django-proxy-server==0.6", "Django>=5,<6"]
 DOC_BACKEND = "http://127.0.0.1:8081"
 DOC_SECRET = "/etc/myproject/wsgiproxy-secret"
 
-urlpatterns = []  # ROOT_URLCONF when this module configures Django; views use their own
+urlpatterns: list = []  # ROOT_URLCONF when this module configures Django; views use their own
 
 
 # -- helpers ------------------------------------------------------------------
@@ -75,7 +75,7 @@ def call(app, url, method="GET", headers=None, body=None, environ=None):
     return {"status": res.status_int, "headers": [list(h) for h in res.headerlist],
             "body": res.body.decode("latin-1")}
 '''
-_runner = {}
+_runner: dict = {}
 exec(RUNNER, _runner)
 call = _runner["call"]
 
@@ -714,7 +714,7 @@ class LoggedIn:
 
 def django_app(patterns, user=None):
     """A Django WSGI application for ``patterns`` (its own urlconf), with ``user`` logged in."""
-    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.handlers.wsgi import WSGIHandler  # type: ignore[import-untyped]
     name = "docs_migration_urls_%d" % next(_counter)
     module = types.ModuleType(name)
     module.urlpatterns = patterns
@@ -731,7 +731,7 @@ def django_app(patterns, user=None):
 
 def django_backend(monkeypatch, s, patterns, replacements):
     """Run the ``wsgi.py`` snippet ``s`` with get_wsgi_application() serving ``patterns``."""
-    import django.core.wsgi
+    import django.core.wsgi  # type: ignore[import-untyped]
     monkeypatch.setattr(django.core.wsgi, "get_wsgi_application",
                         lambda: django_app(patterns))
     return run(s, replacements)["application"]
@@ -739,7 +739,7 @@ def django_backend(monkeypatch, s, patterns, replacements):
 
 def django_echo(request):
     """A backend view: what Django sees of the request."""
-    from django.http import JsonResponse
+    from django.http import JsonResponse  # type: ignore[import-untyped]
     return JsonResponse({"remote_user": request.META.get("REMOTE_USER"),
                          "remote_addr": request.META.get("REMOTE_ADDR"),
                          "script_name": request.META.get("SCRIPT_NAME"),
@@ -788,7 +788,7 @@ def test_django_revproxy_and_our_view(backend, secret_file):
 
 @pytest.mark.usefixtures("django_ready")
 def test_django_revproxy_ours_with_backend(monkeypatch, secret_file):
-    from django.urls import re_path
+    from django.urls import re_path  # type: ignore[import-untyped]
     application = django_backend(monkeypatch, snippet("migration-revproxy-backend"),
                                  [re_path(r"^.*$", django_echo)], {DOC_SECRET: secret_file})
     with WaitressServer(application) as back:

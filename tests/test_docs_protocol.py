@@ -29,7 +29,7 @@ from unittest import mock
 
 import pytest
 import trustme
-from paste.deploy import loadapp
+from paste.deploy import loadapp  # type: ignore[import-untyped]
 from webob import Request
 
 from wsgiproxy import protocol

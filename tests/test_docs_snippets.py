@@ -39,7 +39,7 @@ import threading
 import traceback
 
 import pytest
-from paste.deploy import loadapp, loadfilter, loadserver
+from paste.deploy import loadapp, loadfilter, loadserver  # type: ignore[import-untyped]
 from webob import Request
 
 from wsgiproxy.app import WSGIProxyApp

@@ -28,13 +28,13 @@ def flask_app():
 def django_app():
     """Django's WSGI application; Django is configured by the ``django_settings`` fixture
     (conftest.py), with this module as its URL configuration."""
-    from django.core.wsgi import get_wsgi_application
+    from django.core.wsgi import get_wsgi_application  # type: ignore[import-untyped]
     return get_wsgi_application()
 
 
 def _django_view(request, name):
-    from django.http import JsonResponse
-    from django.urls import reverse
+    from django.http import JsonResponse  # type: ignore[import-untyped]
+    from django.urls import reverse  # type: ignore[import-untyped]
     return JsonResponse({"url": request.build_absolute_uri(reverse("page", args=[name])),
                          "remote_addr": request.META.get("REMOTE_ADDR"),
                          "remote_user": request.META.get("REMOTE_USER")})

@@ -17,7 +17,7 @@ import time
 
 import pytest
 import redis
-from paste.deploy import loadapp
+from paste.deploy import loadapp  # type: ignore[import-untyped]
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
