@@ -87,7 +87,7 @@ def httpclient_request_fn(host, port, workload):
 def httptools_request_fn(host, port, workload):
     import socket
 
-    import httptools
+    import httptools  # type: ignore[import-not-found]  # in bench/.venvs only
     method, path, body_len, expected = subjects.WORKLOADS[workload]
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

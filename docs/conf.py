@@ -17,14 +17,22 @@ autodoc_default_options = {"members": True}
 exclude_patterns = ["_build", "examples"]
 html_theme = "alabaster"
 html_static_path = ["_static"] if os.path.isdir(os.path.join(os.path.dirname(__file__), "_static")) else []
-intersphinx_mapping = {}
+intersphinx_mapping: dict = {}
 nitpicky = False
 
 # Pygments has no lexer for HAProxy's configuration, which the deployment
 # pages show: a small one, so that ".. code-block:: haproxy" highlights
 # instead of warning (and warnings fail the build).
-from pygments.lexer import RegexLexer, bygroups
-from pygments.token import Comment, Keyword, Name, Number, String, Text, Whitespace
+from pygments.lexer import RegexLexer, bygroups  # type: ignore[import-untyped]
+from pygments.token import (  # type: ignore[import-untyped]
+    Comment,
+    Keyword,
+    Name,
+    Number,
+    String,
+    Text,
+    Whitespace,
+)
 
 
 class HAProxyLexer(RegexLexer):
