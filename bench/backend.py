@@ -47,7 +47,7 @@ RESP_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\nConnection: close
 
 
 class Conn:
-    __slots__ = ("sock", "buf", "scratch")
+    __slots__ = ("buf", "scratch", "sock")
 
     def __init__(self, sock):
         self.sock = sock
@@ -84,7 +84,7 @@ class Conn:
         view = memoryview(self.scratch)
         recv_into = self.sock.recv_into
         while left:
-            got = recv_into(view, left if left < RECV_SIZE else RECV_SIZE)
+            got = recv_into(view, min(RECV_SIZE, left))
             if not got:
                 raise EOFError
             left -= got
@@ -177,7 +177,7 @@ def handle(sock):
                     left = n
                     size = len(STREAM_CHUNK)
                     while left:
-                        k = left if left < size else size
+                        k = min(size, left)
                         sendall(b"%x\r\n" % k)
                         sendall(STREAM_CHUNK[:k])
                         sendall(b"\r\n")

@@ -5,10 +5,10 @@
 import json
 import sys
 
-import matplotlib
+import matplotlib  # type: ignore[import-not-found]  # in bench/.venvs/tools only
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # type: ignore[import-not-found]
 
 OURS_COLOR = "#1f77b4"
 PEER_COLOR = "#9a9a9a"

@@ -41,7 +41,7 @@ LOGS = os.path.join(RESULTS, "logs")
 PROJECT_VENV = os.path.join(ROOT, ".venv")
 
 sys.path.insert(0, HERE)
-import subjects as S  # noqa: E402
+import subjects as S
 
 LOOPBACK = "127.0.0.1"
 GIB = 1 << 30
@@ -267,8 +267,8 @@ def ensure_debian(packages):
                        check=True, env=env, timeout=900, stdout=out, stderr=subprocess.STDOUT)
     # Debian starts nginx as a service on install: we only want the binary.
     if "nginx" in missing or "nginx-light" in missing:
-        subprocess.run(["sh", "-c", "service nginx stop >/dev/null 2>&1 || "
-                        "nginx -s quit >/dev/null 2>&1 || true"], timeout=60)
+        subprocess.run(["sh", "-c", ("service nginx stop >/dev/null 2>&1 || "
+                                     "nginx -s quit >/dev/null 2>&1 || true")], timeout=60)
 
 
 def ensure_venvs(needed):
@@ -307,7 +307,7 @@ def package_versions(key):
         out = subprocess.run([venv_python(key), "-c", code], capture_output=True, text=True,
                              timeout=60, cwd=RESULTS, env=clean_env())
         return json.loads(out.stdout.strip().splitlines()[-1])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return {"error": str(exc)}
 
 
@@ -331,7 +331,7 @@ def probe_subjects(names, secret_file):
             out = subprocess.run([venv_python(key), "-c", code], capture_output=True, text=True,
                                  timeout=120, cwd=RESULTS, env=clean_env())
             result.update(json.loads(out.stdout.strip().splitlines()[-1]))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             for n in group:
                 result[n] = "probe failed: %s" % exc
     return result
@@ -622,7 +622,7 @@ def figure_rps(names, backend_port, cfg, secret_file, notes):
                 srv.start()
                 srv.check()
                 servers[name] = srv
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 result[name] = {"error": "%s; log: %s" % (exc, srv.log_tail(5).strip())}
                 notes.append("rps %s: %s" % (name, exc))
                 srv.stop()
@@ -764,7 +764,7 @@ def measure_stream(srv, direction, nbytes, cap_kb, deadline_s):
         fn = stream_download if direction == "download" else stream_upload
         try:
             return fn(srv.port, nbytes, deadline_s), None, None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return None, None, "%s: %s" % (type(exc).__name__, exc)
     if not pid:
         raise RuntimeError("no worker process")
@@ -776,7 +776,7 @@ def measure_stream(srv, direction, nbytes, cap_kb, deadline_s):
         try:
             elapsed = fn(srv.port, nbytes, deadline_s)
             error = None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             elapsed = None
             error = "%s: %s" % (type(exc).__name__, exc)
     finally:
@@ -841,7 +841,7 @@ def figure_stream_ttfb(names, backend_port, cfg, secret_file, notes, do_stream, 
             try:
                 srv.start()
                 srv.check()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 err = {"error": "%s; log: %s" % (exc, srv.log_tail(5).strip())}
                 if do_stream:
                     stream[name] = {"download": err, "upload": err}
@@ -886,7 +886,7 @@ def figure_stream_ttfb(names, backend_port, cfg, secret_file, notes, do_stream, 
                         firsts.append(f)
                         heads.append(h)
                         totals.append(t)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         errors.append("%s: %s" % (type(exc).__name__, exc))
                 e = {"ttfb_ms": summary(firsts), "headers_ms": summary(heads),
                      "total_ms": summary(totals)}
@@ -1144,7 +1144,7 @@ def main(argv=None):
     RESULTS = os.path.abspath(args.results)
     LOGS = os.path.join(RESULTS, "logs")
 
-    only = set(x.strip() for x in args.only.split(",") if x.strip())
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
     bad = only - {"cpu", "rps", "stream", "ttfb"}
     if bad:
         ap.error("unknown figure(s): %s" % ", ".join(sorted(bad)))

@@ -30,8 +30,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import cpu_worker  # noqa: E402
-import subjects  # noqa: E402
+import cpu_worker
+import subjects
 
 VARIANTS = ("unsigned", "signed", "signed, HMAC free", "signed, signing free")
 FIXED_SIGNATURE = ("v1 kid=0000000000000000, ts=1700000000, nonce=" + "0" * 32

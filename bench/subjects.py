@@ -137,7 +137,7 @@ def make_app(name, backend_host, backend_port, secret_file=None, under_server=Fa
                 raise MissingSubject("no secret file given")
             return WSGIProxyApp(href, secret_file=secret_file)
         if name == "paste":
-            from paste.proxy import Proxy
+            from paste.proxy import Proxy  # type: ignore[import-untyped]
             return Proxy(href)
         if name == "wsgiproxy2-httplib":
             from wsgiproxy import HostProxy

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import subjects  # noqa: E402
+import subjects
 
 _host, _port = os.environ["BENCH_BACKEND"].rsplit(":", 1)
 app = subjects.make_app(

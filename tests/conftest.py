@@ -1,11 +1,13 @@
-"""Suite-wide guards (a run that executed no test, or passed none, is a failure) and shared fixtures."""
+"""Suite-wide guards (a run that executed no test, or passed none, is a failure) and the
+shared fixtures: echo, secret_file, h2proxy, ca, ca_file, tls_server, django_settings,
+redis_server.  Their helpers are in tests/servers.py and tests/client.py."""
 
 import ssl
 
 import pytest
 import trustme
 
-from .servers import OK, RawServer, RedisServer, WaitressServer, echo_app, scripted
+from .servers import OK, RawServer, RedisServer, WaitressServer, echo_app, scripted, write_secret
 
 _passed = 0
 
@@ -31,6 +33,21 @@ def echo():
         yield server
 
 
+@pytest.fixture
+def secret_file(tmp_path):
+    """The path of a secret file (servers.TEST_SECRET) for a WSGIProxyApp and its backend."""
+    return write_secret(tmp_path)
+
+
+@pytest.fixture
+def h2proxy():
+    """An exact proxy with the httplib2 transport (short timeouts), closed after the test."""
+    from wsgiproxy.exactproxy import ExactProxy
+    proxy = ExactProxy(transport="httplib2", read_timeout=5, connect_timeout=5)
+    yield proxy
+    proxy.close()
+
+
 @pytest.fixture(scope="session")
 def ca():
     """A certificate authority made for the test run (trustme)."""
@@ -51,6 +68,24 @@ def tls_server(ca):
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
     with RawServer(scripted(OK, OK), ssl_context=ctx) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def django_settings(request):
+    """Django configured for the test module (``ROOT_URLCONF`` is the module: its
+    ``urlpatterns``), and unconfigured after it, so each module gets its own."""
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.utils.functional import empty  # type: ignore[import-untyped]
+    configured_here = not settings.configured
+    if configured_here:
+        settings.configure(DEBUG=False, SECRET_KEY="wsgiproxy-tests", ALLOWED_HOSTS=["*"],
+                           ROOT_URLCONF=request.module.__name__, MIDDLEWARE=[],
+                           INSTALLED_APPS=[], USE_TZ=True)
+        django.setup()
+    yield settings
+    if configured_here:
+        settings._wrapped = empty
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ tests/test_docs_snippets.py for the rules).  This module finds them::
     s.page        # "app.rst": the path relative to docs/
     s.line        # 1-based line of the directive in that page
     s.language    # "python", "ini", ... (None for a bare "::" block)
+    s.replaced({"127.0.0.1:8081": "127.0.0.1:41234"})  # the text, the page's values changed
+    s.run(namespace)              # exec() a python snippet; tracebacks show the page's lines
+    s.commands(), s.output()      # a console snippet's "$ " commands, and what they print
 
 A snippet is one of
 
@@ -37,7 +40,7 @@ import os
 import re
 import textwrap
 
-__all__ = ["Snippet", "snippets", "snippet", "parse", "DOCS", "CODE_DIRECTIVES"]
+__all__ = ["CODE_DIRECTIVES", "DOCS", "Snippet", "parse", "snippet", "snippets"]
 
 #: The documentation's source directory.
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
@@ -82,6 +85,57 @@ class Snippet:
     def __repr__(self):
         return "<Snippet %s %s%s>" % (self.where, self.language,
                                        " " + self.name if self.name else "")
+
+    def replaced(self, replacements):
+        """``text`` with each ``{old: new}`` replaced (a free port for the page's fixed one,
+        say); every ``old`` must be in it, else the page changed and the test must follow."""
+        text = self.text
+        for old, new in (replacements or {}).items():
+            if old not in text:
+                raise AssertionError("%s: the test expects %r in this snippet; update the test"
+                                     % (self.where, old))
+            text = text.replace(old, new)
+        return text
+
+    def run(self, namespace=None, replacements=None):
+        """exec() a python snippet (after :meth:`replaced`) in ``namespace``, which may
+        predefine names; returns the namespace.  Tracebacks name the page and its lines."""
+        namespace = {"__name__": "__docs__"} if namespace is None else namespace
+        padding = "\n" * ((self.content_line or 1) - 1)
+        code = compile(padding + self.replaced(replacements), os.path.join(DOCS, self.page),
+                       "exec")
+        exec(code, namespace)
+        return namespace
+
+    def commands(self):
+        """The commands of a console snippet: each ``$ `` line, joined with the lines that
+        follow a trailing ``\\``, as written (``shlex.split`` one to run it)."""
+        commands, current = [], None
+        for line in self.text.splitlines():
+            if current is None:
+                if not line.startswith("$ "):
+                    continue
+                current = line[2:]
+            else:
+                current += " " + line.strip()
+            if current.endswith("\\"):
+                current = current[:-1].rstrip()
+                continue
+            commands.append(current.strip())
+            current = None
+        if current is not None:
+            raise ValueError("%s: the console snippet ends in a continuation" % self.where)
+        return commands
+
+    def output(self):
+        """The non-blank lines of a console snippet that are not commands: what they print."""
+        out, continued = [], False
+        for line in self.text.splitlines():
+            command = continued or line.startswith("$ ")
+            continued = command and line.endswith("\\")
+            if not command and line.strip():
+                out.append(line)
+        return out
 
 
 def _indent(line):

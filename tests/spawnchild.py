@@ -10,7 +10,13 @@ exit, fail-twice, never (never listens), ignore-term, squat (its port is
 taken by another process first), health-file, signed-health (GET /health
 answers 403 unless signed with the secret file $CHILD_SECRET_FILE).
 """
-import json, os, signal, subprocess, sys, time, uuid
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 

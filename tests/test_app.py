@@ -1,7 +1,4 @@
-"""WSGIProxyApp end to end: client -> waitress (proxy) -> waitress (echo backend)."""
-
-import http.client
-import json
+"""WSGIProxyApp end to end: client -> waitress (proxy) -> waitress (the echo backend)."""
 
 import pytest
 from webob import Request
@@ -10,7 +7,8 @@ from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.wsgiapp import make_app
 
-from .servers import RawServer, WaitressServer, echo_app, scripted
+from .client import JSON, json_error, request
+from .servers import RawServer, WaitressServer, scripted, with_environ
 
 KEY_VALUES = {
     "wsgiproxy.test.str": "plain",
@@ -23,51 +21,25 @@ KEY_VALUES = {
 }
 
 
-@pytest.fixture(scope="module")
-def backend():
-    with WaitressServer(echo_app) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def secret(tmp_path_factory):
-    path = tmp_path_factory.mktemp("secret") / "secret.txt"
-    path.write_text("a-test-secret-of-some-length\n")
-    return str(path)
-
-
 def front(app, set_keys=None, **options):
     """A waitress server in front of ``app``, setting ``set_keys`` in the environ first."""
-    def outer(environ, start_response):
-        if set_keys:
-            environ.update(set_keys)
-        return app(environ, start_response)
-    return WaitressServer(outer, **options)
-
-
-def fetch(server, path, method="GET", headers=None, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request(method, path, body=body, headers=headers or {})
-    res = conn.getresponse()
-    data = res.read()
-    conn.close()
-    return res, data
+    return WaitressServer(with_environ(app, **(set_keys or {})), **options)
 
 
 @pytest.mark.parametrize("url_scheme", ["http", "https"])
 @pytest.mark.parametrize("script_name", ["", "/mount"])
 @pytest.mark.parametrize("href_path, href_query", [("", ""), ("/base/app", "x=1&y=two")])
-def test_forwarding_headers(backend, url_scheme, script_name, href_path, href_query):
-    href = backend.url + href_path + ("?" + href_query if href_query else "")
+def test_forwarding_headers(echo, url_scheme, script_name, href_path, href_query):
+    href = echo.url + href_path + ("?" + href_query if href_query else "")
     proxy = WSGIProxyApp(href)
     with front(proxy, url_scheme=url_scheme, url_prefix=script_name) as server:
-        res, data = fetch(server, script_name + "/some/path?q=1",
-                          headers={"Host": "front.example:8443", "X-Forwarded-For": "6.6.6.6"})
-    seen = json.loads(data)
-    assert res.status == 200
+        answer = request(server.port, script_name + "/some/path?q=1",
+                         headers={"Host": "front.example:8443", "X-Forwarded-For": "6.6.6.6"})
+    seen = answer.json()
+    assert answer.status == 200
     assert seen["PATH_INFO"] == href_path + "/some/path"
     assert seen["QUERY_STRING"] == "q=1" + ("&" + href_query if href_query else "")
-    assert seen["HTTP_HOST"] == "127.0.0.1:%d" % backend.port
+    assert seen["HTTP_HOST"] == "127.0.0.1:%d" % echo.port
     assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"  # replaced: client is not trusted
     assert seen["HTTP_X_FORWARDED_SERVER"] == "front.example:8443"
     assert seen["HTTP_X_FORWARDED_SCHEME"] == url_scheme
@@ -78,26 +50,26 @@ def test_forwarding_headers(backend, url_scheme, script_name, href_path, href_qu
     assert "HTTP_FORWARDED" not in seen
 
 
-def test_forwarded_option_and_trusted_front_proxy(backend):
-    proxy = WSGIProxyApp(backend.url, forwarded=True, trusted_proxies="127.0.0.0/8")
+def test_forwarded_option_and_trusted_front_proxy(echo):
+    proxy = WSGIProxyApp(echo.url, forwarded=True, trusted_proxies="127.0.0.0/8")
     with front(proxy, url_scheme="https") as server:
-        _, data = fetch(server, "/", headers={"Host": "shop.example", "X-Forwarded-For": "203.0.113.9",
-                                             "Forwarded": "for=203.0.113.9"})
-    seen = json.loads(data)
+        seen = request(server.port, headers={"Host": "shop.example",
+                                             "X-Forwarded-For": "203.0.113.9",
+                                             "Forwarded": "for=203.0.113.9"}).json()
     assert seen["HTTP_X_FORWARDED_FOR"] == "203.0.113.9, 127.0.0.1"
     assert seen["HTTP_X_FORWARDED_PROTO"] == "https"
     assert seen["HTTP_X_FORWARDED_HOST"] == "shop.example"
     assert seen["HTTP_FORWARDED"] == "for=203.0.113.9, for=127.0.0.1;proto=https;host=shop.example"
 
 
-def test_preserve_host(backend):
-    proxy = WSGIProxyApp(backend.url, preserve_host=True)
+def test_preserve_host(echo):
+    proxy = WSGIProxyApp(echo.url, preserve_host=True)
     res = Request.blank("/", headers={"Host": "client.example"}).get_response(proxy)
     assert res.json["HTTP_HOST"] == "client.example"
 
 
-def test_client_cannot_inject_protocol_or_identity_headers(backend):
-    proxy = WSGIProxyApp(backend.url)
+def test_client_cannot_inject_protocol_or_identity_headers(echo):
+    proxy = WSGIProxyApp(echo.url)
     req = Request.blank("/", headers={
         "X-WSGIProxy-Str-0": "REMOTE_USER admin", "X-WSGIProxy-Signature": "forged",
         "X-Forwarded-Server": "evil.example", "X-Forwarded-Scheme": "https",
@@ -113,15 +85,14 @@ def test_client_cannot_inject_protocol_or_identity_headers(backend):
         assert key not in seen
 
 
-def test_keys_of_every_kind_round_trip(backend, secret):
+def test_keys_of_every_kind_round_trip(echo, secret_file):
     proxy = WSGIProxyApp(
-        backend.url, secret_file=secret,
+        echo.url, secret_file=secret_file,
         string_keys=["wsgiproxy.test.str", "wsgiproxy.test.latin", "REMOTE_USER", "absent"],
         unicode_keys=["wsgiproxy.test.unicode", "wsgiproxy.test.b64"],
         json_keys=["wsgiproxy.test.json"], pickle_keys=["wsgiproxy.test.pickle"])
     with front(proxy, set_keys=KEY_VALUES) as server:
-        _, data = fetch(server, "/")
-    seen = json.loads(data)
+        seen = request(server.port).json()
     decoded = {}
     for key, value in seen.items():
         if protocol.key_header_kind(key):
@@ -134,22 +105,24 @@ def test_keys_of_every_kind_round_trip(backend, secret):
     assert seen["HTTP_X_WSGIPROXY_STR_2"] == "REMOTE_USER alice"
 
 
-def test_pickle_keys_need_a_secret(backend):
+def test_pickle_keys_need_a_secret(echo):
     with pytest.raises(ValueError, match="pickle_keys needs secret_file"):
-        WSGIProxyApp(backend.url, pickle_keys=["x"])
+        WSGIProxyApp(echo.url, pickle_keys=["x"])
 
 
-def test_signed_request_carries_a_verifiable_signature(backend, secret):
-    proxy = WSGIProxyApp(backend.url + "/base", secret_file=secret, string_keys=["REMOTE_USER"])
+def test_signed_request_carries_a_verifiable_signature(echo, secret_file):
+    proxy = WSGIProxyApp(echo.url + "/base", secret_file=secret_file,
+                         string_keys=["REMOTE_USER"])
     req = Request.blank("/p%C3%A4th?q=1", headers={"Host": "front.example"})
     req.environ["REMOTE_USER"] = "bob"
     seen = req.get_response(proxy).json
     headers = [(k, v) for k, v in seen.items() if k.startswith("HTTP_")]
     key_id = protocol.verify_request(
-        protocol.SecretKeys(secret), seen["HTTP_X_WSGIPROXY_SIGNATURE"], seen["REQUEST_METHOD"],
+        protocol.SecretKeys(secret_file), seen["HTTP_X_WSGIPROXY_SIGNATURE"],
+        seen["REQUEST_METHOD"],
         seen["HTTP_HOST"], (seen["SCRIPT_NAME"] + seen["PATH_INFO"]).encode("latin-1"),
         seen["QUERY_STRING"], headers)
-    assert key_id == protocol.SecretKeys(secret).signing_key()[0]
+    assert key_id == protocol.SecretKeys(secret_file).signing_key()[0]
 
 
 def test_absolute_redirect_comes_back_pointing_at_the_proxy():
@@ -171,22 +144,25 @@ def test_absolute_redirect_comes_back_pointing_at_the_proxy():
     with RawServer(handler) as backend:
         proxy = WSGIProxyApp("http://127.0.0.1:%d/base" % backend.port)
         with front(proxy, url_scheme="https", url_prefix="/mount") as server:
-            res, _ = fetch(server, "/mount/a", headers={"Host": "shop.example"})
-            assert res.getheader("Location") == "https://shop.example/mount/login?next=/a"
-            assert res.getheader("Content-Location") == "https://shop.example/mount/login?next=/a"
-            res, _ = fetch(server, "/mount/b", headers={"Host": "shop.example"})
-            assert res.getheader("Location") == "/base/relative"
-            res, _ = fetch(server, "/mount/c", headers={"Host": "shop.example"})
-            assert res.getheader("Location") == "http://elsewhere.example/x"
-            res, _ = fetch(server, "/mount/d", headers={"Host": "shop.example"})
-            assert res.getheader("Location") == "http://127.0.0.1:%d/based-on-prefix" % backend.port
+            host = {"Host": "shop.example"}
+            answer = request(server.port, "/mount/a", headers=host)
+            assert answer.headers["Location"] == "https://shop.example/mount/login?next=/a"
+            assert answer.headers["Content-Location"] == \
+                "https://shop.example/mount/login?next=/a"
+            answer = request(server.port, "/mount/b", headers=host)
+            assert answer.headers["Location"] == "/base/relative"
+            answer = request(server.port, "/mount/c", headers=host)
+            assert answer.headers["Location"] == "http://elsewhere.example/x"
+            answer = request(server.port, "/mount/d", headers=host)
+            assert answer.headers["Location"] == \
+                "http://127.0.0.1:%d/based-on-prefix" % backend.port
         off = WSGIProxyApp("http://127.0.0.1:%d/base" % backend.port, rewrite_location=False)
         res = Request.blank("/a").get_response(off)
         assert res.location == "http://127.0.0.1:%d/base/login?next=/a" % backend.port
 
 
-def test_allowed_methods_and_body_limit(backend):
-    proxy = WSGIProxyApp(backend.url, allowed_methods=["GET", "post"], max_body_size=10)
+def test_allowed_methods_and_body_limit(echo):
+    proxy = WSGIProxyApp(echo.url, allowed_methods=["GET", "post"], max_body_size=10)
     res = Request.blank("/", method="DELETE").get_response(proxy)
     assert res.status_int == 405
     assert res.headers["Allow"] == "GET, POST"
@@ -196,27 +172,24 @@ def test_allowed_methods_and_body_limit(backend):
     assert res.status_int == 200 and res.json["body"] == "x" * 10
 
 
-def test_body_limit_applies_to_chunked_uploads(backend):
-    proxy = WSGIProxyApp(backend.url, max_body_size=1000)
+def test_body_limit_applies_to_chunked_uploads(echo):
+    proxy = WSGIProxyApp(echo.url, max_body_size=1000)
     with front(proxy) as server:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", "/", body=iter([b"x" * 600, b"y" * 600]),
-                     encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
-        res = conn.getresponse()
-        assert res.status == 413
-        conn.close()
+        answer = request(server.port, "/", "POST", body=iter([b"x" * 600, b"y" * 600]),
+                         chunked=True, accept="application/json")
+    assert json_error(answer, 413)["type"] == "RequestEntityTooLarge"
 
 
-def test_usable_as_a_client_from_a_view(backend):
-    proxy = WSGIProxyApp(backend.url)
+def test_usable_as_a_client_from_a_view(echo):
+    proxy = WSGIProxyApp(echo.url)
     res = Request.blank("/api/items?page=2").get_response(proxy)
     assert res.status_int == 200
     assert res.json["PATH_INFO"] == "/api/items"
     assert res.json["QUERY_STRING"] == "page=2"
 
 
-def test_paste_factory_converts_ini_strings(backend, secret):
-    app = make_app({"secret_file": secret}, href=backend.url, string_keys="REMOTE_USER, a b",
+def test_paste_factory_converts_ini_strings(echo, secret_file):
+    app = make_app({"secret_file": secret_file}, href=echo.url, string_keys="REMOTE_USER, a b",
                    preserve_host="true", read_timeout="2.5", pool_size="3",
                    allowed_methods="GET HEAD", max_body_size="100")
     assert app.keys[0] == ("REMOTE_USER", "a", "b")
@@ -225,11 +198,11 @@ def test_paste_factory_converts_ini_strings(backend, secret):
     assert app.allowed_methods == {"GET", "HEAD"}
     assert app.secret_keys is not None
     with pytest.raises(TypeError, match="unknown option"):
-        make_app({}, href=backend.url, colour="blue")
+        make_app({}, href=echo.url, colour="blue")
     with pytest.raises(ValueError, match="href"):
         make_app({})
     with pytest.raises(ValueError, match="pool_size"):
-        make_app({}, href=backend.url, pool_size="many")
+        make_app({}, href=echo.url, pool_size="many")
 
 
 def test_bad_href_is_a_clear_error():
@@ -238,9 +211,9 @@ def test_bad_href_is_a_clear_error():
             WSGIProxyApp(href)
 
 
-def test_request_at_exactly_the_mount_point(backend):
+def test_request_at_exactly_the_mount_point(echo):
     """SCRIPT_NAME=/mount, PATH_INFO='' with an href without a path: the target is '/'."""
-    proxy = WSGIProxyApp(backend.url)
+    proxy = WSGIProxyApp(echo.url)
     req = Request.blank("/")
     req.environ.update(SCRIPT_NAME="/mount", PATH_INFO="")
     res = req.get_response(proxy)
@@ -250,16 +223,16 @@ def test_request_at_exactly_the_mount_point(backend):
 
 
 @pytest.mark.parametrize("raw", ["/mount/a%2Fb", "http://front.example/mount/a%2Fb"])
-def test_raw_target_spelling_survives_under_a_script_name(backend, raw):
-    proxy = WSGIProxyApp(backend.url + "/base")
+def test_raw_target_spelling_survives_under_a_script_name(echo, raw):
+    proxy = WSGIProxyApp(echo.url + "/base")
     req = Request.blank("/")
     req.environ.update(SCRIPT_NAME="/mount", PATH_INFO="/a/b", RAW_URI=raw)
     assert req.get_response(proxy).json["REQUEST_URI"] == "/base/a%2Fb"
 
 
-def test_query_string_with_a_space_or_non_ascii_is_escaped_not_refused(backend):
+def test_query_string_with_a_space_or_non_ascii_is_escaped_not_refused(echo):
     """A lenient WSGI server may pass a raw space or latin-1 bytes in QUERY_STRING."""
-    proxy = WSGIProxyApp(backend.url)
+    proxy = WSGIProxyApp(echo.url)
     req = Request.blank("/q")
     req.environ["QUERY_STRING"] = "a=b c&d=\xe9%20"
     res = req.get_response(proxy)
@@ -268,9 +241,9 @@ def test_query_string_with_a_space_or_non_ascii_is_escaped_not_refused(backend):
     proxy.close()
 
 
-def test_connection_header_of_the_client_drops_only_client_headers(backend, secret):
+def test_connection_header_of_the_client_drops_only_client_headers(echo, secret_file):
     """The headers a client's Connection names are its own: never the proxy's identity ones."""
-    proxy = WSGIProxyApp(backend.url, secret_file=secret)
+    proxy = WSGIProxyApp(echo.url, secret_file=secret_file)
     res = Request.blank("/", remote_addr="203.0.113.9", headers={
         "Connection": "X-Custom, X-Forwarded-For, X-WSGIProxy-Signature",
         "X-Custom": "dropped", "X-Kept": "kept"}).get_response(proxy)
@@ -282,8 +255,8 @@ def test_connection_header_of_the_client_drops_only_client_headers(backend, secr
     proxy.close()
 
 
-def test_sign_body_max_above_the_streaming_threshold_reads_and_signs_the_body(backend, secret):
-    proxy = WSGIProxyApp(backend.url, secret_file=secret, sign_body_max=100000)
+def test_sign_body_max_above_the_streaming_threshold_reads_and_signs_the_body(echo, secret_file):
+    proxy = WSGIProxyApp(echo.url, secret_file=secret_file, sign_body_max=100000)
     for size, covered in ((90000, True), (100001, False)):
         body = b"x" * size
         res = Request.blank("/", method="POST", body=body).get_response(proxy)
@@ -293,12 +266,12 @@ def test_sign_body_max_above_the_streaming_threshold_reads_and_signs_the_body(ba
     proxy.close()
 
 
-def test_a_request_that_cannot_be_signed_is_a_400_and_is_not_sent(secret):
+def test_a_request_that_cannot_be_signed_is_a_400_and_is_not_sent(secret_file):
     with RawServer(scripted()) as raw:
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret)
-        req = Request.blank("/")
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % raw.port, secret_file=secret_file)
+        req = Request.blank("/", headers=JSON)
         req.environ["HTTP_HOST"] = "caf\u00e9\u20ac.example"  # not latin-1: cannot be signed
-        res = req.get_response(proxy)
-        assert res.status_int == 400 and "cannot sign" in res.text
+        error = json_error(req.get_response(proxy), 400)
+        assert error["type"] == "BadRequest" and "cannot sign" in error["message"]
         proxy.close()
     assert raw.connections == 0

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from .docsnippets import snippet
+from .servers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(ROOT, "bench", "run.py")
 
 
@@ -26,11 +26,10 @@ def load_run_module():
 
 def documented_commands():
     commands = []
-    for line in snippet("benchmarks-commands").text.splitlines():
-        if line.startswith("$ "):
-            argv = shlex.split(line[2:], comments=True)
-            assert argv[:2] == ["python3", "bench/run.py"], line
-            commands.append(argv[2:])
+    for command in snippet("benchmarks-commands").commands():
+        argv = shlex.split(command, comments=True)
+        assert argv[:2] == ["python3", "bench/run.py"], command
+        commands.append(argv[2:])
     assert len(commands) == 4
     return commands
 

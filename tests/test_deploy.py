@@ -1,31 +1,31 @@
 """Deployment: PasteDeploy factories, `wsgiproxy serve`, `gunicorn --paste`, development.ini."""
 
-import http.client
-import json
 import os
-import sys
 
-from paste.deploy import loadapp
+from paste.deploy import loadapp  # type: ignore[import-untyped]
 from webob import Request
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.command import servers_in
 
-from .servers import (Process, WaitressServer, echo_app, free_port, pid_gone, wait_for_port,
-                      wait_until)
+from .client import get_json, request
+from .servers import (
+    BIN,
+    ROOT,
+    WSGIPROXY,
+    Gunicorn,
+    Served,
+    WaitressServer,
+    echo_app,
+    free_port,
+    parent_of,
+    pid_gone,
+    wait_for_port,
+    wait_until,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-
-
-def get_json(port, path="/", headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    conn.request("GET", path, headers=dict({"Accept": "application/json"}, **(headers or {})))
-    res = conn.getresponse()
-    body = res.read()
-    conn.close()
-    assert res.status == 200, body
-    return json.loads(body)
+#: The fixed port of development.ini: checked, never assumed free.
+DEMO_PORT = 8080
 
 
 def write_config(tmp_path, text):
@@ -77,22 +77,24 @@ use = egg:WSGIProxy#sample
 use = egg:waitress#main
 listen = 127.0.0.1:%d
 """ % (back, front, back))
-    with Process([os.path.join(BIN, "wsgiproxy"), "serve", path]) as proc:
-        wait_for_port(front, process=proc.proc)
-        wait_for_port(back, process=proc.proc)
+    with Served([WSGIPROXY, "serve", path], front, tmp_path / "serve.log") as served:
+        wait_for_port(back, process=served.process.proc)
         seen = get_json(front, "/hello", {"Host": "demo.example"})
     assert seen["PATH_INFO"] == "/inner/hello"
     assert seen["HTTP_X_FORWARDED_SERVER"] == "demo.example"
 
 
-def test_development_ini_demo_serves():
-    """The demo config itself (the README's first command): spawn starts the signed backend."""
-    with Process([os.path.join(BIN, "wsgiproxy"), "serve", os.path.join(ROOT, "development.ini")],
-                 cwd=ROOT) as proc:
-        wait_for_port(8080, process=proc.proc)
-        seen = get_json(8080, "/demo?user=alice", {"Host": "demo.example:8080"})
+def test_development_ini_demo_serves(tmp_path):
+    """The demo config itself (the README's first command): spawn starts the signed backend.
+
+    It needs port 8080: the test fails, saying so, when another process listens there,
+    and talks to the port only once the server it started is the listener.
+    """
+    with Served([WSGIPROXY, "serve", os.path.join(ROOT, "development.ini")], DEMO_PORT,
+                tmp_path / "demo.log", cwd=ROOT, fixed=True) as demo:
+        seen = get_json(DEMO_PORT, "/demo?user=alice", {"Host": "demo.example:8080"})
         child = seen["wsgiproxy.sample.pid"]
-        assert child != proc.proc.pid
+        assert parent_of(child) == demo.pid  # spawned by the server this test started
     # The sample app saw the original request, rebuilt by the middleware.
     assert seen["HTTP_HOST"] == "demo.example:8080"
     assert seen["PATH_INFO"] == "/demo"
@@ -117,20 +119,15 @@ def test_gunicorn_paste(tmp_path):
 use = egg:WSGIProxy#main
 href = http://127.0.0.1:%d/
 """ % backend.port)
-        with Process([os.path.join(BIN, "gunicorn"), "--paste", path, "-b", "127.0.0.1:%d" % port,
-                      "-w", "2", "-k", "gthread", "--threads", "4"]) as proc:
-            wait_for_port(port, process=proc.proc)
+        with Gunicorn([os.path.join(BIN, "gunicorn"), "--paste", path, "-b", "127.0.0.1:%d" % port,
+                       "-w", "2", "-k", "gthread", "--threads", "4"], tmp_path):
             for i in range(10):
                 seen = get_json(port, "/g/%d" % i)
                 assert seen["PATH_INFO"] == "/g/%d" % i
                 assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
             # A chunked upload: gunicorn hands it over with wsgi.input_terminated
             # and no CONTENT_LENGTH; the proxy streams it on, chunked.
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
             pieces = [b"%06d" % i * 1000 for i in range(40)]
-            conn.request("POST", "/upload", body=iter(pieces), encode_chunked=True,
-                         headers={"Accept": "application/json"})
-            res = conn.getresponse()
-            seen = json.loads(res.read())
-            conn.close()
-            assert seen["body"] == b"".join(pieces).decode()
+            answer = request(port, "/upload", "POST", body=iter(pieces), chunked=True,
+                             accept="application/json")
+            assert answer.json()["body"] == b"".join(pieces).decode()

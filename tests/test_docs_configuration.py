@@ -17,8 +17,8 @@ import os
 import re
 
 import pytest
-from paste.deploy import loadapp
-from paste.deploy.converters import asbool, asint
+from paste.deploy import loadapp  # type: ignore[import-untyped]
+from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
 from wsgiproxy import command, wsgiapp
 from wsgiproxy.app import WSGIProxyApp
@@ -31,10 +31,9 @@ from wsgiproxy.sampleapp import make_demo_user_filter
 from wsgiproxy.spawn import SpawningApplication
 from wsgiproxy.transport import HTTPTransport
 
-from .docsnippets import snippet
+from .docsnippets import DOCS, snippet
 
-PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    "docs", "configuration.rst")
+PAGE = os.path.join(DOCS, "configuration.rst")
 
 # The first word of the type column, for the converters that have one meaning.
 TYPE_WORDS = {asbool: "bool", asint: "int", float: "float", wsgiapp.aslist: "list",
@@ -244,7 +243,7 @@ def test_serve_arguments_are_documented(tables):
     positional = usage.split("positional arguments:")[1].split("options:")[0]
     real = [line.split()[0] for line in positional.splitlines() if line.strip()]
     real += [flag for flag in re.findall(r"^\s+(--[a-z][a-z-]*)", usage.split("options:")[1],
-                                         re.M) if flag != "--help"]
+                                         re.MULTILINE) if flag != "--help"]
     # CONFIG.ini is argparse's "config"; the others are spelled alike.
     assert sorted(d.split(".")[0].lower() if d.endswith(".ini") else d
                   for d in documented) == sorted(real)
@@ -255,10 +254,7 @@ def test_ini_and_python_examples_make_the_same_proxy(tmp_path, monkeypatch):
     (tmp_path / "secret.txt").write_text("a secret for the configuration example\n")
     (tmp_path / "example.ini").write_text(snippet("configuration-ini").text)
     from_ini = loadapp("config:" + str(tmp_path / "example.ini"))
-    namespace = {}
-    exec(compile(snippet("configuration-python").text, "docs/configuration.rst", "exec"),
-         namespace)
-    from_python = namespace["proxy"]
+    from_python = snippet("configuration-python").run()["proxy"]
     try:
         for attr in ("href", "keys", "preserve_host", "max_body_size", "rewrite_location",
                      "allowed_methods", "sign_body_max"):

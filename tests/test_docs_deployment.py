@@ -32,9 +32,7 @@ stopped when each test ends; waits poll with deadlines.
 import concurrent.futures
 import contextlib
 import csv
-import http.client
 import io
-import json
 import os
 import re
 import shlex
@@ -43,18 +41,28 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 
 import pytest
 
+from .client import json_error, parse_answer, request, send_raw
 from .docsnippets import snippet
-from .servers import (GUNICORN_CONF, Process, RedisServer, alive, capture_signed_request,
-                      children_of, free_port, need, nginx_conf, parent_of, ready_workers,
-                      send_raw, wait_for_port, wait_until)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "docs", "examples")
-BIN = os.path.dirname(sys.executable)
+from .servers import (
+    BIN,
+    EXAMPLES,
+    Gunicorn,
+    Process,
+    RedisServer,
+    alive,
+    capture_signed_request,
+    children_of,
+    free_port,
+    need,
+    nginx_conf,
+    nginx_process,
+    parent_of,
+    wait_for_port,
+    wait_until,
+)
 
 #: The ports the page shows, each replaced by a free one in every test.
 PAGE_PORTS = (8443, 8080, 8000, 9000, 9001, 9002, 6379)
@@ -121,43 +129,18 @@ class Site:
         return self.redis
 
     def console(self, s):
-        """Run the ``$`` commands of a console snippet; gunicorn commands are waited for."""
+        """Run the ``$`` commands of a console snippet, as written; each is gunicorn
+        (servers.Gunicorn: it returns once the server listens with all its workers)."""
         assert s.language == "console", s
+        assert not s.output(), "%s: output lines in a console snippet of this page" % s.where
         started = []
-        for i, args in enumerate(commands(self.subst(s.text))):
+        for i, command in enumerate(s.commands()):
+            args = shlex.split(self.subst(command))
             assert args[0] == "gunicorn", args  # the only program this page runs
-            started.append(self.gunicorn(args, "%s-%d" % (s.name, i)))
+            server = Gunicorn(args, self.tmp, "%s-%d" % (s.name, i), env=self.env,
+                              cwd=str(self.examples))
+            started.append(self.stack.enter_context(server))
         return started
-
-    def gunicorn(self, args, label):
-        """Start a gunicorn command as written; return once it listens with all its workers.
-
-        GUNICORN_CMD_ARGS, which leaves the command line as the page shows it, adds an
-        access log (``pid status request``, TMP/<label>.access) and the configuration
-        servers.GUNICORN_CONF, whose post_worker_init hook marks each worker that
-        has loaded the application (TMP/ready/<pid>).
-        """
-        bind = args[args.index("-b") + 1]
-        host, _, port = bind.rpartition(":")
-        workers = int(args[args.index("-w") + 1]) if "-w" in args else 1
-        access = self.tmp / (label + ".access")
-        ready = self.tmp / "ready"
-        ready.mkdir(exist_ok=True)
-        conf = self.tmp / "gunicorn_conf.py"
-        conf.write_text(GUNICORN_CONF.format(ready=str(ready)))
-        env = dict(self.env, GUNICORN_CMD_ARGS=" ".join(shlex.quote(arg) for arg in (
-            "--config", str(conf), "--access-logfile", str(access),
-            "--access-logformat", "%(p)s %(s)s %(r)s")))
-        log = self.log(label + ".log")
-        proc = Process(args, cwd=str(self.examples), env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.stack.enter_context(proc)
-        server = Gunicorn(proc, host, int(port), workers, access)
-        with self.showing_log(label + ".log"):
-            wait_for_port(server.port, host, process=proc.proc)
-            wait_until(lambda: running(proc) and len(ready_workers(self.tmp, server.pid))
-                       == workers, what="%d workers of %s" % (workers, " ".join(args)))
-        return server
 
     @contextlib.contextmanager
     def showing_log(self, name):
@@ -178,11 +161,7 @@ class Site:
                                 "-e", str(prefix / "error.log")],
                                capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr + (prefix / "error.log").read_text()
-        log = self.log(label + ".log")
-        proc = Process([need("nginx"), "-p", str(prefix), "-c", str(conf),
-                        "-e", str(prefix / "error.log")], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.stack.enter_context(proc)
+        proc = self.stack.enter_context(nginx_process(prefix, conf))
         with self.showing_log(label + "/error.log"):
             for port in listen_ports(self.subst(s.text)):
                 wait_for_port(port, process=proc.proc)
@@ -209,32 +188,6 @@ class Site:
         return HAProxyStats(str(prefix / "haproxy.sock"))
 
 
-class Gunicorn:
-    def __init__(self, process, host, port, workers, access):
-        self.process, self.host, self.port, self.workers = process, host, port, workers
-        self.access = access
-
-    @property
-    def pid(self):
-        return self.process.proc.pid
-
-    def access_log(self):
-        """``[(worker pid, status, request line)]``."""
-        if not self.access.exists():
-            return []
-        out = []
-        for line in self.access.read_text().splitlines():
-            pid, status, request = line.split(" ", 2)
-            out.append((int(pid.strip("<>")), int(status), request))
-        return out
-
-    def kill(self):
-        """The host dies: SIGKILL to the whole process group."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.proc.wait(10)
-
-
 class HAProxyStats:
     """``show stat`` on HAProxy's admin socket: ``{server name: row}`` of a backend."""
 
@@ -258,33 +211,6 @@ class HAProxyStats:
                 if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
 
 
-def running(process):
-    if process.proc.poll() is not None:
-        raise RuntimeError("exited with status %s" % process.proc.returncode)
-    return True
-
-
-def commands(text):
-    """The commands of a console snippet: ``$ `` lines, with ``\\`` continuation lines."""
-    out, current = [], None
-    for line in text.splitlines():
-        if current is None:
-            if not line.startswith("$ "):
-                assert not line.strip(), "unexpected output line in a console snippet: %r" % line
-                continue
-            current = line[2:]
-        else:
-            current += " " + line.strip()
-        if current.endswith("\\"):
-            current = current[:-1]
-            continue
-        out.append(shlex.split(current))
-        current = None
-    assert current is None, "a console snippet ends in a continuation"
-    assert out, "a console snippet without commands"
-    return out
-
-
 def listen_ports(config):
     """The ports of the ``listen``/``bind`` lines of an nginx or HAProxy configuration."""
     ports = []
@@ -295,26 +221,18 @@ def listen_ports(config):
     return ports
 
 
-def get(port, path, host=None, source="127.0.0.1", headers=None, tls=None, timeout=20):
-    """GET ``path`` from 127.0.0.1:``port`` out of ``source``: ``(status, json or bytes)``."""
-    headers = dict({"Accept": "application/json"}, **(headers or {}))
+def get(port, path, host=None, source="127.0.0.1", headers=None, tls=None):
+    """GET ``path`` from 127.0.0.1:``port`` out of ``source``, asking for JSON:
+    ``(status, the decoded JSON)`` for a JSON 200, else ``(status, the client.Answer)``."""
+    headers = dict(headers or {})
     if host is not None:
         headers["Host"] = host
-    if tls is None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
-                                          source_address=(source, 0))
-    else:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls,
-                                           source_address=(source, 0))
-    try:
-        conn.request("GET", path, headers=headers)
-        res = conn.getresponse()
-        body = res.read()
-    finally:
-        conn.close()
-    if res.status == 200 and res.getheader("Content-Type", "").startswith("application/json"):
-        return res.status, json.loads(body)
-    return res.status, body
+    answer = request(port, path, headers=headers, accept="application/json", source=source,
+                     tls=tls)
+    if answer.status == 200 and answer.headers.get("Content-Type", "").startswith(
+            "application/json"):
+        return answer.status, answer.json()
+    return answer.status, answer
 
 
 def served_by(seen, backends):
@@ -327,19 +245,18 @@ def served_by(seen, backends):
 
 
 def nonce_keys(site):
-    client = site.redis.client()
-    try:
-        return len(client.keys(NONCE_PREFIX + "*"))
-    finally:
-        client.close()
+    return len(site.redis.keys(NONCE_PREFIX + "*"))
 
 
 def replay_through(site, port, times):
-    """A request the proxy signed, sent ``times`` to ``port``: the statuses and bodies."""
+    """A request the proxy signed, sent ``times`` to ``port``: the answers (client.Answer)."""
     secret = str(site.examples / "demo-secret.txt")
     data = capture_signed_request(secret, "/replay?format=json")
-    answers = [send_raw(port, data) for _ in range(times)]
-    return [(int(a.split(b" ", 2)[1]), a) for a in answers]
+    return [parse_answer(send_raw(port, data)) for _ in range(times)]
+
+
+def refused_as_replayed(answer):
+    return "replayed" in json_error(answer, 403)["message"]
 
 
 @pytest.fixture
@@ -414,8 +331,8 @@ def test_nginx_front_proxy_and_nginx_load_balancer(site, client_tls):
     # A signed request captured on the way, sent again to the load balancer:
     # accepted once, then refused as replayed by both hosts.
     answers = replay_through(site, site.port(9000), 4)
-    assert [status for status, _ in answers] == [200, 403, 403, 403], answers
-    assert all(b"replayed" in body for _, body in answers[1:])
+    assert [answer.status for answer in answers] == [200, 403, 403, 403], answers
+    assert all(refused_as_replayed(answer) for answer in answers[1:])
     lines = (balancer / "access.log").read_text().splitlines()
     refused_by = {line.split()[-2] for line in lines if "/replay" in line and " 403 " in line}
     assert len(refused_by) == 2, lines
@@ -477,8 +394,8 @@ def test_haproxy_spreads_over_backends_and_checks_their_health(site):
     assert nonce_keys(site) == 8
 
     answers = replay_through(site, site.port(9000), 3)
-    assert [status for status, _ in answers] == [200, 403, 403], answers
-    assert b"replayed" in answers[1][1] and b"replayed" in answers[2][1]
+    assert [answer.status for answer in answers] == [200, 403, 403], answers
+    assert all(refused_as_replayed(answer) for answer in answers[1:])
 
     # b2 dies: requests that meet it are retried on b1, and the health checks
     # take it out.
@@ -547,8 +464,7 @@ def test_spawn_under_one_gunicorn_worker(site):
         assert 1 <= len(children) <= 2, children
         assert all(parent_of(pid) == worker for pid in children)
         # Stopping gunicorn stops the children.
-        os.kill(server.pid, signal.SIGTERM)
-        server.process.proc.wait(30)
+        server.stop()
         wait_until(lambda: not any(alive(pid) for pid in children), 15,
                    "the spawned children to exit")
     finally:

@@ -29,7 +29,7 @@ from unittest import mock
 
 import pytest
 import trustme
-from paste.deploy import loadapp
+from paste.deploy import loadapp  # type: ignore[import-untyped]
 from webob import Request
 
 from wsgiproxy import protocol
@@ -38,11 +38,20 @@ from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.transport import HTTPTransport
 
+from .client import JSON, add_header, call_wsgi, json_error, send_raw
 from .docsnippets import snippet
-from .servers import (Process, RawServer, WaitressServer, echo_app, free_port, scripted,
-                      send_raw, wait_for_port, wait_until)
-
-BIN = os.path.dirname(sys.executable)
+from .servers import (
+    BIN,
+    Process,
+    RawServer,
+    WaitressServer,
+    echo_app,
+    free_port,
+    scripted,
+    wait_for_port,
+    wait_until,
+    write_secret,
+)
 
 # The worked example of docs/protocol.rst.
 DOC_SECRET = "correct horse battery staple 2024"
@@ -101,12 +110,10 @@ def capture(href, environ, fixed=True, **options):
         app = WSGIProxyApp(href, transport=RoutedTransport(raw.port), **options)
         patch = (mock.patch.object(protocol, "sign_request", functools.partial(
             protocol.sign_request, now=DOC_TS, nonce=DOC_NONCE)) if fixed else mock.patch.dict({}))
-        statuses = []
         with patch:
-            body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
-            b"".join(body)
+            status, _, _ = call_wsgi(app, environ)
         app.close()
-        assert statuses == ["204 No Content"], statuses
+        assert status == "204 No Content", status
         wait_until(lambda: raw.requests, what="the request to arrive")
         head, data = raw.requests[0]
     return head + b"\r\n\r\n" + data
@@ -145,9 +152,8 @@ def header(headers, name):
 
 @pytest.fixture
 def doc_secret(tmp_path):
-    path = tmp_path / "secret.txt"
-    path.write_text(DOC_SECRET + "\n")
-    return str(path)
+    """The secret file of the page's worked example."""
+    return write_secret(tmp_path, DOC_SECRET)
 
 
 def get_example(secret_file):
@@ -236,9 +242,8 @@ def test_worked_signature_example_recomputed_with_the_stdlib():
 def test_stdlib_verifier_checks_the_example_and_real_requests(doc_secret, tmp_path):
     """The page's verifier (hmac/hashlib/urllib only) accepts what WSGIProxyApp really sends,
     agrees with wsgiproxy on the key id, and refuses tampered copies."""
-    namespace = {"__name__": "protocol_verify_stdlib"}
-    exec(compile(snippet("protocol-verify-stdlib").text, "protocol-verify-stdlib", "exec"),
-         namespace)  # asserts that the example verifies
+    # The snippet itself asserts that the example verifies.
+    namespace = snippet("protocol-verify-stdlib").run({"__name__": "protocol_verify_stdlib"})
     verify = namespace["verify"]
     assert namespace["EXAMPLE"] == from_page_text(page(snippet("protocol-example-get")))
     # Fresh requests: real time and nonce, a rotated file (the first key signs), every
@@ -314,9 +319,9 @@ def test_versions_and_unknown_protocol_headers():
     assert send([("X-WSGIProxy-Version", "1")]).status_int == 200
     assert send([]).status_int == 200  # no version header: accepted
     res = send([("X-WSGIProxy-Version", "2")])
-    assert res.status_int == 400 and "X-WSGIProxy-Version" in res.json["error"]["message"]
+    assert "X-WSGIProxy-Version" in json_error(res, 400)["message"]
     res = send([("X-WSGIProxy-Version", "1")], version="v2")
-    assert res.status_int == 403 and "malformed" in res.json["error"]["message"]
+    assert "malformed" in json_error(res, 403)["message"]
     res = send([("X-WSGIProxy-Version", "1"), ("X-WSGIProxy-Future-Thing", "x")])
     assert res.status_int == 200  # signed, ignored, removed
     assert not [k for k in res.json if k.startswith("HTTP_X_WSGIPROXY")]
@@ -350,7 +355,7 @@ def test_loopback_default_believes_what_a_local_reverse_proxy_passes_on():
         res = Request.blank("/", headers=forged, environ={
             "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(backend.port),
             "HTTP_ACCEPT": "application/json"}).get_response(passes_everything_on)
-    assert res.status_int == 403 and "missing" in res.json["error"]["message"]
+    assert "missing" in json_error(res, 403)["message"]
     passes_everything_on.close()
 
 
@@ -438,19 +443,9 @@ def test_secret_file_replaced_by_rename_is_reloaded(tmp_path):
     assert keys.signing_key()[1] == b"new-secret-0123456789abcdef"
 
 
-def console(shown):
-    """A console snippet's commands (continuation lines joined) and its output lines."""
-    commands, output = [], []
-    for line in shown.text.replace("\\\n", " ").splitlines():
-        if line.startswith("$ "):
-            commands.append(line[2:])
-        elif line.strip():
-            output.append(line)
-    return commands, output
-
-
 def test_making_a_secret_file(tmp_path, caplog):
-    commands, output = console(snippet("security-make-secret"))
+    shown = snippet("security-make-secret")
+    commands, output = shown.commands(), shown.output()
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     done = subprocess.run(["sh", "-ec", "\n".join(commands)], cwd=str(tmp_path), env=env,
                           capture_output=True, text=True, timeout=60)
@@ -504,7 +499,7 @@ def test_production_configuration_over_tls(tmp_path, redis_server):
     (tmp_path / "proxy.ini").write_text(
         proxy_ini.replace("backend.internal:8443", "127.0.0.1:%d" % port))
 
-    [command], _ = console(snippet("security-gunicorn-tls"))
+    [command] = snippet("security-gunicorn-tls").commands()
     args = shlex.split(command.replace("10.0.0.2:8443", "127.0.0.1:%d" % port))
     assert args[0] == "gunicorn"
     log = open(str(tmp_path / "gunicorn.log"), "ab")
@@ -516,11 +511,14 @@ def test_production_configuration_over_tls(tmp_path, redis_server):
 
         def through_proxy(app, user="alice"):
             environ = make_environ("GET", "/shop", "/hello", "format=json",
-                                   remote="203.0.113.9", REMOTE_USER=user)
+                                   remote="203.0.113.9", headers=JSON.items(), REMOTE_USER=user)
             return Request(environ).get_response(app)
 
-        res = wait_until(lambda: (lambda r: r if r.status_int == 200 else None)(
-            through_proxy(proxy)), timeout=30, what="gunicorn to answer through the proxy")
+        def served():
+            res = through_proxy(proxy)
+            return res if res.status_int == 200 else None
+
+        res = wait_until(served, timeout=30, what="gunicorn to answer through the proxy")
         seen = res.json
         assert (seen["REMOTE_USER"], seen["REMOTE_ADDR"]) == ("alice", "203.0.113.9")
         assert (seen["wsgi.url_scheme"], seen["HTTP_HOST"], seen["SCRIPT_NAME"]) == \
@@ -539,8 +537,7 @@ def test_production_configuration_over_tls(tmp_path, redis_server):
                                  ca_certs=str(tmp_path / "backend-ca.pem"),
                                  cert_file=str(tmp_path / "proxy-cert.pem"),
                                  key_file=str(tmp_path / "proxy-key.pem"))
-        res = through_proxy(no_secret)
-        assert res.status_int == 403 and b"missing" in res.body
+        assert "missing" in json_error(through_proxy(no_secret), 403)["message"]
         no_secret.close()
 
         # A signed request recorded on the way, sent again: once, then refused by
@@ -548,11 +545,12 @@ def test_production_configuration_over_tls(tmp_path, redis_server):
         recorded = capture("http://127.0.0.1:%d" % port, make_environ(
             "GET", "", "/replayed", "format=json", REMOTE_USER="alice"), fixed=False,
             secret_file=str(tmp_path / "secret.txt"), string_keys=["REMOTE_USER"])
-        recorded = recorded.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        recorded = add_header(add_header(recorded, "Connection", "close"),
+                              "Accept", "application/json")
         answers = [tls_send(port, tmp_path, recorded) for _ in range(6)]
         assert answers[0].startswith(b"HTTP/1.1 200"), answers[0][:300]
         for answer in answers[1:]:
-            assert answer.startswith(b"HTTP/1.1 403") and b"replayed" in answer, answer[:300]
+            assert "replayed" in json_error(answer, 403)["message"], answer[:300]
         proxy.close()
 
 
@@ -587,10 +585,11 @@ def test_backend_certificate_host_name_is_checked(tmp_path):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("other.example").configure_cert(ctx)  # valid, but for another name
     with RawServer(scripted(), ssl_context=ctx) as server:
-        proxy = WSGIProxyApp("https://127.0.0.1:%d" % server.port, ca_certs=str(tmp_path / "ca.pem"))
-        res = Request.blank("/").get_response(proxy)
+        proxy = WSGIProxyApp("https://127.0.0.1:%d" % server.port,
+                             ca_certs=str(tmp_path / "ca.pem"))
+        res = Request.blank("/", headers=JSON).get_response(proxy)
         proxy.close()
-    assert res.status_int == 502 and "certificate verification failed" in res.text
+    assert "certificate verification failed" in json_error(res, 502)["message"]
 
 
 def test_secret_file_lines(tmp_path):

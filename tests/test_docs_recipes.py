@@ -5,32 +5,41 @@ be the file in docs/examples/), written to a temporary copy of
 docs/examples/ with its fixed ports (8080, 8081) changed to free ones, and
 served with ``wsgiproxy serve`` in a subprocess, as the page says.  Real
 HTTP requests then check what the page claims.  ``./dev demo`` is run for
-real (it needs port 8080); ``./dev test`` is the command running this
-suite, so its snippet is checked against .ci/run and README.txt instead.
+real: it needs port 8080, and the test fails, saying so, when another process
+has that port (it never talks to a stranger there).  ``./dev test`` is the
+command running this suite, so its snippet is checked against .ci/run and
+README.txt instead.
 """
 
-import http.client
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
-import sys
-
-import pytest
 
 from wsgiproxy import protocol
 
+from .client import get_json, json_error, parse_answer, request, send_raw
 from .docsnippets import snippet
-from .servers import (Process, WaitressServer, capture_signed_request, children_of, free_port,
-                      group_gone, pid_gone, send_raw, wait_for_port, wait_until)
+from .servers import (
+    EXAMPLES,
+    ROOT,
+    WSGIPROXY,
+    Served,
+    WaitressServer,
+    capture_signed_request,
+    children_of,
+    echo_app,
+    free_port,
+    group_gone,
+    listeners,
+    parent_of,
+    pid_gone,
+    wait_until,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "docs", "examples")
-BIN = os.path.dirname(sys.executable)
-WSGIPROXY = os.path.join(BIN, "wsgiproxy")
+#: The fixed port of ./dev demo (development.ini): checked, never assumed free.
 DEMO_PORT = 8080
 
 
@@ -62,68 +71,16 @@ def examples_copy(tmp_path, texts):
     return folder
 
 
-class Served:
-    """``wsgiproxy serve ARGS...`` in its own process group, until it listens on ``port``."""
-
-    def __init__(self, args, port, env=None, cwd=None):
-        self.port = port
-        self.process = Process([WSGIPROXY, "serve"] + [str(a) for a in args],
-                               env=dict(os.environ, **(env or {})), cwd=cwd)
-        self.pid = self.process.proc.pid
-
-    def __enter__(self):
-        try:
-            wait_for_port(self.port, process=self.process.proc)
-        except (RuntimeError, TimeoutError) as exc:
-            self.process.__exit__(None, None, None)
-            pytest.fail("%s; its output:\n%s" % (exc, self.process.output()))
-        return self
-
-    def __exit__(self, *exc):
-        self.process.__exit__(*exc)
-
-
-def request(port, path, headers=None, method="GET"):
-    """``(status, headers, body)`` of one request to 127.0.0.1:``port``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, headers=headers or {})
-        res = conn.getresponse()
-        return res.status, dict(res.getheaders()), res.read()
-    finally:
-        conn.close()
-
-
-def get_json(port, path, headers=None):
-    status, _, body = request(port, path, dict({"Accept": "application/json"}, **(headers or {})))
-    assert status == 200, body
-    return json.loads(body)
-
-
-def raw_answer(data):
-    """Status and JSON body of a raw HTTP/1.1 answer read to EOF."""
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if b"chunked" in head.lower():
-        raise AssertionError("unexpected chunked answer: %r" % head)
-    return status, json.loads(body) if body else None
-
-
-def accepting_json(raw_request):
-    """A raw request with ``Accept: application/json`` added (the signature does not cover it)."""
-    return raw_request.replace(b"\r\n\r\n", b"\r\nAccept: application/json\r\n\r\n", 1)
-
-
-def port_free(port):
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
+def serve(tmp_path, args, port, env=None):
+    """``wsgiproxy serve ARGS...`` on ``port`` (servers.Served), its output in tmp_path."""
+    log = tmp_path / ("serve-%d.log" % port)
+    return Served([WSGIPROXY, "serve", *args], port, log, env=dict(os.environ, **(env or {})))
 
 
 def console_commands(s):
-    """The ``$ `` command lines of console snippet ``s``."""
+    """The command lines of console snippet ``s``."""
     assert s.language == "console", s
-    return [line[2:].strip() for line in s.text.splitlines() if line.startswith("$ ")]
+    return s.commands()
 
 
 # -- recipe 1: one path to another server -----------------------------------
@@ -134,11 +91,7 @@ def api_backend(environ, start_response):
         start_response("302 Found", [("Location", "http://%s/v1/welcome" % environ["HTTP_HOST"]),
                                      ("Content-Length", "0")])
         return [b""]
-    seen = {k: v for k, v in environ.items() if isinstance(v, str)}
-    body = json.dumps(seen).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
+    return echo_app(environ, start_response)
 
 
 def test_recipe_api_forwards_one_path(tmp_path):
@@ -147,9 +100,9 @@ def test_recipe_api_forwards_one_path(tmp_path):
         text = with_ports(recipe_text(snippet("quickstart-recipe-api"), "recipe-api.ini"),
                           {8080: front, 8081: backend.port})
         folder = examples_copy(tmp_path, {"recipe-api.ini": text})
-        with Served([folder / "recipe-api.ini"], front) as served:
+        with serve(tmp_path, [folder / "recipe-api.ini"], front) as served:
             seen = get_json(front, "/api/items?page=2", {"Host": "www.example.com"})
-            status, headers, _ = request(front, "/api/login", {"Host": "www.example.com"})
+            login = request(front, "/api/login", headers={"Host": "www.example.com"})
             site = get_json(front, "/about", {"Host": "www.example.com"})
     # /api/items went to href's path on the other server, with the original request's identity.
     assert seen["PATH_INFO"] == "/v1/items" and seen["QUERY_STRING"] == "page=2"
@@ -160,7 +113,8 @@ def test_recipe_api_forwards_one_path(tmp_path):
     assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
     assert "HTTP_X_WSGIPROXY_SIGNATURE" not in seen  # nothing is signed in this recipe
     # Its redirect points back through /api on the front.
-    assert status == 302 and headers["Location"] == "http://www.example.com/api/welcome"
+    assert login.status == 302
+    assert login.headers["Location"] == "http://www.example.com/api/welcome"
     # Every other path is your app, in the front process itself.
     assert site["PATH_INFO"] == "/about" and site["SCRIPT_NAME"] == ""
     assert site["wsgiproxy.sample.pid"] == served.pid
@@ -189,9 +143,9 @@ def test_recipe_flask_signed_backend(tmp_path):
     refused = json.loads(snippet("quickstart-recipe-flask-refused").text)
 
     # As the page says: PYTHONPATH=docs/examples wsgiproxy serve ...backend.ini http_port=8081
-    with Served([folder / "recipe-flask-backend.ini", "http_port=%d" % back], back,
-                env={"PYTHONPATH": str(folder)}) as backend:
-        with Served([folder / "recipe-flask-front.ini"], front):
+    with serve(tmp_path, [folder / "recipe-flask-backend.ini", "http_port=%d" % back], back,
+               env={"PYTHONPATH": str(folder)}) as backend:
+        with serve(tmp_path, [folder / "recipe-flask-front.ini"], front):
             # The page's request, as a browser at 127.0.0.1:8080 sends it.
             answer = get_json(front, "/shop/whoami?user=alice", {"Host": "127.0.0.1:8080"})
             other = get_json(front, "/shop/whoami?user=bob", {"Host": "www.example.com"})
@@ -202,8 +156,9 @@ def test_recipe_flask_signed_backend(tmp_path):
 
         # Straight to the backend, unsigned, claiming to be admin: refused as documented.
         forged = protocol.encode_key_headers({"REMOTE_USER": "admin"}, ["REMOTE_USER"])
-        status, _, body = request(back, "/whoami", dict(forged, Accept="application/json"))
-        assert (status, json.loads(body)) == (403, refused)
+        answer = request(back, "/whoami", headers=forged, accept="application/json")
+        assert answer.status == 403 and json_error(answer) == refused["error"]
+        assert answer.json() == refused
 
         # A signed request with the user changed on the way: the signature no longer matches.
         signed = capture_signed_request(secret_file, "/whoami", user="alice")
@@ -212,13 +167,13 @@ def test_recipe_flask_signed_backend(tmp_path):
         line = ("%s: %s" % (name, value)).encode()
         assert signed.count(line) == 1
         tampered = signed.replace(line, ("%s: %s" % (name, mallory)).encode())
-        status, error = raw_answer(send_raw(back, accepting_json(tampered)))
-        assert status == 403 and "bad signature" in error["error"]["message"]
+        assert "bad signature" in json_error(send_raw(back, tampered), 403)["message"]
         # The untouched request is served once; sent again, it is a replay.
-        status, seen = raw_answer(send_raw(back, signed))
-        assert status == 200 and seen["user"] == "alice" and seen["host"] == "www.example.com"
-        status, error = raw_answer(send_raw(back, accepting_json(signed)))
-        assert status == 403 and "replayed" in error["error"]["message"]
+        answer = parse_answer(send_raw(back, signed))
+        assert answer.status == 200
+        seen = answer.json()
+        assert seen["user"] == "alice" and seen["host"] == "www.example.com"
+        assert "replayed" in json_error(send_raw(back, signed), 403)["message"]
 
 
 # -- recipe 3: backends started on demand -------------------------------------
@@ -229,7 +184,7 @@ def test_recipe_spawn_starts_backend_on_first_request(tmp_path):
     spawn_ini = recipe_text(snippet("quickstart-recipe-spawn"), "recipe-spawn.ini")
     texts["recipe-spawn.ini"] = with_ports(spawn_ini, {8080: front})
     folder = examples_copy(tmp_path, texts)
-    with Served([folder / "recipe-spawn.ini"], front) as served:
+    with serve(tmp_path, [folder / "recipe-spawn.ini"], front) as served:
         assert children_of(served.pid) == []  # nothing runs before the first request
         first = get_json(front, "/whoami?user=alice", {"Host": "shop.example"})
         child = first["pid"]
@@ -242,21 +197,19 @@ def test_recipe_spawn_starts_backend_on_first_request(tmp_path):
         # The child listens on loopback, but only the proxy's signed requests get in.
         with open("/proc/%d/cmdline" % child, "rb") as f:
             argv = f.read().decode().split("\0")
-        child_port = int([a for a in argv if a.startswith("http_port=")][0].split("=")[1])
-        status, _, _ = request(child_port, "/whoami")
-        assert status == 403
+        child_port = int(next(a for a in argv if a.startswith("http_port=")).split("=")[1])
+        assert request(child_port, "/whoami").status == 403
     # Stopping the server (SIGTERM) stopped the child and its whole process group.
     wait_until(lambda: pid_gone(child) and group_gone(child), what="the spawned backend to stop")
-    assert port_free(child_port)
+    assert not listeners(child_port)
 
 
 # -- "From Python" -----------------------------------------------------------
 
 def test_python_snippet_calls_a_backend(tmp_path, capsys):
     with WaitressServer(api_backend) as backend:
-        code = with_ports(snippet("quickstart-python").text, {8081: backend.port})
-        namespace = {}
-        exec(compile(code, "docs/quickstart.rst", "exec"), namespace)
+        namespace = snippet("quickstart-python").run(replacements={
+            "127.0.0.1:8081/": "127.0.0.1:%d/" % backend.port})
         namespace["api"].close()
     response = namespace["response"]
     assert response.status_int == 200
@@ -286,35 +239,30 @@ def fake_venv(tmp_path):
 
 
 def test_dev_demo_serves_the_sample_page(tmp_path):
-    """``./dev demo`` for real, with WSGIPROXY_VENV set to a venv it takes as set up."""
+    """``./dev demo`` for real, with WSGIPROXY_VENV set to a venv it takes as set up.
+
+    It needs port 8080: the test fails, saying so, when another process listens there,
+    and talks to the port only once the demo it started is the listener.
+    """
     commands = console_commands(snippet("quickstart-demo"))
     assert commands == ["./dev demo"]
-    if not port_free(DEMO_PORT):
-        pytest.fail("port %d is in use by another process; the demo (./dev demo) needs it: "
-                    "stop that process and run this test again" % DEMO_PORT)
     env = dict(os.environ, WSGIPROXY_VENV=str(fake_venv(tmp_path)))
-    demo = Process(shlex.split(commands[0]), cwd=ROOT, env=env)
-    try:
-        try:
-            wait_for_port(DEMO_PORT, process=demo.proc)
-        except (RuntimeError, TimeoutError) as exc:
-            demo.__exit__(None, None, None)
-            pytest.fail("%s; ./dev demo said:\n%s" % (exc, demo.output()))
-        status, headers, page = request(DEMO_PORT, "/some/path?user=alice",
-                                        {"Host": "127.0.0.1:%d" % DEMO_PORT})
+    with Served(shlex.split(commands[0]), DEMO_PORT, tmp_path / "demo.log", env=env, cwd=ROOT,
+                fixed=True) as demo:
+        page = request(DEMO_PORT, "/some/path?user=alice",
+                       headers={"Host": "127.0.0.1:%d" % DEMO_PORT})
         child = get_json(DEMO_PORT, "/?format=json")["wsgiproxy.sample.pid"]
-    finally:
-        demo.__exit__(None, None, None)
-    assert status == 200 and headers["Content-Type"].startswith("text/html")
-    page = page.decode()
-    assert "<title>WSGIProxy sample app</title>" in page
-    assert "<tr><th>REMOTE_USER</th><td>&#x27;alice&#x27;</td></tr>" in page
-    assert "<tr><th>PATH_INFO</th><td>&#x27;/some/path&#x27;</td></tr>" in page
-    assert "<tr><th>HTTP_HOST</th><td>&#x27;127.0.0.1:%d&#x27;</td></tr>" % DEMO_PORT in page
-    assert "<tr><th>HTTP_X_FORWARDED_SERVER</th>" in page
-    assert re.search(r"<tr><th>wsgiproxy.key_id</th><td>&#x27;[0-9a-f]{16}&#x27;", page)
-    assert "<tr><th>HTTP_X_WSGIPROXY_VERSION</th>" not in page  # the middleware removed it
-    assert demo.proc.returncode == -signal.SIGTERM
+        assert parent_of(child) == demo.pid  # the backend of the demo this test started
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    text = page.body.decode()
+    assert "<title>WSGIProxy sample app</title>" in text
+    assert "<tr><th>REMOTE_USER</th><td>&#x27;alice&#x27;</td></tr>" in text
+    assert "<tr><th>PATH_INFO</th><td>&#x27;/some/path&#x27;</td></tr>" in text
+    assert "<tr><th>HTTP_HOST</th><td>&#x27;127.0.0.1:%d&#x27;</td></tr>" % DEMO_PORT in text
+    assert "<tr><th>HTTP_X_FORWARDED_SERVER</th>" in text
+    assert re.search(r"<tr><th>wsgiproxy.key_id</th><td>&#x27;[0-9a-f]{16}&#x27;", text)
+    assert "<tr><th>HTTP_X_WSGIPROXY_VERSION</th>" not in text  # the middleware removed it
+    assert demo.process.proc.returncode == -signal.SIGTERM
     wait_until(lambda: pid_gone(child), what="the demo's backend to stop with it")
 
 
@@ -332,5 +280,5 @@ def test_dev_test_is_what_ci_and_readme_run():
     # README.txt lists the same two commands, in the same order.
     with open(os.path.join(ROOT, "README.txt")) as f:
         readme = f.read()
-    listed = re.findall(r"^ {4}(\./dev \w+)\s", readme, re.M)
+    listed = re.findall(r"^ {4}(\./dev \w+)\s", readme, re.MULTILINE)
     assert listed == console_commands(snippet("quickstart-demo")) + commands

@@ -32,27 +32,40 @@ import collections
 import concurrent.futures
 import configparser
 import doctest
-import http.client
-import json
 import os
 import shlex
 import shutil
-import subprocess
-import sys
 import threading
 import traceback
 
 import pytest
-from paste.deploy import loadapp, loadfilter, loadserver
+from paste.deploy import loadapp, loadfilter, loadserver  # type: ignore[import-untyped]
 from webob import Request
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
 
-from .docsnippets import DOCS, _line_spec, pages, parse, snippet, snippets
-from .servers import (Process, WaitressServer, capture_signed_request, echo_app, free_port,
-                      group_gone, need, nginx_files, pid_gone, send_raw, wait_for_port,
-                      wait_until)
+from .client import JSON, json_error, parse_answer, request, send_raw, through
+from .docsnippets import DOCS, Snippet, _line_spec, pages, parse, snippet, snippets
+from .servers import (
+    BIN,
+    EXAMPLES,
+    WSGIPROXY,
+    Served,
+    WaitressServer,
+    capture_signed_request,
+    counted,
+    echo_app,
+    free_port,
+    group_gone,
+    nginx_files,
+    nginx_process,
+    pid_gone,
+    wait_for_port,
+    wait_until,
+    with_environ,
+    write_secret,
+)
 
 #: Languages a snippet may have, and what the suite does with each.
 LANGUAGES = {
@@ -70,9 +83,6 @@ LANGUAGES = {
 NAMED_ONLY = ("console", "nginx", "haproxy", "http", "json")
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.join(DOCS, "examples")
-BIN = os.path.dirname(sys.executable)
-SECRET = "docs-snippets-test-secret-3f1c9a0b7e5d4c2a"
 
 ALL = snippets()
 
@@ -91,37 +101,22 @@ def workdir(path, monkeypatch):
     return path
 
 
-def replaced(s, replacements):
-    """``s.text`` with each ``old`` replaced by ``new``; every ``old`` must be in it."""
-    text = s.text
-    for old, new in (replacements or {}).items():
-        assert old in text, "%s: the test expects %r in this snippet; update the test" % (
-            s.where, old)
-        text = text.replace(old, new)
-    return text
-
-
-def exec_snippet(s, namespace, text=None):
-    """exec() a python snippet; a failure names the page and the line in it."""
-    if text is None:
-        text = s.text
-    padding = "\n" * ((s.content_line or 1) - 1)  # tracebacks show the page's line numbers
-    code = compile(padding + text, os.path.join(DOCS, s.page), "exec")
+def exec_snippet(s, namespace, replacements=None):
+    """exec() a python snippet (Snippet.run); a failure names the page and the line in it."""
     try:
-        exec(code, namespace)
+        return s.run(namespace, replacements)
     except Exception:
         pytest.fail("%s: this python snippet raised:\n%s" % (s.where, traceback.format_exc()),
                     pytrace=False)
-    return namespace
 
 
 def run_python(s, tmp_path, monkeypatch, replacements=None, namespace=None):
     """Run a named python snippet in ``tmp_path``; returns its namespace."""
     workdir(tmp_path, monkeypatch)
-    text = replaced(s, replacements)
-    assert text.count("\n") == s.text.count("\n")  # tracebacks keep the page's line numbers
+    # Tracebacks keep the page's line numbers: the replacements add no line.
+    assert s.replaced(replacements).count("\n") == s.text.count("\n")
     return exec_snippet(s, namespace if namespace is not None else {"__name__": "__docs__"},
-                        text)
+                        replacements)
 
 
 def close_all(objects):
@@ -197,8 +192,8 @@ def load_ini(text, directory, where, filename="snippet.ini"):
 
 
 def console_commands(s):
-    """The ``$ `` lines of a console snippet, each split like a shell command line."""
-    commands = [shlex.split(line[2:]) for line in s.text.splitlines() if line.startswith("$ ")]
+    """The commands of a console snippet, each split like a shell command line."""
+    commands = [shlex.split(command) for command in s.commands()]
     assert commands, "%s: a console snippet without a '$ ' line" % s.where
     return commands
 
@@ -447,6 +442,26 @@ def test_reader_pages_and_lookup_by_name(tmp_path):
         snippet("guide-code", str(docs))
 
 
+def test_snippet_replaced_run_commands_and_output():
+    python = Snippet("p.rst", 1, "python", None, "x = PORT\ny = x + 1\n", {},
+                     content_line=5)
+    assert python.replaced({"PORT": "8081"}) == "x = 8081\ny = x + 1\n"
+    with pytest.raises(AssertionError, match="docs/p.rst:1: the test expects 'PORT2'"):
+        python.replaced({"PORT2": "1"})
+    namespace = python.run({"__name__": "__docs__"}, {"PORT": "41"})
+    assert namespace["y"] == 42
+    with pytest.raises(NameError) as info:
+        python.run()
+    assert info.traceback[-1].lineno + 1 == 5  # the page's line of "x = PORT"
+    console = Snippet("c.rst", 3, "console", "c", "$ gunicorn --paste a.ini \\\n"
+                      "      -b 127.0.0.1:8001\n-rw------- 1 me me 44 secret.txt\n\n"
+                      "$ ls -l\ntotal 0\n", {})
+    assert console.commands() == ["gunicorn --paste a.ini -b 127.0.0.1:8001", "ls -l"]
+    assert console.output() == ["-rw------- 1 me me 44 secret.txt", "total 0"]
+    with pytest.raises(ValueError, match="ends in a continuation"):
+        Snippet("c.rst", 3, "console", None, "$ ls \\\n", {}).commands()
+
+
 def test_failures_name_the_page_and_line(tmp_path):
     rst = (".. code-block:: python\n"   # 1
            "\n"
@@ -484,46 +499,9 @@ def test_completeness_checks_see_what_they_look_for():
 
 # -- helpers for the named snippets ----------------------------------------------------
 
-def secret_file(directory):
-    path = os.path.join(str(directory), "secret.txt")
-    with open(path, "w") as f:
-        f.write(SECRET + "\n")
-    return path
-
-
-def request(port, method="GET", path="/", body=None, headers=None, source=None):
-    """One HTTP request to 127.0.0.1:``port``: ``(status, headers, body)``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20,
-                                      source_address=(source, 0) if source else None)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        res = conn.getresponse()
-        return res.status, dict(res.getheaders()), res.read()
-    finally:
-        conn.close()
-
-
-def environ_app(environ, start_response):
-    """A backend answering with its environ as JSON (non-string values as JSON or repr)."""
-    data = {k: v for k, v in environ.items() if not k.startswith("wsgi.")}
-    data["wsgi.url_scheme"] = environ["wsgi.url_scheme"]
-    out = json.dumps(data, default=repr).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(out)))])
-    return [out]
-
-
-def as_user(app, user, **environ):
-    """``app`` called with ``REMOTE_USER`` (and other environ keys) set, as after a login."""
-    def logged_in(env, start_response):
-        env["REMOTE_USER"] = user
-        env.update(environ)
-        return app(env, start_response)
-    return logged_in
-
-
-def blank(url, user=None, remote_addr=None):
-    req = Request.blank(url, headers={"Accept": "application/json"})
+def json_request(url, user=None, remote_addr=None):
+    """A webob request asking for JSON (``REMOTE_USER`` and ``REMOTE_ADDR`` set if given)."""
+    req = Request.blank(url, headers=JSON)
     if user:
         req.remote_user = user
     if remote_addr:
@@ -548,18 +526,18 @@ def test_exactproxy_call(tmp_path, monkeypatch, capsys):
 
 # -- app.rst ----------------------------------------------------------------------------
 
-def test_app_ini_options(tmp_path):
+def test_app_ini_options(tmp_path, secret_file):
     s = snippet("app-ini-options")
-    secret = secret_file(tmp_path)
-    with WaitressServer(WSGIProxyMiddleware(environ_app, secret_file=secret)) as backend:
-        text = replaced(s, {"http://127.0.0.1:8081/": backend.url + "/"})
+    with WaitressServer(WSGIProxyMiddleware(echo_app, secret_file=secret_file)) as backend:
+        text = s.replaced({"http://127.0.0.1:8081/": backend.url + "/"})
         proxy = load_ini(text, tmp_path, s.where)["app:main"]
-        front_app = as_user(proxy, "alice", **{"myapp.roles": ["admin", "buyer"]})
+        front_app = with_environ(proxy, REMOTE_USER="alice",
+                                 **{"myapp.roles": ["admin", "buyer"]})
         with WaitressServer(front_app) as front:
-            status, _, body = request(front.port, "GET", "/cart?x=1", headers={
+            answer = request(front.port, "/cart?x=1", headers={
                 "Host": "shop.example", "X-Forwarded-For": "203.0.113.7"})
-            assert status == 200, body
-            seen = json.loads(body)
+            assert answer.status == 200, answer
+            seen = answer.json()
             assert seen["REMOTE_USER"] == "alice" and seen["myapp.roles"] == ["admin", "buyer"]
             assert seen["wsgiproxy.key_id"]  # signed with secret.txt, verified
             assert seen["HTTP_HOST"] == "shop.example" and seen["PATH_INFO"] == "/cart"
@@ -568,28 +546,27 @@ def test_app_ini_options(tmp_path):
             # forwarded = true
             assert "host=shop.example" in seen["HTTP_FORWARDED"]
             assert seen["HTTP_X_FORWARDED_PROTO"] == "http"
-            status, headers, _ = request(front.port, "PUT", "/cart", body=b"x")
-            assert status == 405 and headers["Allow"] == "GET, HEAD, POST"
-            status, _, _ = request(front.port, "POST", "/upload", body=b"x" * (10485760 + 1))
-            assert status == 413
-            status, _, body = request(front.port, "POST", "/upload", body=b"x" * 1000)
-            assert status == 200 and json.loads(body)["CONTENT_LENGTH"] == "1000"
+            answer = request(front.port, "/cart", "PUT", body=b"x")
+            assert answer.status == 405 and answer.headers["Allow"] == "GET, HEAD, POST"
+            answer = request(front.port, "/upload", "POST", body=b"x" * (10485760 + 1))
+            assert answer.status == 413
+            answer = request(front.port, "/upload", "POST", body=b"x" * 1000)
+            assert answer.status == 200 and answer.json()["CONTENT_LENGTH"] == "1000"
         proxy.close()
 
 
-def test_app_call_from_view(tmp_path, monkeypatch):
+def test_app_call_from_view(tmp_path, monkeypatch, secret_file):
     s = snippet("app-call-from-view")
-    secret = secret_file(tmp_path)
-    with WaitressServer(WSGIProxyMiddleware(environ_app, secret_file=secret)) as backend:
+    with WaitressServer(WSGIProxyMiddleware(echo_app, secret_file=secret_file)) as backend:
         ns = run_python(s, tmp_path, monkeypatch,
                         {"http://127.0.0.1:8081/api": backend.url + "/api"})
-        seen = ns["view"](blank("/orders", user="alice"))
+        seen = ns["view"](json_request("/orders", user="alice"))
     try:
         assert seen["PATH_INFO"] == "/items" and seen["QUERY_STRING"] == "page=2"
         assert seen["REMOTE_USER"] == "alice" and seen["wsgiproxy.key_id"]
         assert seen["SCRIPT_NAME"] == ""
         # The API is down now: the view gets a 502 in JSON, as the page says.
-        answer = ns["view"](blank("/orders", user="alice"))
+        answer = ns["view"](json_request("/orders", user="alice"))
         assert answer["error"]["code"] == 502
     finally:
         close_all(ns.values())
@@ -597,95 +574,92 @@ def test_app_call_from_view(tmp_path, monkeypatch):
 
 # -- middleware.rst ---------------------------------------------------------------------
 
-def test_middleware_backend_ini_served_by_wsgiproxy_serve(tmp_path):
+def test_middleware_backend_ini_served_by_wsgiproxy_serve(tmp_path, secret_file):
     s = snippet("middleware-backend-ini")
-    secret = secret_file(tmp_path)
 
-    def serve(text):
+    def served(replacements):
+        """The snippet, with these replacements, served by ``wsgiproxy serve`` on a free port."""
         port = free_port()
         path = tmp_path / ("backend-%d.ini" % port)
-        path.write_text(text.replace("127.0.0.1:8080", "127.0.0.1:%d" % port))
-        return port, Process([os.path.join(BIN, "wsgiproxy"), "serve", str(path)],
-                             cwd=str(tmp_path))
+        path.write_text(s.replaced(dict(replacements, **{
+            "127.0.0.1:8080": "127.0.0.1:%d" % port})))
+        return Served([WSGIPROXY, "serve", path], port, tmp_path / ("backend-%d.log" % port),
+                      cwd=str(tmp_path))
 
-    port, server = serve(replaced(s, {"127.0.0.1:8080": "127.0.0.1:8080"}))
-    with server:
-        wait_for_port(port, process=server.proc)
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret,
+    with served({}) as server:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % server.port, secret_file=secret_file,
                              string_keys=["REMOTE_USER"])
-        res = blank("http://shop.example/cart", user="alice",
-                    remote_addr="203.0.113.9").get_response(proxy)
+        res = json_request("http://shop.example/cart", user="alice",
+                           remote_addr="203.0.113.9").get_response(proxy)
         assert res.status_int == 200, res.text
         seen = res.json
         assert seen["REMOTE_USER"] == "alice" and seen["wsgiproxy.key_id"]
         assert seen["REMOTE_ADDR"] == "203.0.113.9"
         assert seen["SERVER_NAME"] == "shop.example" and seen["PATH_INFO"] == "/cart"
-        status, _, body = request(port, "GET", "/cart")  # unsigned, straight to it
-        assert status == 403 and b"missing" in body
+        answer = request(server.port, "/cart", accept="application/json")  # unsigned, direct
+        assert json_error(answer, 403)["message"].startswith("X-WSGIProxy-Signature: missing")
         proxy.close()
     # The comment is right: without clear_untrusted_proxy_headers = false,
     # waitress drops signed headers and every signed request is refused.
-    port, server = serve(replaced(s, {"clear_untrusted_proxy_headers = false": "#"}))
-    with server:
-        wait_for_port(port, process=server.proc)
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret)
-        res = blank("http://shop.example/cart", remote_addr="203.0.113.9").get_response(proxy)
-        assert res.status_int == 403 and "x-forwarded-for did not arrive" in res.text
+    with served({"clear_untrusted_proxy_headers = false": "#"}) as server:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % server.port, secret_file=secret_file)
+        res = json_request("http://shop.example/cart",
+                           remote_addr="203.0.113.9").get_response(proxy)
+        assert "x-forwarded-for did not arrive" in json_error(res, 403)["message"]
         proxy.close()
 
 
-def test_middleware_python_signed_and_behind_nginx(tmp_path, monkeypatch):
-    secret = secret_file(tmp_path)
+def test_middleware_python_signed_and_behind_nginx(tmp_path, monkeypatch, secret_file):
     ns = run_python(snippet("middleware-python-signed"), tmp_path, monkeypatch,
-                    {'"/etc/wsgiproxy/secret"': repr(secret)})
+                    {'"/etc/wsgiproxy/secret"': repr(secret_file)})
     with WaitressServer(ns["application"]) as backend:
-        proxy = WSGIProxyApp(backend.url, secret_file=secret, string_keys=["REMOTE_USER"])
-        res = blank("http://shop.example/cart", user="alice",
-                    remote_addr="203.0.113.9").get_response(proxy)
+        proxy = WSGIProxyApp(backend.url, secret_file=secret_file, string_keys=["REMOTE_USER"])
+        res = json_request("http://shop.example/cart", user="alice",
+                           remote_addr="203.0.113.9").get_response(proxy)
         assert res.status_int == 200
         assert res.text == snippet("middleware-python-output").text
         proxy.close()
-        status, _, body = request(backend.port, "GET", "/cart",
-                                  headers={"X-Forwarded-For": "6.6.6.6"})
-        assert status == 403 and b"missing" in body  # unsigned: refused
+        answer = request(backend.port, "/cart", headers=dict(JSON, **{
+            "X-Forwarded-For": "6.6.6.6"}))
+        assert "missing" in json_error(answer, 403)["message"]  # unsigned: refused
 
     # Behind nginx: the same application, wrapped the other way.  127.0.0.1
     # plays the nginx host; 127.0.0.2, also this machine, some other peer.
     s = snippet("middleware-python-nginx")
     nginx_ns = dict(ns, application=ns["application"].app)
-    exec_snippet(s, nginx_ns, replaced(s, {'"10.0.0.5"': '"127.0.0.1"'}))
+    exec_snippet(s, nginx_ns, {'"10.0.0.5"': '"127.0.0.1"'})
     forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
                  "X-Forwarded-Host": "shop.example"}
     with WaitressServer(nginx_ns["application"]) as backend:
-        status, _, body = request(backend.port, "GET", "/cart", headers=forwarded)
-        assert (status, body) == (200, b"https://shop.example/cart from 203.0.113.9 as None\n")
-        status, _, body = request(backend.port, "GET", "/cart", headers=forwarded,
-                                  source="127.0.0.2")
-        assert (status, body) == (
+        from_nginx = (200, b"https://shop.example/cart from 203.0.113.9 as None\n")
+        answer = request(backend.port, "/cart", headers=forwarded)
+        assert (answer.status, answer.body) == from_nginx
+        answer = request(backend.port, "/cart", headers=forwarded, source="127.0.0.2")
+        assert (answer.status, answer.body) == (
             200, b"http://127.0.0.1:%d/cart from 127.0.0.2 as None\n" % backend.port)
         # What the page says front_proxy_ips is for: nginx passes a client's
         # WSGIProxy headers on, and they are not believed from it.
         forged = dict(forwarded, **{"X-WSGIProxy-Str-0": "REMOTE_USER admin",
                                     "X-Forwarded-Server": "evil.example"})
-        status, _, body = request(backend.port, "GET", "/cart", headers=forged)
-        assert (status, body) == (200, b"https://shop.example/cart from 203.0.113.9 as None\n")
+        answer = request(backend.port, "/cart", headers=forged)
+        assert (answer.status, answer.body) == from_nginx
 
 
 # -- spawn.rst ------------------------------------------------------------------------
 
 def spawn_files(directory):
     (directory / "backend.ini").write_text(snippet("spawn-backend-ini").text)
-    secret_file(directory)
+    write_secret(directory)
 
 
 def check_spawned(app):
     """A request through the spawning app reaches its child, verified, as the front saw it."""
     try:
-        with WaitressServer(as_user(app, "alice"), threads=8) as front:
-            status, _, body = request(front.port, "GET", "/hello?format=json",
-                                      headers={"Host": "front.example"})
-        assert status == 200, body
-        seen = json.loads(body)
+        with WaitressServer(with_environ(app, REMOTE_USER="alice"), threads=8) as front:
+            answer = request(front.port, "/hello?format=json",
+                             headers={"Host": "front.example"})
+        assert answer.status == 200, answer
+        seen = answer.json()
         assert seen["REMOTE_USER"] == "alice" and seen["wsgiproxy.key_id"]
         assert seen["HTTP_HOST"] == "front.example" and seen["PATH_INFO"] == "/hello"
         assert app.idle_shutdown == 600
@@ -751,13 +725,8 @@ def test_httplib2_python(tmp_path, monkeypatch):
         ns = run_python(snippet("httplib2-python"), tmp_path, monkeypatch, {
             '"/var/cache/wsgiproxy"': repr(str(tmp_path / "cache")),
             '"backend.internal:8080"': '"127.0.0.1:%d"' % server.port})
-
-        def get(path):
-            req = Request.blank(path)
-            req.environ.update(SERVER_NAME="127.0.0.1", SERVER_PORT=str(server.port))
-            return req.get_response(ns["app"])
         try:
-            check_httplib2(get, backend)
+            check_httplib2(lambda path: through(ns["app"], server.port, path), backend)
         finally:
             close_all(ns.values())
     assert os.listdir(str(tmp_path / "cache"))
@@ -767,7 +736,7 @@ def test_httplib2_ini(tmp_path):
     s = snippet("httplib2-ini")
     backend = AuthBackend()
     with WaitressServer(backend) as server:
-        text = replaced(s, {"backend.internal:8080": "127.0.0.1:%d" % server.port})
+        text = s.replaced({"backend.internal:8080": "127.0.0.1:%d" % server.port})
         app = load_ini(text, tmp_path, s.where)["app:main"]
         try:
             check_httplib2(lambda path: Request.blank(path).get_response(app), backend)
@@ -778,45 +747,38 @@ def test_httplib2_ini(tmp_path):
 
 # -- scaleout.rst --------------------------------------------------------------------------
 
-def nonce_keys(redis_server):
-    client = redis_server.client()
-    try:
-        return client.keys("wsgiproxy:nonce:*")
-    finally:
-        client.close()
+#: Where RedisNonceStore keeps its nonces (the pages do not change the prefix).
+NONCES = "wsgiproxy:nonce:*"
 
 
 def check_replay_refused(port, secret):
     """A captured signed request, sent again and again on new connections: served once."""
     data = capture_signed_request(secret, "/replay?format=json")
-    answers = [send_raw(port, data) for _ in range(8)]
-    statuses = [int(answer.split(b" ", 2)[1]) for answer in answers]
-    assert statuses == [200] + [403] * 7, statuses
-    assert all(b"replayed" in answer for answer in answers[1:])
+    answers = [parse_answer(send_raw(port, data)) for _ in range(8)]
+    assert [answer.status for answer in answers] == [200] + [403] * 7, answers
+    for answer in answers[1:]:
+        assert "replayed" in json_error(answer)["message"]
 
 
-def test_scaleout_gunicorn_workers_share_the_redis_store(tmp_path, redis_server):
-    secret = secret_file(tmp_path)
+def test_scaleout_gunicorn_workers_share_the_redis_store(tmp_path, redis_server, secret_file):
     s = snippet("scaleout-backend-ini")
     (tmp_path / "backend.ini").write_text(
-        replaced(s, {"redis://127.0.0.1:6379/0": "redis://127.0.0.1:%d/0" % redis_server.port}))
+        s.replaced({"redis://127.0.0.1:6379/0": "redis://127.0.0.1:%d/0" % redis_server.port}))
     [command] = console_commands(snippet("scaleout-gunicorn"))
     assert command[0] == "gunicorn" and "127.0.0.1:8001" in command
     port = free_port()
     command = [os.path.join(BIN, "gunicorn")] + [
         "127.0.0.1:%d" % port if arg == "127.0.0.1:8001" else arg for arg in command[1:]]
-    log = open(str(tmp_path / "gunicorn.log"), "ab")
-    with Process(command, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT) as server:
-        log.close()
-        wait_for_port(port, process=server.proc)
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret,
+    with Served(command, port, tmp_path / "gunicorn.log", cwd=str(tmp_path)):
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret_file,
                              string_keys=["REMOTE_USER"])
         answers, workers = [], set()
 
         def batch():  # 8 at once, until a second worker (still loading at first) served some
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                new = list(pool.map(lambda i: blank("http://shop.example/p/%d" % i, "alice")
-                                    .get_response(proxy), range(len(answers), len(answers) + 8)))
+                new = list(pool.map(lambda i: json_request("http://shop.example/p/%d" % i,
+                                                           "alice").get_response(proxy),
+                                    range(len(answers), len(answers) + 8)))
             for res in new:
                 assert res.status_int == 200, res.text
                 assert res.json["REMOTE_USER"] == "alice"
@@ -827,45 +789,41 @@ def test_scaleout_gunicorn_workers_share_the_redis_store(tmp_path, redis_server)
         wait_until(batch, 30, "two gunicorn workers to serve requests")
         proxy.close()
         # Several workers served them, and each wrote its nonces to the one store.
-        assert len(nonce_keys(redis_server)) == len(answers)
-        check_replay_refused(port, secret)
+        assert len(redis_server.keys(NONCES)) == len(answers)
+        check_replay_refused(port, secret_file)
 
 
 def test_scaleout_redis_python(tmp_path, monkeypatch, redis_server):
     s = snippet("scaleout-redis-python")
-    secret_file(tmp_path)  # the snippet's "secret.txt", in its working directory
+    write_secret(tmp_path)  # the snippet's "secret.txt", in its working directory
     ns = run_python(s, tmp_path, monkeypatch, {"127.0.0.1:6379": "127.0.0.1:%d"
                                                % redis_server.port},
-                    namespace={"__name__": "__docs__", "app": environ_app})
+                    namespace={"__name__": "__docs__", "app": echo_app})
     app = ns["app"]
     try:
         with WaitressServer(app) as backend:
             proxy = WSGIProxyApp(backend.url, secret_file="secret.txt",
                                  string_keys=["REMOTE_USER"])
-            res = blank("/x", "alice").get_response(proxy)
+            res = json_request("/x", "alice").get_response(proxy)
             assert res.status_int == 200 and res.json["REMOTE_USER"] == "alice"
             proxy.close()
-            assert len(nonce_keys(redis_server)) == 1
+            assert len(redis_server.keys(NONCES)) == 1
             check_replay_refused(backend.port, os.path.abspath("secret.txt"))
     finally:
         app.nonce_store.close()
 
 
-def test_scaleout_nginx_in_front_of_two_backends(tmp_path):
-    secret = secret_file(tmp_path)
-    counts = collections.Counter()
+def test_scaleout_nginx_in_front_of_two_backends(tmp_path, secret_file):
+    counts = {"a": 0, "b": 0}
 
     def backend(name):
-        def app(environ, start_response):
-            counts[name] += 1
-            return environ_app(environ, start_response)
-        return WSGIProxyMiddleware(app, secret_file=secret)
+        return WSGIProxyMiddleware(counted(echo_app, counts, name), secret_file=secret_file)
 
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     port = free_port()
     with WaitressServer(backend("a")) as a, WaitressServer(backend("b")) as b:
-        conf = replaced(snippet("scaleout-nginx"), {
+        conf = snippet("scaleout-nginx").replaced({
             "127.0.0.1:8001": "127.0.0.1:%d" % a.port, "127.0.0.1:8002": "127.0.0.1:%d" % b.port,
             "127.0.0.1:8080": "127.0.0.1:%d" % port,
             # This nginx keeps its files in its own prefix, not the system's.
@@ -874,18 +832,14 @@ def test_scaleout_nginx_in_front_of_two_backends(tmp_path):
         main = "daemon off; pid %s/nginx.pid; error_log %s/error.log;" % (prefix, prefix)
         if os.geteuid() == 0:
             main += " user root;"
-        log = open(str(prefix / "stdout.log"), "ab")
-        with Process([need("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                      "-e", str(prefix / "error.log"), "-g", main],
-                     stdout=log, stderr=subprocess.STDOUT) as nginx:
-            log.close()
+        with nginx_process(prefix, prefix / "nginx.conf", "-g", main) as nginx:
             wait_for_port(port, process=nginx.proc)
             s = snippet("scaleout-nginx-proxy-ini")
-            proxy = load_ini(replaced(s, {"http://127.0.0.1:8080": "http://127.0.0.1:%d" % port}),
+            proxy = load_ini(s.replaced({"http://127.0.0.1:8080": "http://127.0.0.1:%d" % port}),
                              tmp_path, s.where)["app:main"]
             for i in range(10):
-                res = blank("http://shop.example:8080/item/%d" % i, "alice",
-                            remote_addr="203.0.113.9").get_response(proxy)
+                res = json_request("http://shop.example:8080/item/%d" % i, "alice",
+                                   remote_addr="203.0.113.9").get_response(proxy)
                 assert res.status_int == 200, res.text
                 seen = res.json
                 assert seen["REMOTE_USER"] == "alice" and seen["REMOTE_ADDR"] == "203.0.113.9"

@@ -6,16 +6,16 @@ with the reason.
 """
 
 import io
-import socket
 import threading
 
 import pytest
 
-from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy import transport
+from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.transport import make_transport
 
-from .servers import OK, RawServer, WaitressServer, blank, echo_app, scripted
+from .client import JSON, json_error, through
+from .servers import OK, RawServer, WaitressServer, blank, echo_app, free_port, scripted
 
 STREAMING_ONLY = "the httplib2 transport buffers whole bodies: %s"
 TRANSPORTS = ["http", "httplib2"]
@@ -26,10 +26,6 @@ def streaming_only(what):
     return ["http", pytest.param("httplib2", marks=pytest.mark.skip(reason=STREAMING_ONLY % what))]
 
 
-def get(proxy, port, path="/", **kw):
-    return blank(path, port, **kw).get_response(proxy)
-
-
 @pytest.fixture(params=TRANSPORTS)
 def proxy(request):
     p = ExactProxy(transport=request.param, read_timeout=5, connect_timeout=5)
@@ -37,17 +33,10 @@ def proxy(request):
     p.close()
 
 
-@pytest.fixture
-def h2proxy():
-    p = ExactProxy(transport="httplib2", read_timeout=5, connect_timeout=5)
-    yield p
-    p.close()
-
-
 # == End to end, both transports ==============================================
 
 def test_forwards_method_path_query_headers_body_and_host(proxy, echo):
-    res = get(proxy, echo.port, "/a/b?x=1&y=%20", method="PUT",
+    res = through(proxy, echo.port, "/a/b?x=1&y=%20", method="PUT",
               headers={"Host": "front.example:8080", "X-Custom": "v1",
                        "X-Backslash": "C:\\new\\d", "Content-Type": "text/plain"},
               body=b"hello")
@@ -66,7 +55,7 @@ def test_forwards_method_path_query_headers_body_and_host(proxy, echo):
 
 
 def test_non_ascii_path_is_not_mojibake(proxy, echo):
-    seen = get(proxy, echo.port, "/caf%C3%A9/%E2%82%AC").json
+    seen = through(proxy, echo.port, "/caf%C3%A9/%E2%82%AC").json
     assert seen["PATH_INFO"].encode("latin-1").decode("utf-8") == "/café/€"
     assert seen["REQUEST_URI"] == "/caf%C3%A9/%E2%82%AC"
 
@@ -83,7 +72,7 @@ def test_status_reason_and_repeated_headers_pass_through(proxy):
         conn.send(b"HTTP/1.1 799 Silly Response\r\nSet-Cookie: a=1\r\nX-B: 2\r\n"
                   b"Set-Cookie: b=2, c=3\r\nContent-Length: 2\r\n\r\nok")
     with RawServer(handler) as server:
-        res = get(proxy, server.port)
+        res = through(proxy, server.port)
     assert res.status == "799 Silly Response"
     assert res.headerlist == [("Set-Cookie", "a=1"), ("X-B", "2"), ("Set-Cookie", "b=2, c=3"),
                               ("Content-Length", "2")]
@@ -97,7 +86,7 @@ def test_hop_by_hop_headers_are_dropped_both_ways(proxy):
                   b"Keep-Alive: timeout=5\r\nX-Secret-Hop: 1\r\nUpgrade: h2c\r\n"
                   b"Proxy-Connection: keep-alive\r\nX-End: kept\r\nContent-Length: 0\r\n\r\n")
     with RawServer(handler) as server:
-        res = get(proxy, server.port, headers={
+        res = through(proxy, server.port, headers={
             "Connection": "X-Client-Hop", "X-Client-Hop": "1", "Keep-Alive": "300",
             "TE": "trailers", "Upgrade": "websocket", "Proxy-Connection": "x",
             "Proxy-Authorization": "Basic eDp5", "Trailer": "X-T", "Expect": "100-continue",
@@ -112,41 +101,41 @@ def test_hop_by_hop_headers_are_dropped_both_ways(proxy):
 
 @pytest.mark.parametrize("response, body", [
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: t\r\n\r\n", b"hello"),
+    ((b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+      b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: t\r\n\r\n"), b"hello"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", b""),
     (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
     (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 99\r\n\r\n", b""),
-    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
-     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"hi"),
+    ((b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"), b"hi"),
 ])
 def test_framed_responses_keep_the_connection(proxy, response, body):
     with RawServer(scripted(response, OK)) as server:
-        assert get(proxy, server.port).body == body
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == body
+        assert through(proxy, server.port).body == b"ok"
         assert server.connections == 1
 
 
 def test_head_response_has_no_body_whatever_its_headers_say(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", OK)) as server:
-        res = get(proxy, server.port, method="HEAD")
+        res = through(proxy, server.port, method="HEAD")
         assert res.headers["Content-Length"] == "1000"
         assert res.body == b""
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"ok"
 
 
 def test_close_delimited_body_is_read_to_eof(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end<close>", OK)) as server:
-        assert get(proxy, server.port).body == b"until the end<close>"
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"until the end<close>"
+        assert through(proxy, server.port).body == b"ok"
         assert server.connections == 2
 
 
 def test_extra_bytes_after_content_length_never_reach_the_next_request(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"
                             b"Content-Length: 6\r\n\r\nsmuggl", OK, OK)) as server:
-        assert get(proxy, server.port).body == b"ok"
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"ok"
         assert server.connections == 2
 
 
@@ -178,29 +167,23 @@ def test_extra_bytes_after_content_length_never_reach_the_next_request(proxy):
 ])
 def test_malformed_responses_are_502_and_never_reused(h2proxy, response, reason):
     with RawServer(scripted(response, OK)) as server:
-        res = get(h2proxy, server.port)
-        assert res.status_int == 502, res.text
-        assert reason in res.text
-        assert "127.0.0.1:%d" % server.port in res.text
+        error = json_error(through(h2proxy, server.port, headers=JSON), 502)
+        assert reason in error["message"]
+        assert "127.0.0.1:%d" % server.port in error["message"]
         assert h2proxy.transport.idle_connections() == 0
 
 
 def test_refused_is_502_with_json_when_asked(proxy):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    res = get(proxy, port, headers={"Accept": "application/json"})
-    assert res.status_int == 502
-    assert res.json["error"]["type"] == "BadGateway"
-    assert "connection refused" in res.json["error"]["message"]
-    assert "127.0.0.1:%d" % port in res.json["error"]["message"]
+    port = free_port()
+    error = json_error(through(proxy, port, headers=JSON), 502)
+    assert error["type"] == "BadGateway"
+    assert "connection refused" in error["message"]
+    assert "127.0.0.1:%d" % port in error["message"]
 
 
 def test_unknown_host_is_502(proxy):
-    res = get(proxy, 80, host="no-such-host.invalid")
-    assert res.status_int == 502
-    assert "unknown host" in res.text
+    res = through(proxy, 80, host="no-such-host.invalid", headers=JSON)
+    assert "unknown host" in json_error(res, 502)["message"]
 
 
 @pytest.mark.parametrize("name", TRANSPORTS)
@@ -212,20 +195,19 @@ def test_read_timeout_is_504(name):
         conn.read_request()
         release.wait(10)
     with RawServer(silent) as server:
-        res = get(proxy, server.port)
+        res = through(proxy, server.port, headers=JSON)
         release.set()
-    assert res.status_int == 504
-    assert "timed out" in res.text
+    error = json_error(res, 504)
+    assert error["type"] == "GatewayTimeout" and "timed out" in error["message"]
 
 
 def test_short_request_body_is_400(proxy):
     with RawServer(lambda c: c.read_request()) as server:
-        req = blank("/up", server.port, method="POST")
+        req = blank("/up", server.port, method="POST", headers=JSON)
         req.environ["wsgi.input"] = io.BytesIO(b"abc")
         req.environ["CONTENT_LENGTH"] = "100000"
         res = req.get_response(proxy)
-    assert res.status_int == 400
-    assert "ended after 3 of 100000 bytes" in res.text
+    assert "ended after 3 of 100000 bytes" in json_error(res, 400)["message"]
 
 
 @pytest.mark.parametrize("name", TRANSPORTS)
@@ -239,14 +221,20 @@ def test_header_injection_is_refused(name):
         transport.request("http", "127.0.0.1", 1, "GET", "/a b", [("Host", "x")])
 
 
+def chunked_upload(port, body):
+    """A POST whose body has no length: chunked, as a server hands it over
+    (``wsgi.input_terminated``, no CONTENT_LENGTH)."""
+    req = blank("/up", port, method="POST")
+    req.environ.pop("CONTENT_LENGTH", None)
+    req.environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    req.environ["wsgi.input"] = io.BytesIO(body)
+    req.environ["wsgi.input_terminated"] = True
+    return req
+
+
 def test_chunked_upload_without_length_arrives_whole(proxy):
     with RawServer(scripted(OK)) as server:
-        req = blank("/up", server.port, method="POST")
-        req.environ.pop("CONTENT_LENGTH", None)
-        req.environ["HTTP_TRANSFER_ENCODING"] = "chunked"
-        req.environ["wsgi.input"] = io.BytesIO(b"x" * 200000)
-        req.environ["wsgi.input_terminated"] = True
-        assert req.get_response(proxy).status_int == 200
+        assert chunked_upload(server.port, b"x" * 200000).get_response(proxy).status_int == 200
         assert server.requests[0][1] == b"x" * 200000
 
 
@@ -254,11 +242,7 @@ def test_chunked_upload_without_length_arrives_whole(proxy):
                                                 "sent with a Content-Length, not chunked"))
 def test_chunked_upload_is_sent_chunked(name):
     with RawServer(scripted(OK)) as server:
-        req = blank("/up", server.port, method="POST")
-        req.environ.pop("CONTENT_LENGTH", None)
-        req.environ["HTTP_TRANSFER_ENCODING"] = "chunked"
-        req.environ["wsgi.input"] = io.BytesIO(b"x" * 1000)
-        req.environ["wsgi.input_terminated"] = True
+        req = chunked_upload(server.port, b"x" * 1000)
         assert req.get_response(ExactProxy(transport=name)).status_int == 200
         assert b"transfer-encoding: chunked" in server.requests[0][0].lower()
 
@@ -319,7 +303,7 @@ def test_concurrent_requests_get_their_own_answers(name, echo):
     def worker(n):
         for i in range(20):
             ident = "%d-%d" % (n, i)
-            seen = get(proxy, echo.port, "/id/" + ident, headers={"X-Ident": ident}).json
+            seen = through(proxy, echo.port, "/id/" + ident, headers={"X-Ident": ident}).json
             if seen["PATH_INFO"] != "/id/" + ident or seen["HTTP_X_IDENT"] != ident:
                 errors.append((ident, seen["PATH_INFO"]))
 
@@ -339,7 +323,7 @@ def test_ipv6_backend(proxy):
     except OSError as exc:  # pragma: no cover - a machine without IPv6 loopback
         pytest.skip("no IPv6 loopback: %s" % exc)
     with server:
-        seen = get(proxy, server.port, "/v6", host="::1").json
+        seen = through(proxy, server.port, "/v6", host="::1").json
     assert seen["PATH_INFO"] == "/v6"
 
 
@@ -349,20 +333,19 @@ def test_ipv6_backend(proxy):
 def test_https_backend_verified_with_ca_certs(name, ca_file, tls_server):
     proxy = ExactProxy(transport=name, ca_certs=ca_file)
     for _ in range(2):
-        assert get(proxy, tls_server.port, scheme="https").body == b"ok"
+        assert through(proxy, tls_server.port, scheme="https").body == b"ok"
     assert tls_server.connections == 1
     proxy.close()
 
 
 def test_https_backend_with_unknown_ca_is_502(proxy, tls_server):
-    res = get(proxy, tls_server.port, scheme="https")
-    assert res.status_int == 502
-    assert "certificate verification failed" in res.text
+    res = through(proxy, tls_server.port, scheme="https", headers=JSON)
+    assert "certificate verification failed" in json_error(res, 502)["message"]
 
 
 @pytest.mark.parametrize("name", TRANSPORTS)
 def test_https_verification_can_be_turned_off(name, tls_server):
-    assert get(ExactProxy(transport=name, verify=False), tls_server.port,
+    assert through(ExactProxy(transport=name, verify=False), tls_server.port,
                scheme="https").body == b"ok"
 
 
@@ -371,7 +354,7 @@ def test_a_forked_child_starts_with_an_empty_pool(name, echo):
     """gunicorn --preload forks after the app (and its pool) exist: never share sockets."""
     import os
     proxy = ExactProxy(transport=name)
-    assert get(proxy, echo.port).status_int == 200
+    assert through(proxy, echo.port).status_int == 200
     assert proxy.transport.idle_connections() == 1
     pid = os.fork()
     if pid == 0:  # the child: report through the exit status only

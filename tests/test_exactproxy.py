@@ -5,6 +5,7 @@ are in test_end_to_end_transports.py, run through ExactProxy.
 """
 
 import http.client
+import json
 import threading
 
 from webob import Request
@@ -12,6 +13,7 @@ from webob import Request
 from wsgiproxy import exactproxy
 from wsgiproxy.exactproxy import filter_paste_httpserver_proxy, proxy_exact_request
 
+from .client import JSON, call_wsgi, json_error, through
 from .servers import RawServer, WaitressServer, blank
 
 
@@ -78,15 +80,15 @@ def test_response_streams_as_it_arrives_through_a_real_front_server():
 
 
 def test_exact_proxy_rejects_unknown_scheme():
-    req = blank("/", 1)
-    req.environ["wsgi.url_scheme"] = "gopher"
-    res = req.get_response(proxy_exact_request)
-    assert res.status_int == 400
-    assert "gopher" in res.text
+    res = through(proxy_exact_request, 1, scheme="gopher", headers=JSON)
+    error = json_error(res, 400)
+    assert error["type"] == "BadRequest" and "gopher" in error["message"]
 
 
 def test_blank_environ_gets_a_clean_400():
-    statuses = []
-    body = b"".join(proxy_exact_request({}, lambda status, headers: statuses.append(status)))
-    assert statuses == ["400 Bad Request"]
-    assert b"cannot proxy to scheme" in body
+    """An environ with nothing a WSGI server sets (then with the client's Accept only)."""
+    assert call_wsgi(proxy_exact_request, {})[0] == "400 Bad Request"
+    status, headers, body = call_wsgi(proxy_exact_request, {"HTTP_ACCEPT": "application/json"})
+    assert status == "400 Bad Request"
+    assert dict(headers)["Content-Type"] == "application/json"
+    assert "cannot proxy to scheme" in json.loads(body)["error"]["message"]

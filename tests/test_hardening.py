@@ -6,7 +6,6 @@ import os
 import socket
 import sys
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,26 +17,19 @@ from wsgiproxy import transport as transport_module
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.transport import BackendError, BadBackendResponse
 
-from .servers import Process, RawServer, WaitressServer, free_port, wait_for_port
+from .client import JSON, json_error, parse_answer, request, send_raw
+from .servers import BIN, Gunicorn, RawServer, Served, WaitressServer, free_port, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.dirname(sys.executable)
 
 
 @pytest.fixture(scope="module")
-def faults():
-    """The fault server (tests/faultserver.py) in its own process."""
+def faults(tmp_path_factory):
+    """The fault server (tests/faultserver.py) in its own process: its port."""
     port = free_port()
-    with Process([sys.executable, os.path.join(HERE, "faultserver.py"), str(port)]) as proc:
-        wait_for_port(port, process=proc.proc)
+    log = tmp_path_factory.mktemp("faults") / "faultserver.log"
+    with Served([sys.executable, os.path.join(HERE, "faultserver.py"), port], port, log):
         yield port
-
-
-def front_request(port, path, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    conn.request("GET", path, headers=headers or {})
-    res = conn.getresponse()
-    return conn, res
 
 
 # -- backend faults, through a real front server --------------------------------
@@ -57,21 +49,16 @@ def front_request(port, path, headers=None):
 def test_backend_faults_before_the_body_get_clean_answers(faults, path, status, reason):
     proxy = WSGIProxyApp("http://127.0.0.1:%d" % faults, read_timeout=0.5)
     with WaitressServer(proxy) as front:
-        conn, res = front_request(front.port, path, {"Accept": "application/json"})
-        body = res.read()
-        conn.close()
-        assert res.status == status, body
-        assert reason.encode() in body
+        assert reason in json_error(request(front.port, path, headers=JSON), status)["message"]
         # ... and the proxy still works, with no broken connection pooled.
-        conn, res = front_request(front.port, "/ok?size=5", {"X-Request-Id": "after"})
-        assert res.status == 200 and res.read() == b"after:xxxxx"
-        conn.close()
+        answer = request(front.port, "/ok?size=5", headers={"X-Request-Id": "after"})
+        assert (answer.status, answer.body) == (200, b"after:xxxxx")
 
 
 def test_refused_backend_is_502(faults):
     proxy = WSGIProxyApp("http://127.0.0.1:%d" % free_port())
-    res = Request.blank("/").get_response(proxy)
-    assert res.status_int == 502 and "connection refused" in res.text
+    res = Request.blank("/", headers=JSON).get_response(proxy)
+    assert "connection refused" in json_error(res, 502)["message"]
 
 
 @pytest.mark.parametrize("path", ["/close-mid-body?delay=0.3", "/close-mid-chunk?delay=0.3",
@@ -80,7 +67,9 @@ def test_failure_in_the_middle_of_a_body_closes_the_clients_connection(faults, p
     """Never a silently short body: the client sees its connection cut."""
     proxy = WSGIProxyApp("http://127.0.0.1:%d" % faults, read_timeout=0.5)
     with WaitressServer(proxy) as front:
-        conn, res = front_request(front.port, path)
+        conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=20)
+        conn.request("GET", path)
+        res = conn.getresponse()
         assert res.status == 200
         with pytest.raises(http.client.IncompleteRead):
             res.read()
@@ -125,20 +114,19 @@ def test_client_disconnecting_mid_download_discards_the_backend_connection():
                 got += len(sock.recv(65536))
             sock.close()
             assert cut.wait(15), "the backend connection was not closed"
-            conn, res = front_request(front.port, "/small")
-            assert res.read() == b"ok"
-            conn.close()
+            assert request(front.port, "/small").body == b"ok"
         assert proxy.transport.idle_connections() <= 1
 
 
 def _gunicorn_proxy(tmp_path, href, **options):
-    port = free_port()
+    """gunicorn (gthread, one worker) serving a WSGIProxyApp for ``href`` with ``options``."""
     ini = tmp_path / "proxy.ini"
     lines = ["[app:main]", "use = egg:WSGIProxy#main", "href = %s" % href]
     lines += ["%s = %s" % item for item in options.items()]
     ini.write_text("\n".join(lines) + "\n")
-    return port, [os.path.join(BIN, "gunicorn"), "--paste", str(ini), "-b", "127.0.0.1:%d" % port,
-                  "-k", "gthread", "--threads", "16", "-w", "1", "--graceful-timeout", "2"]
+    return Gunicorn([os.path.join(BIN, "gunicorn"), "--paste", ini, "-b",
+                     "127.0.0.1:%d" % free_port(), "-k", "gthread", "--threads", "16", "-w", "1",
+                     "--graceful-timeout", "2"], tmp_path)
 
 
 def test_client_disconnecting_mid_upload_discards_the_backend_connection(tmp_path):
@@ -157,46 +145,26 @@ def test_client_disconnecting_mid_upload_discards_the_backend_connection(tmp_pat
             outcomes.append(len(body))
             conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
-    with RawServer(record) as backend:
-        port, cmd = _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % backend.port)
-        with Process(cmd) as proc:
-            wait_for_port(port, process=proc.proc)
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         + b"10000\r\n" + b"u" * 0x10000 + b"\r\n" + b"10000\r\n" + b"u" * 5000)
-            deadline = time.monotonic() + 10
-            while not backend.connections and time.monotonic() < deadline:
-                time.sleep(0.02)
-            sock.close()
-            deadline = time.monotonic() + 10
-            while "aborted" not in outcomes and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert "aborted" in outcomes
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("POST", "/again", body=b"fine")
-            assert conn.getresponse().read() == b"ok"
-            conn.close()
-            assert outcomes[-1] == 4
+    with RawServer(record) as backend, \
+            _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % backend.port) as gunicorn:
+        port = gunicorn.port
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"10000\r\n" + b"u" * 0x10000 + b"\r\n" + b"10000\r\n" + b"u" * 5000)
+        wait_until(lambda: backend.connections, 10, "the proxy to connect to the backend")
+        sock.close()
+        wait_until(lambda: "aborted" in outcomes, 10, "the backend to see the upload cut")
+        assert request(port, "/again", "POST", body=b"fine").body == b"ok"
+        assert outcomes[-1] == 4
 
 
 @pytest.mark.parametrize("declared", [1000, 200000])
 def test_body_shorter_than_its_content_length_is_400(tmp_path, faults, declared):
-    port, cmd = _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % faults)
-    with Process(cmd) as proc:
-        wait_for_port(port, process=proc.proc)
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nshort"
-                     % declared)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-        sock.close()
+    with _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % faults) as gunicorn:
+        answer = send_raw(gunicorn.port, b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Length: %d\r\n\r\nshort" % declared, shutdown=True)
     # gunicorn may notice the short body itself first; either way it is a 400, not a 5xx.
-    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert parse_answer(answer).status == 400, answer[:200]
 
 
 # -- hostile input -----------------------------------------------------------------
@@ -225,9 +193,8 @@ def test_cr_lf_nul_in_forwarded_values_never_reach_the_wire():
 
 def test_control_characters_in_the_host_are_400_with_forwarded_on():
     proxy = WSGIProxyApp("http://127.0.0.1:%d" % free_port(), forwarded=True)
-    res = Request.blank("/", headers={"Host": "a\x01b"}).get_response(proxy)
-    assert res.status_int == 400
-    assert "control characters" in res.text
+    res = Request.blank("/", headers=dict(JSON, Host="a\x01b")).get_response(proxy)
+    assert "control characters" in json_error(res, 400)["message"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -302,9 +269,7 @@ def test_no_leak_after_2000_requests_with_faults(faults):
         fds, threads = _fds(), threading.active_count()
         run(2000)
         # waitress closes a cut connection asynchronously: give it a moment, bounded.
-        deadline = time.monotonic() + 5
-        while _fds() > fds + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: _fds() <= fds + 2, 5, "waitress to close the cut connections")
         assert abs(_fds() - fds) <= 2
         assert abs(threading.active_count() - threads) <= 2
     idle = [conn for conns in proxy.transport._idle.values() for conn in conns]
@@ -315,10 +280,9 @@ def test_no_leak_after_2000_requests_with_faults(faults):
 # -- concurrency -------------------------------------------------------------------
 
 def test_200_concurrent_clients_get_their_own_responses(tmp_path, faults):
-    port, cmd = _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % faults, pool_size="2")
     wrong, failed = [], []
-    with Process(cmd) as proc:
-        wait_for_port(port, process=proc.proc)
+    with _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % faults, pool_size="2") as gunicorn:
+        port = gunicorn.port
         start = threading.Barrier(200, timeout=30)
 
         def client(n):

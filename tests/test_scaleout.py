@@ -8,99 +8,59 @@ sleeps.
 """
 
 import concurrent.futures
-import http.client
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 import redis
-from paste.deploy import loadapp
+from paste.deploy import loadapp  # type: ignore[import-untyped]
 
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.middleware import WSGIProxyMiddleware
-from wsgiproxy.wsgiapp import make_middleware
 from wsgiproxy.protocol import MemoryNonceStore
-
 from wsgiproxy.redisstore import NonceStoreUnavailable, RedisNonceStore
+from wsgiproxy.wsgiapp import make_middleware
 
-from .servers import (GUNICORN_CONF, Process, RedisServer, WaitressServer, alive,
-                      capture_signed_request, children_of, echo_app, free_port, need, nginx_conf,
-                      parent_of, ready_workers, send_raw, wait_for_port, wait_until)
+from .client import JSON, get_json, json_error, parse_answer, request, send_raw
+from .servers import (
+    BIN,
+    Gunicorn,
+    RedisServer,
+    WaitressServer,
+    alive,
+    capture_signed_request,
+    children_of,
+    counted,
+    echo_app,
+    free_port,
+    nginx_conf,
+    nginx_process,
+    parent_of,
+    pids_in,
+    wait_for_port,
+    wait_until,
+    with_environ,
+)
 
-BIN = os.path.dirname(sys.executable)
-SECRET = "scale-out-test-secret-0123456789abcdef"
 PREFIX = RedisServer.prefix
 
 pytestmark = pytest.mark.timeout(45)
 
 
-@pytest.fixture
-def secret_file(tmp_path):
-    path = tmp_path / "secret.txt"
-    path.write_text(SECRET + "\n")
-    return str(path)
+def gunicorn(tmp_path, ini, workers, *options):
+    """gunicorn --paste ``ini`` -w ``workers`` on a free port (servers.Gunicorn: entered once
+    every worker is ready; its access log has the worker pids)."""
+    return Gunicorn([os.path.join(BIN, "gunicorn"), "--paste", ini,
+                     "-b", "127.0.0.1:%d" % free_port(), "-w", str(workers),
+                     "--graceful-timeout", "10", *options], tmp_path)
 
 
-def gunicorn(tmp_path, ini, port, workers, *options):
-    """gunicorn --paste ``ini`` -w ``workers`` on ``port``, once every worker is ready.
-
-    The access log (with worker pids) goes to tmp_path/access.log; each worker
-    that has loaded the app touches tmp_path/ready/<pid>.
-    """
-    ready = tmp_path / "ready"
-    ready.mkdir(exist_ok=True)
-    conf = tmp_path / "gunicorn_conf.py"
-    conf.write_text(GUNICORN_CONF.format(ready=str(ready)))
-    log = open(str(tmp_path / "gunicorn.log"), "ab")
-    args = [os.path.join(BIN, "gunicorn"), "--paste", str(ini), "-c", str(conf),
-            "-b", "127.0.0.1:%d" % port, "-w", str(workers),
-            "--access-logfile", str(tmp_path / "access.log"),
-            "--access-logformat", "%(p)s %(s)s %(r)s", "--graceful-timeout", "10"]
-    proc = Process(args + list(options), stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    wait_for_port(port, process=proc.proc)
-    wait_until(lambda: len(ready_workers(tmp_path, proc.proc.pid)) == workers,
-               what="%d gunicorn workers to be ready" % workers)
-    return proc
-
-
-def access_log(tmp_path):
-    """``[(worker pid, status, request line)]`` from the gunicorn access log."""
-    path = tmp_path / "access.log"
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        pid, status, request = line.split(" ", 2)
-        entries.append((int(pid.strip("<>")), int(status), request))
-    return entries
-
-
-def set_user(app, user):
-    def outer(environ, start_response):
-        environ["REMOTE_USER"] = user
-        return app(environ, start_response)
-    return outer
-
-
-def fetch(port, path="/", method="GET", body=None, headers=None, timeout=20):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request(method, path, body=body,
-                 headers=dict({"Accept": "application/json"}, **(headers or {})))
-    res = conn.getresponse()
-    data = res.read()
-    conn.close()
-    return res.status, dict(res.getheaders()), data
-
-
-def status_of(response):
-    return int(response.split(b" ", 2)[1])
+def as_alice(app):
+    return with_environ(app, REMOTE_USER="alice")
 
 
 BACKEND_INI = """
@@ -216,83 +176,79 @@ def test_ini_spelling_and_lazy_import(redis_server, secret_file):
 
 # -- gunicorn -w 4 with signing -------------------------------------------------
 
-def replay_until(port, data, tmp_path, enough, rounds=15, batch=8):
-    """Replay ``data`` in concurrent batches, a new connection each, until
-    ``enough(results, replays)`` (or ``rounds`` batches).
+def replay_until(server, data, enough, rounds=15, batch=8):
+    """Replay ``data`` to the gunicorn ``server`` in concurrent batches, a new connection
+    each, until ``enough(answers, replays)`` (or ``rounds`` batches).
 
-    Returns ``[(status, response)]`` and the access log entries of the replays.
+    Returns the answers (client.Answer) and the access log entries of the replays.
     """
-    results = []
+    answers = []
+
+    def replays():
+        return [e for e in server.access_log() if "/replay" in e[2]]
+
     with concurrent.futures.ThreadPoolExecutor(batch) as pool:
         for _ in range(rounds):
-            results += [(status_of(r), r) for r in pool.map(
-                lambda _: send_raw(port, data), range(batch))]
-            wait_until(lambda: len([e for e in access_log(tmp_path) if "/replay" in e[2]])
-                       >= len(results), 10, "the access log")
-            replays = [e for e in access_log(tmp_path) if "/replay" in e[2]]
-            if enough(results, replays):
+            answers.extend(pool.map(lambda _: parse_answer(send_raw(server.port, data)),
+                                    range(batch)))
+            wait_until(lambda: len(replays()) >= len(answers), 10, "the access log")
+            if enough(answers, replays()):
                 break
-    return results, replays
+    return answers, replays()
+
+
+def refused_as_replayed(answer):
+    return "replayed" in json_error(answer, 403)["message"]
 
 
 def test_gunicorn_workers_share_the_redis_store_and_refuse_replays(tmp_path, redis_server,
                                                                     secret_file):
-    port = free_port()
     ini = backend_ini(tmp_path, secret_file, "nonce_store = " + redis_server.url)
-    with gunicorn(tmp_path, ini, port, 4):
-        proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret_file,
+    with gunicorn(tmp_path, ini, 4) as backend:
+        proxy = WSGIProxyApp("http://127.0.0.1:%d" % backend.port, secret_file=secret_file,
                              string_keys=["REMOTE_USER"])
-        with WaitressServer(set_user(proxy, "alice"), threads=8) as front:
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                answers = list(pool.map(lambda i: fetch(front.port, "/page/%d" % i,
-                                                        headers={"Host": "www.example.com"}),
-                                        range(40)))
+        with WaitressServer(as_alice(proxy), threads=8) as front, \
+                concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seen_all = list(pool.map(lambda i: get_json(
+                front.port, "/page/%d" % i, {"Host": "www.example.com"}), range(40)))
         proxy.close()
         workers = set()
-        for status, _, body in answers:
-            assert status == 200, body
-            seen = json.loads(body)
+        for seen in seen_all:
             assert seen["REMOTE_USER"] == "alice"
             assert seen["HTTP_HOST"] == "www.example.com"
             assert seen["wsgiproxy.key_id"]
             workers.add(seen["wsgiproxy.sample.pid"])
         assert len(workers) >= 2, "all 40 concurrent requests went to one worker"
         # Every accepted nonce is in Redis, under the configured prefix.
-        direct = redis_server.client()
-        assert len(direct.keys(PREFIX + "*")) == 40
+        assert len(redis_server.keys(PREFIX + "*")) == 40
 
         # A captured signed request, replayed straight to the backend, again and
         # again on new connections: only the first is served, whichever worker
         # gets the others.
         data = capture_signed_request(secret_file, "/replay?format=json")
-        results, replays = replay_until(
-            port, data, tmp_path,
-            lambda results, replays: len({pid for pid, _, _ in replays}) >= 3)
-        assert [status for status, _ in results].count(200) == 1
-        for status, response in results:
-            assert status in (200, 403), response[:300]
-            if status == 403:
-                assert b"replayed" in response
+        answers, replays = replay_until(
+            backend, data, lambda answers, replays: len({pid for pid, _, _ in replays}) >= 3)
+        assert [answer.status for answer in answers].count(200) == 1
+        for answer in answers:
+            assert answer.status == 200 or refused_as_replayed(answer), answer
         assert len({pid for pid, status, _ in replays if status == 403}) >= 2
-        assert len(direct.keys(PREFIX + "*")) == 41
-        direct.close()
+        assert len(redis_server.keys(PREFIX + "*")) == 41
 
 
 def test_without_a_shared_store_replays_get_through_other_workers(tmp_path, secret_file):
     """Why the store matters: each worker's in-memory store knows only its own nonces."""
-    port = free_port()
     ini = backend_ini(tmp_path, secret_file, "")
-    with gunicorn(tmp_path, ini, port, 4):
+    with gunicorn(tmp_path, ini, 4) as backend:
         data = capture_signed_request(secret_file, "/replay?format=json")
-        results, replays = replay_until(
-            port, data, tmp_path,
-            lambda results, replays: [s for s, _ in results].count(200) >= 2)
+        answers, replays = replay_until(
+            backend, data,
+            lambda answers, replays: [a.status for a in answers].count(200) >= 2)
     served = [pid for pid, status, _ in replays if status == 200]
     # The same signed request was served more than once: once per worker that got it.
     assert len(served) >= 2, replays
     assert len(served) == len(set(served)) <= 4
-    for status, response in results:
-        assert status == 200 or b"replayed" in response
+    for answer in answers:
+        assert answer.status == 200 or refused_as_replayed(answer), answer
 
 
 # -- fail closed --------------------------------------------------------------------
@@ -304,24 +260,25 @@ def test_redis_down_or_stalled_fails_closed_with_503(tmp_path, redis_server, sec
     store = backend_app.nonce_store
     with WaitressServer(backend_app) as backend:
         proxy = WSGIProxyApp(backend.url, secret_file=secret_file, string_keys=["REMOTE_USER"])
-        with WaitressServer(set_user(proxy, "alice")) as front:
+        with WaitressServer(as_alice(proxy)) as front:
             def through_proxy():
-                return fetch(front.port, "/p", headers={"Host": "www.example.com"})
+                return request(front.port, "/p", headers={"Host": "www.example.com"},
+                               accept="application/json")
 
-            assert through_proxy()[0] == 200
+            assert through_proxy().status == 200
             captured = capture_signed_request(secret_file, "/replay?format=json")
-            assert status_of(send_raw(backend.port, captured)) == 200
+            assert parse_answer(send_raw(backend.port, captured)).status == 200
 
             def assert_refused():
                 started = time.monotonic()
-                status, headers, body = through_proxy()
+                answer = through_proxy()
                 elapsed = time.monotonic() - started
-                assert status == 503, body
-                assert b"nonce store unavailable" in body
-                assert headers.get("Retry-After") == "5"
-                assert json.loads(body)["error"]["code"] == 503
-                replay = send_raw(backend.port, captured)
-                assert status_of(replay) == 503, replay[:300]  # never 200
+                error = json_error(answer, 503)
+                assert error["type"] == "ServiceUnavailable"
+                assert "nonce store unavailable" in error["message"]
+                assert answer.headers["Retry-After"] == "5"
+                replay = parse_answer(send_raw(backend.port, captured))
+                assert json_error(replay, 503) == error  # never 200
                 return elapsed
 
             # Stalled: Redis accepts connections but does not answer (SIGSTOP).
@@ -332,23 +289,23 @@ def test_redis_down_or_stalled_fails_closed_with_503(tmp_path, redis_server, sec
                 os.kill(redis_server.process.proc.pid, signal.SIGCONT)
             # Two attempts of 0.3 s each, plus connecting: bounded by the timeouts.
             assert elapsed < 3, elapsed
-            assert through_proxy()[0] == 200
+            assert through_proxy().status == 200
 
             # Down: the server is gone.
             redis_server.stop()
             assert_refused()
             # Unsigned requests are refused as before (403), not 503.
-            status, _, body = fetch(backend.port, "/x")
-            assert status == 403 and b"missing" in body
+            answer = request(backend.port, "/x", accept="application/json")
+            assert "missing" in json_error(answer, 403)["message"]
 
             # Back (same port, empty): requests are served again.
             redis_server.start()
-            assert through_proxy()[0] == 200
+            assert through_proxy().status == 200
             # A restart between two requests leaves a closed pooled connection,
             # which is replaced without an error.
             redis_server.stop()
             redis_server.start()
-            assert through_proxy()[0] == 200
+            assert through_proxy().status == 200
         proxy.close()
     store.close()
 
@@ -362,11 +319,13 @@ def test_any_store_exception_is_answered_503_not_500(secret_file, caplog):
                                             nonce_store=Broken())) as backend:
         proxy = WSGIProxyApp(backend.url, secret_file=secret_file)
         with WaitressServer(proxy) as front:
-            status, headers, body = fetch(front.port, "/x", headers={"Accept": "text/html"})
+            answer = request(front.port, "/x", headers=JSON)
         proxy.close()
-    assert status == 503 and headers.get("Retry-After") == "5"
-    assert b"nonce store unavailable" in body and b"Traceback" not in body
-    assert b"disk on fire" not in body  # the details are logged, not shown
+    error = json_error(answer, 503)
+    assert answer.headers["Retry-After"] == "5"
+    assert error["message"].startswith("nonce store unavailable")
+    assert b"Traceback" not in answer.body
+    assert b"disk on fire" not in answer.body  # the details are logged, not shown
     assert any("disk on fire" in r.getMessage() and r.levelname == "ERROR"
                for r in caplog.records)
 
@@ -392,7 +351,7 @@ def spawn_ini(tmp_path):
         read_timeout = 30
         """).format(python=sys.executable, child=child, piddir=piddir))
     yield ini, str(piddir)
-    left = [pid for pid in child_pids(str(piddir)) if alive(pid)]
+    left = [pid for pid in pids_in(piddir) if alive(pid)]
     for pid in left:
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -401,27 +360,16 @@ def spawn_ini(tmp_path):
     assert not left, "children left running: %s" % left
 
 
-def child_pids(piddir):
-    return sorted(int(name) for name in os.listdir(piddir) if name.isdigit())
-
-
-def get_child(port, path="/"):
-    status, _, body = fetch(port, path)
-    assert status == 200, body
-    return json.loads(body)
-
-
 def test_each_gunicorn_worker_supervises_its_own_children(tmp_path, spawn_ini):
     ini, piddir = spawn_ini
-    port = free_port()
-    with gunicorn(tmp_path, ini, port, 3, "-k", "sync") as master:
-        master_pid = master.proc.pid
+    with gunicorn(tmp_path, ini, 3, "-k", "sync") as master:
+        port, master_pid = master.port, master.pid
         workers = wait_until(lambda: len(children_of(master_pid)) == 3
                              and children_of(master_pid), what="3 workers")
         # Three requests held open at once: a sync worker serves one at a time,
         # so each worker gets one, and each starts a child of its own.
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            held = [pool.submit(get_child, port, "/hold") for _ in range(3)]
+            held = [pool.submit(get_json, port, "/hold") for _ in range(3)]
             holding = wait_until(
                 lambda: len([n for n in os.listdir(piddir) if n.startswith("inflight-")]) == 3
                 and [int(n.split("-")[1]) for n in os.listdir(piddir) if n.startswith("inflight-")],
@@ -433,7 +381,7 @@ def test_each_gunicorn_worker_supervises_its_own_children(tmp_path, spawn_ini):
         assert len({a["port"] for a in answers}) == 3  # free ports, no clash
         worker_of = {a["pid"]: a["ppid"] for a in answers}
         assert sorted(worker_of.values()) == workers  # one child per worker
-        assert child_pids(piddir) == children
+        assert pids_in(piddir) == children
 
         # gunicorn stops one worker (SIGTERM, as on scale-down or a timeout
         # restart): its child goes with it, the others are untouched, and the
@@ -451,35 +399,32 @@ def test_each_gunicorn_worker_supervises_its_own_children(tmp_path, spawn_ini):
                    what="the old workers' children to exit")
         wait_until(lambda: len(children_of(master_pid)) == 3
                    and not set(children_of(master_pid)) & set(workers), what="new workers")
-        fresh = get_child(port)
+        fresh = get_json(port)
         assert fresh["pid"] not in children and alive(fresh["pid"])
         assert fresh["ppid"] in children_of(master_pid)
 
         # Stopping the master stops every worker, and every worker its children.
-        os.kill(master_pid, signal.SIGTERM)
-        master.proc.wait(30)
-    started = child_pids(piddir)
+        master.stop()
+    started = pids_in(piddir)
     assert fresh["pid"] in started
     wait_until(lambda: not any(alive(pid) for pid in started), 10, "every child to exit")
 
 
 def test_worker_restarted_after_max_requests_stops_its_children(tmp_path, spawn_ini):
     ini, piddir = spawn_ini
-    port = free_port()
-    with gunicorn(tmp_path, ini, port, 2, "-k", "sync", "--max-requests", "3") as master:
+    with gunicorn(tmp_path, ini, 2, "-k", "sync", "--max-requests", "3") as master:
         seen = {}  # child pid -> worker pid
         for _ in range(12):
-            answer = get_child(port)
+            answer = get_json(master.port)
             seen[answer["pid"]] = answer["ppid"]
         # 12 requests, 3 per worker life: at least 4 workers, each with its child.
         assert len(set(seen.values())) >= 4, seen
         for child, worker in seen.items():
-            if worker not in children_of(master.proc.pid):
-                wait_until(lambda: not alive(child), what="child %d of the restarted worker "
-                           "%d to exit" % (child, worker))
-        os.kill(master.proc.pid, signal.SIGTERM)
-        master.proc.wait(30)
-    wait_until(lambda: not any(alive(pid) for pid in child_pids(piddir)), 10,
+            if worker not in children_of(master.pid):
+                wait_until(lambda child=child: not alive(child),
+                           what="child %d of the restarted worker %d to exit" % (child, worker))
+        master.stop()
+    wait_until(lambda: not any(alive(pid) for pid in pids_in(piddir)), 10,
                "every child to exit")
 
 
@@ -488,19 +433,17 @@ def test_sigkilled_worker_leaves_its_child_running(tmp_path, spawn_ini):
     its children.  If this fails because the child is gone, spawn has learnt to tie its
     children's lives to the worker's: update the documentation."""
     ini, piddir = spawn_ini
-    port = free_port()
-    with gunicorn(tmp_path, ini, port, 1, "-k", "sync") as master:
-        first = get_child(port)
+    with gunicorn(tmp_path, ini, 1, "-k", "sync") as master:
+        first = get_json(master.port)
         os.kill(first["ppid"], signal.SIGKILL)
-        wait_until(lambda: children_of(master.proc.pid)
-                   and first["ppid"] not in children_of(master.proc.pid), what="a new worker")
-        second = get_child(port)  # the new worker starts a child of its own
+        wait_until(lambda: children_of(master.pid)
+                   and first["ppid"] not in children_of(master.pid), what="a new worker")
+        second = get_json(master.port)  # the new worker starts a child of its own
         assert second["pid"] != first["pid"] and second["port"] != first["port"]
         assert alive(first["pid"]) and parent_of(first["pid"]) != first["ppid"]  # orphaned
         os.killpg(first["pid"], signal.SIGKILL)  # by hand, as the docs say
         wait_until(lambda: not alive(first["pid"]), what="the orphan to die")
-        os.kill(master.proc.pid, signal.SIGTERM)
-        master.proc.wait(30)
+        master.stop()
     wait_until(lambda: not alive(second["pid"]), 10, "the new worker's child to exit")
 
 
@@ -540,16 +483,9 @@ NGINX_HTTP = """\
 
 def test_nginx_spreads_signed_requests_over_two_backends(tmp_path, secret_file):
     counts = {"a": 0, "b": 0}
-    lock = threading.Lock()
 
-    def named(name):
-        def app(environ, start_response):
-            with lock:
-                counts[name] += 1
-            environ["test.backend"] = name
-            return echo_app(environ, start_response)
-        # Each backend verifies with the same secret file.
-        return WSGIProxyMiddleware(app, secret_file=secret_file)
+    def named(name):  # each backend verifies with the same secret file
+        return WSGIProxyMiddleware(counted(echo_app, counts, name), secret_file=secret_file)
 
     prefix = tmp_path / "nginx"
     prefix.mkdir()
@@ -559,20 +495,14 @@ def test_nginx_spreads_signed_requests_over_two_backends(tmp_path, secret_file):
         conf.write_text(nginx_conf(prefix, NGINX_HTTP.format(
             port=port, backend_a=backend_a.port, backend_b=backend_b.port),
             log_format="$request $status $upstream_addr"))
-        log = open(str(prefix / "stdout.log"), "ab")
-        nginx = Process([need("nginx"), "-p", str(prefix), "-c", str(conf),
-                         "-e", str(prefix / "error.log")], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        with nginx:
+        with nginx_process(prefix, conf) as nginx:
             wait_for_port(port, process=nginx.proc)
             proxy = WSGIProxyApp("http://127.0.0.1:%d" % port, secret_file=secret_file,
                                  string_keys=["REMOTE_USER"], sign_body_max=65536)
-            with WaitressServer(set_user(proxy, "alice")) as front:
+            with WaitressServer(as_alice(proxy)) as front:
                 for i in range(20):
-                    status, _, body = fetch(front.port, "/item/%d?q=%d" % (i, i),
-                                            headers={"Host": "shop.example:8080"})
-                    assert status == 200, body
-                    seen = json.loads(body)
+                    seen = get_json(front.port, "/item/%d?q=%d" % (i, i),
+                                    {"Host": "shop.example:8080"})
                     assert seen["REMOTE_USER"] == "alice"  # a string key, signed
                     assert seen["HTTP_HOST"] == "shop.example:8080"
                     assert seen["PATH_INFO"] == "/item/%d" % i
@@ -580,14 +510,14 @@ def test_nginx_spreads_signed_requests_over_two_backends(tmp_path, secret_file):
                     assert seen["REMOTE_ADDR"] == "127.0.0.1"
                     assert seen["wsgiproxy.key_id"]
                 # A body, covered by the signature, through nginx.
-                status, _, body = fetch(front.port, "/upload", method="POST",
-                                        body=b"x" * 5000,
-                                        headers={"Content-Type": "text/plain"})
-                assert status == 200, body
-                assert json.loads(body)["body"] == "x" * 5000
-                # nginx's default Host breaks the signature: the setting matters.
-                status, _, body = fetch(front.port, "/default-host/x")
-                assert status == 403 and b"bad signature" in body
+                answer = request(front.port, "/upload", "POST", body=b"x" * 5000,
+                                 headers={"Content-Type": "text/plain"}, accept="application/json")
+                assert answer.status == 200, answer
+                assert answer.json()["body"] == "x" * 5000
+                # Without proxy_set_header Host, the Host that reaches the backend is not
+                # the one signed: refused.  The setting matters.
+                answer = request(front.port, "/default-host/x", headers=JSON)
+                assert "bad signature" in json_error(answer, 403)["message"]
             proxy.close()
     assert counts["a"] >= 5 and counts["b"] >= 5, counts  # round robin over both
     assert sum(counts.values()) == 21  # the refused request never reached an app
