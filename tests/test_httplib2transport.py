@@ -27,21 +27,11 @@ from wsgiproxy.httplib2transport import (
 )
 from wsgiproxy.transport import BackendUnavailable
 
+from .client import through
 from .servers import OK, RawServer, WaitressServer, blank, scripted
 
 STREAMING_ONLY = "the httplib2 transport buffers whole bodies: %s"
 TRANSPORTS = ["http", "httplib2"]
-
-
-def get(proxy, port, path="/", **kw):
-    return blank(path, port, **kw).get_response(proxy)
-
-
-@pytest.fixture
-def h2proxy():
-    p = ExactProxy(transport="httplib2", read_timeout=5, connect_timeout=5)
-    yield p
-    p.close()
 
 
 def test_client_certificate_from_options(ca, ca_file, tmp_path):
@@ -53,9 +43,9 @@ def test_client_certificate_from_options(ca, ca_file, tmp_path):
     ca.issue_cert("client.example").private_key_and_cert_chain_pem.write_to_path(str(client_pem))
     with RawServer(scripted(OK, OK), ssl_context=ctx) as server:
         with_cert = ExactProxy(transport="httplib2", ca_certs=ca_file, cert_file=str(client_pem))
-        assert get(with_cert, server.port, scheme="https").body == b"ok"
+        assert through(with_cert, server.port, scheme="https").body == b"ok"
         without = ExactProxy(transport="httplib2", ca_certs=ca_file, read_timeout=5)
-        assert get(without, server.port, scheme="https").status_int == 502
+        assert through(without, server.port, scheme="https").status_int == 502
 
 
 # == What only the httplib2 transport does =====================================
@@ -110,8 +100,8 @@ def hits(path):
 
 
 def test_cache_serves_a_public_response_with_consistent_headers(cached, cache_backend):
-    first = get(cached, cache_backend.port, "/pub")
-    second = get(cached, cache_backend.port, "/pub")
+    first = through(cached, cache_backend.port, "/pub")
+    second = through(cached, cache_backend.port, "/pub")
     assert first.body == second.body == b"/pub user=None n=1"
     assert hits("/pub") == 1
     assert second.status == "200 OK"
@@ -126,10 +116,10 @@ def test_cache_serves_a_public_response_with_consistent_headers(cached, cache_ba
 def test_private_response_for_one_user_is_never_served_to_another(cached, cache_backend):
     # Without "private" a shared cache may give alice's answer to bob (no Vary):
     # this is what the rule has to prevent.
-    assert get(cached, cache_backend.port, "/shared", headers={"X-User": "alice"}).body \
-        == get(cached, cache_backend.port, "/shared", headers={"X-User": "bob"}).body
+    assert through(cached, cache_backend.port, "/shared", headers={"X-User": "alice"}).body \
+        == through(cached, cache_backend.port, "/shared", headers={"X-User": "bob"}).body
     for user in ("alice", "bob", "carol", "alice"):
-        res = get(cached, cache_backend.port, "/mine?cc=private,%20max-age=600",
+        res = through(cached, cache_backend.port, "/mine?cc=private,%20max-age=600",
                   headers={"X-User": user})
         assert b"user=%s " % user.encode() in res.body
     assert hits("/mine") == 4
@@ -137,15 +127,15 @@ def test_private_response_for_one_user_is_never_served_to_another(cached, cache_
 
 def test_requests_with_cookie_or_authorization_bypass_the_cache(cached, cache_backend):
     port = cache_backend.port
-    assert get(cached, port, "/creds").body.endswith(b"n=1")  # stored
+    assert through(cached, port, "/creds").body.endswith(b"n=1")  # stored
     for header in ({"Cookie": "session=alice"}, {"Authorization": "Bearer alice"}):
-        res = get(cached, port, "/creds", headers=dict(header, **{"X-User": "alice"}))
+        res = through(cached, port, "/creds", headers=dict(header, **{"X-User": "alice"}))
         assert b"user=alice" in res.body  # not served from the cache
-    assert get(cached, port, "/creds").body.endswith(b"n=1")  # and did not replace it
+    assert through(cached, port, "/creds").body.endswith(b"n=1")  # and did not replace it
     assert hits("/creds") == 3
     # A response to a request with a cookie is never stored.
-    get(cached, port, "/creds2", headers={"Cookie": "session=alice", "X-User": "alice"})
-    assert b"user=bob" in get(cached, port, "/creds2", headers={"X-User": "bob"}).body
+    through(cached, port, "/creds2", headers={"Cookie": "session=alice", "X-User": "alice"})
+    assert b"user=bob" in through(cached, port, "/creds2", headers={"X-User": "bob"}).body
 
 
 @pytest.mark.parametrize("query", ["cookie=a%3D1&cookie=b%3D2", "cc=no-store",
@@ -154,7 +144,7 @@ def test_requests_with_cookie_or_authorization_bypass_the_cache(cached, cache_ba
 def test_responses_that_must_not_be_shared_are_not_stored(cached, cache_backend, query):
     path = "/nostore%d" % abs(hash(query))
     for n in (1, 2):
-        res = get(cached, cache_backend.port, path + "?" + query)
+        res = through(cached, cache_backend.port, path + "?" + query)
         assert res.body.endswith(b"n=%d" % n)
     if "cookie" in query:
         assert res.headers.getall("Set-Cookie") == ["a=1", "b=2"]
@@ -163,35 +153,35 @@ def test_responses_that_must_not_be_shared_are_not_stored(cached, cache_backend,
 def test_vary_is_respected(cached, cache_backend):
     port = cache_backend.port
     for user, n in [("alice", 1), ("alice", 1), ("bob", 2), ("bob", 2), ("alice", 3)]:
-        res = get(cached, port, "/vary?vary=X-User", headers={"X-User": user})
+        res = through(cached, port, "/vary?vary=X-User", headers={"X-User": user})
         assert res.body == b"/vary user=%s n=%d" % (user.encode(), n)
 
 
 def test_host_header_is_part_of_the_cache_key(cached, cache_backend):
     for host in ("a.example", "b.example", "a.example"):
-        get(cached, cache_backend.port, "/vhost", headers={"Host": host})
+        through(cached, cache_backend.port, "/vhost", headers={"Host": host})
     assert [e["HTTP_HOST"] for e in cache_app.hits["/vhost"]] == ["a.example", "b.example"]
 
 
 def test_unsafe_method_invalidates_the_entry(cached, cache_backend):
     port = cache_backend.port
-    get(cached, port, "/inv")
-    get(cached, port, "/inv", method="POST", body=b"x")
-    assert get(cached, port, "/inv").body.endswith(b"n=3")
-    assert get(cached, port, "/inv").body.endswith(b"n=3")
+    through(cached, port, "/inv")
+    through(cached, port, "/inv", method="POST", body=b"x")
+    assert through(cached, port, "/inv").body.endswith(b"n=3")
+    assert through(cached, port, "/inv").body.endswith(b"n=3")
 
 
 def test_head_neither_reads_nor_poisons_the_cache(cached, cache_backend):
     port = cache_backend.port
-    assert get(cached, port, "/head", method="HEAD").body == b""
-    assert get(cached, port, "/head").body == b"/head user=None n=2"
-    assert get(cached, port, "/head").body == b"/head user=None n=2"
+    assert through(cached, port, "/head", method="HEAD").body == b""
+    assert through(cached, port, "/head").body == b"/head user=None n=2"
+    assert through(cached, port, "/head").body == b"/head user=None n=2"
 
 
 def test_conditional_request_goes_to_the_backend_and_its_304_passes(cached, cache_backend):
     port = cache_backend.port
-    get(cached, port, "/cond?etag=1")
-    res = get(cached, port, "/cond?etag=1", headers={"If-None-Match": '"v1"'})
+    through(cached, port, "/cond?etag=1")
+    res = through(cached, port, "/cond?etag=1", headers={"If-None-Match": '"v1"'})
     assert res.status_int == 304 and res.body == b""
     assert hits("/cond") == 2
 
@@ -199,8 +189,8 @@ def test_conditional_request_goes_to_the_backend_and_its_304_passes(cached, cach
 def test_stale_entry_is_revalidated_and_304_cookies_stay_separate(cached, cache_backend):
     port = cache_backend.port
     path = "/reval?etag=1&cc=max-age=0&cookie304=x%3D1&cookie304=y%3D2"
-    assert get(cached, port, path).body.endswith(b"n=1")
-    res = get(cached, port, path)
+    assert through(cached, port, path).body.endswith(b"n=1")
+    res = through(cached, port, path)
     assert res.status == "200 OK"
     assert res.body.endswith(b"n=1")  # the cached body, validated by a 304
     assert res.headers["Content-Length"] == str(len(res.body))
@@ -210,20 +200,20 @@ def test_stale_entry_is_revalidated_and_304_cookies_stay_separate(cached, cache_
 
 def test_only_if_cached_is_answered_by_the_cache_or_forwarded_without_one(cached, cache_backend):
     port = cache_backend.port
-    miss = get(cached, port, "/oic", headers={"Cache-Control": "only-if-cached"})
+    miss = through(cached, port, "/oic", headers={"Cache-Control": "only-if-cached"})
     assert miss.status == "504 Gateway Timeout" and hits("/oic") == 0
-    get(cached, port, "/oic")
-    hit = get(cached, port, "/oic", headers={"Cache-Control": "only-if-cached"})
+    through(cached, port, "/oic")
+    hit = through(cached, port, "/oic", headers={"Cache-Control": "only-if-cached"})
     assert hit.status_int == 200 and hit.body.endswith(b"n=1")
     uncached = ExactProxy(transport="httplib2")  # no cache: the backend decides
-    assert get(uncached, port, "/oic2", headers={"Cache-Control": "only-if-cached"}
+    assert through(uncached, port, "/oic2", headers={"Cache-Control": "only-if-cached"}
                ).status_int == 200
 
 
 def test_put_is_sent_without_if_match_from_the_cache(cached, cache_backend):
     port = cache_backend.port
-    get(cached, port, "/put?etag=1")
-    get(cached, port, "/put?etag=1", method="PUT", body=b"new")
+    through(cached, port, "/put?etag=1")
+    through(cached, port, "/put?etag=1", method="PUT", body=b"new")
     assert "HTTP_IF_MATCH" not in cache_app.hits["/put"][1]
 
 
@@ -233,9 +223,9 @@ def test_concurrent_users_never_get_each_others_private_answers(cached, cache_ba
     def worker(n):
         user = "user%d" % n
         for i in range(10):
-            private = get(cached, cache_backend.port, "/cc-private?cc=private,%20max-age=600",
+            private = through(cached, cache_backend.port, "/cc-private?cc=private,%20max-age=600",
                           headers={"X-User": user})
-            public = get(cached, cache_backend.port, "/cc-public")
+            public = through(cached, cache_backend.port, "/cc-public")
             if b"user=%s " % user.encode() not in private.body:
                 errors.append((user, private.body))
             if not public.body.startswith(b"/cc-public user=None n="):  # whole, never torn
@@ -255,15 +245,15 @@ def test_concurrent_users_never_get_each_others_private_answers(cached, cache_ba
 
 def test_accept_encoding_is_honoured_and_gzip_passes_through_consistent(cached, cache_backend):
     port = cache_backend.port
-    res = get(cached, port, "/gz?gzip=1&vary=Accept-Encoding",
+    res = through(cached, port, "/gz?gzip=1&vary=Accept-Encoding",
               headers={"Accept-Encoding": "gzip"})
     assert res.headers["Content-Encoding"] == "gzip"
     assert res.headers["Content-Length"] == str(len(res.body))
     assert gzip.decompress(res.body) == b"/gz user=None n=1"
-    again = get(cached, port, "/gz?gzip=1&vary=Accept-Encoding", headers={"Accept-Encoding": "gzip"})
+    again = through(cached, port, "/gz?gzip=1&vary=Accept-Encoding", headers={"Accept-Encoding": "gzip"})
     assert (again.body, again.headers["Content-Encoding"]) == (res.body, "gzip")  # from the cache
     assert again.headers["Content-Length"] == str(len(again.body))
-    plain = get(cached, port, "/gz?gzip=1&vary=Accept-Encoding")
+    plain = through(cached, port, "/gz?gzip=1&vary=Accept-Encoding")
     assert "Content-Encoding" not in plain.headers
     assert plain.body == b"/gz user=None n=2"
     assert plain.headers["Content-Length"] == str(len(plain.body))
@@ -272,9 +262,9 @@ def test_accept_encoding_is_honoured_and_gzip_passes_through_consistent(cached, 
 
 def test_cached_gzip_is_not_served_to_a_client_that_did_not_accept_it(cached, cache_backend):
     port = cache_backend.port  # this backend forgets Vary: Accept-Encoding
-    assert get(cached, port, "/gz2?gzip=1", headers={"Accept-Encoding": "gzip"}
+    assert through(cached, port, "/gz2?gzip=1", headers={"Accept-Encoding": "gzip"}
                ).headers["Content-Encoding"] == "gzip"
-    plain = get(cached, port, "/gz2?gzip=1", headers={"Accept-Encoding": "identity"})
+    plain = through(cached, port, "/gz2?gzip=1", headers={"Accept-Encoding": "identity"})
     assert "Content-Encoding" not in plain.headers
     assert plain.body == b"/gz2 user=None n=2"
 
@@ -284,7 +274,7 @@ def test_gzip_without_cache_is_passed_through_not_decompressed(h2proxy):
     response = (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
                 % len(body) + body)
     with RawServer(scripted(response)) as server:
-        res = get(h2proxy, server.port, headers={"Accept-Encoding": "gzip, deflate"})
+        res = through(h2proxy, server.port, headers={"Accept-Encoding": "gzip, deflate"})
         assert b"accept-encoding: gzip, deflate" in server.requests[0][0].lower()
     assert res.headerlist == [("Content-Encoding", "gzip"), ("Content-Length", str(len(body)))]
     assert res.body == body
@@ -299,7 +289,7 @@ def test_redirects_are_never_followed(status, tmp_path):
                 b"Content-Length: 0\r\n\r\n" % status)
     with RawServer(scripted(response, response, OK)) as server:
         for _ in range(2):
-            res = get(proxy, server.port, "/old")
+            res = through(proxy, server.port, "/old")
             assert res.status == "%d Moved" % status
             assert res.headers["Location"] == "/elsewhere"
         assert [h.split(b" ")[1] for h, _ in server.requests] == [b"/old", b"/old"]
@@ -316,13 +306,13 @@ def test_redirects_are_never_followed(status, tmp_path):
 def test_response_larger_than_max_buffered_body_is_502(response):
     proxy = ExactProxy(transport="httplib2", max_buffered_body=1000)
     with RawServer(scripted(response, OK)) as server:
-        res = get(proxy, server.port, headers={"Accept": "application/json"})
+        res = through(proxy, server.port, headers={"Accept": "application/json"})
         assert res.status_int == 502
         message = res.json["error"]["message"]
         assert "max_buffered_body" in message and "1000 bytes" in message
         assert "127.0.0.1:%d" % server.port in message
         assert proxy.transport.idle_connections() == 0
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"ok"
 
 
 def test_response_of_exactly_max_buffered_body_passes():
@@ -330,7 +320,7 @@ def test_response_of_exactly_max_buffered_body_passes():
     chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"y" * 1000
                + b"\r\n0\r\n\r\n")
     with RawServer(scripted(chunked)) as server:
-        assert get(proxy, server.port).body == b"y" * 1000
+        assert through(proxy, server.port).body == b"y" * 1000
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -358,8 +348,8 @@ def test_request_body_larger_than_max_request_body_is_413(chunked):
 
 def test_post_is_not_resent_when_the_connection_closes_without_an_answer(h2proxy):
     with RawServer(scripted(OK, None, OK)) as server:
-        assert get(h2proxy, server.port).body == b"ok"
-        res = get(h2proxy, server.port, method="POST", body=b"once")
+        assert through(h2proxy, server.port).body == b"ok"
+        res = through(h2proxy, server.port, method="POST", body=b"once")
         assert res.status_int == 502
         assert "not retried" in res.text
         assert len([h for h, _ in server.requests if h.startswith(b"POST")]) == 1
@@ -367,8 +357,8 @@ def test_post_is_not_resent_when_the_connection_closes_without_an_answer(h2proxy
 
 def test_get_is_retried_once_on_a_new_connection(h2proxy):
     with RawServer(scripted(OK, None, OK)) as server:
-        assert get(h2proxy, server.port).body == b"ok"
-        assert get(h2proxy, server.port).body == b"ok"
+        assert through(h2proxy, server.port).body == b"ok"
+        assert through(h2proxy, server.port).body == b"ok"
         assert server.connections == 2
 
 
@@ -393,15 +383,15 @@ def test_basic_credentials_answer_the_challenge_and_are_never_cached(tmp_path):
         domain = "127.0.0.1:%d" % server.port
         proxy = ExactProxy(transport="httplib2", cache_dir=str(tmp_path),
                            credentials=parse_credentials("user:p%%20w%%40x@%s" % domain))
-        assert get(proxy, server.port).body == b"secret"
-        assert get(proxy, server.port).body == b"secret"
+        assert through(proxy, server.port).body == b"secret"
+        assert through(proxy, server.port).body == b"secret"
         assert basic_app.seen[:2] == [None, "Basic dXNlcjpwIHdAeA=="]
         assert basic_app.seen[2:] == ["Basic dXNlcjpwIHdAeA=="]  # learned: sent up front
         # Credentials for another host are never sent here; the 401 reaches the client.
         basic_app.seen.clear()
         other = ExactProxy(transport="httplib2",
                            credentials=parse_credentials("user:p%20w%40x@other.example"))
-        res = get(other, server.port)
+        res = through(other, server.port)
         assert res.status_int == 401 and res.headers["WWW-Authenticate"] == 'Basic realm="r"'
         assert basic_app.seen == [None]
 
@@ -428,7 +418,7 @@ def digest_app(environ, start_response):
 def test_digest_credentials():
     with WaitressServer(digest_app) as server:
         proxy = ExactProxy(transport="httplib2", credentials=[("dave", "pw")])
-        assert get(proxy, server.port, "/d?x=1").body == b"digest"
+        assert through(proxy, server.port, "/d?x=1").body == b"digest"
 
 
 # -- upstream proxy --------------------------------------------------------------------
@@ -437,7 +427,7 @@ def test_upstream_proxy_gets_absolute_form_requests():
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nvia proxy")) as fwd:
         proxy = ExactProxy(transport="httplib2",
                            proxy_info="http://us%%3Aer:p%%40ss@127.0.0.1:%d" % fwd.port)
-        res = get(proxy, 8080, "/p?q=1", host="backend.invalid",
+        res = through(proxy, 8080, "/p?q=1", host="backend.invalid",
                   headers={"Host": "front.example"})
         assert res.body == b"via proxy"
         head = fwd.requests[0][0].decode("latin-1").split("\r\n")
@@ -451,13 +441,13 @@ def test_environment_proxy_is_used_only_when_asked(monkeypatch, echo):
         monkeypatch.setenv("http_proxy", "http://127.0.0.1:%d" % fwd.port)
         monkeypatch.delenv("no_proxy", raising=False)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        assert get(ExactProxy(transport="httplib2"), echo.port).json["PATH_INFO"] == "/"
+        assert through(ExactProxy(transport="httplib2"), echo.port).json["PATH_INFO"] == "/"
         assert fwd.connections == 0
-        assert get(ExactProxy(transport="httplib2", proxy_from_env=True), echo.port).body \
+        assert through(ExactProxy(transport="httplib2", proxy_from_env=True), echo.port).body \
             == b"via proxy"
         assert fwd.requests[0][0].startswith(b"GET http://127.0.0.1:%d/ HTTP/1.1" % echo.port)
         bypass = ExactProxy(transport="httplib2", proxy_from_env=True, no_proxy=["127.0.0.1"])
-        assert get(bypass, echo.port).json["PATH_INFO"] == "/"
+        assert through(bypass, echo.port).json["PATH_INFO"] == "/"
         assert fwd.connections == 1
 
 
@@ -495,7 +485,7 @@ def test_https_through_the_upstream_proxy_uses_connect(ca_file, tls_server):
         proxy = ExactProxy(transport="httplib2", ca_certs=ca_file,
                            proxy_info="http://u:p@127.0.0.1:%d" % fwd.port)
         for _ in range(2):
-            assert get(proxy, tls_server.port, scheme="https").body == b"ok"
+            assert through(proxy, tls_server.port, scheme="https").body == b"ok"
         proxy.close()
         head = fwd.requests[0][0]
     assert head.startswith(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n" % tls_server.port)
@@ -509,12 +499,12 @@ def test_unreachable_or_refusing_upstream_proxy_is_502():
     port = sock.getsockname()[1]
     sock.close()
     proxy = ExactProxy(transport="httplib2", proxy_info="http://127.0.0.1:%d" % port)
-    res = get(proxy, 443, host="backend.invalid", scheme="https")
+    res = through(proxy, 443, host="backend.invalid", scheme="https")
     assert res.status_int == 502 and "upstream proxy" in res.text
     refusing = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
     with RawServer(scripted(refusing)) as fwd:
         proxy = ExactProxy(transport="httplib2", proxy_info="127.0.0.1:%d" % fwd.port)
-        res = get(proxy, 443, host="backend.invalid", scheme="https")
+        res = through(proxy, 443, host="backend.invalid", scheme="https")
     assert res.status_int == 502 and "refused CONNECT" in res.text and "407" in res.text
 
 
@@ -527,7 +517,7 @@ def test_connect_timeout_is_separate_from_read_timeout():
     with RawServer(mute_proxy) as fwd:
         proxy = ExactProxy(transport="httplib2", connect_timeout=0.3, read_timeout=30,
                            proxy_info="http://127.0.0.1:%d" % fwd.port)
-        res = get(proxy, 443, host="backend.invalid", scheme="https")
+        res = through(proxy, 443, host="backend.invalid", scheme="https")
         release.set()
     assert res.status_int == 504
     assert "timed out connecting after 0.3s (upstream proxy http://127.0.0.1:%d)" % fwd.port \
