@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from wsgiproxy import transport
+from wsgiproxy import connection, transport
+from wsgiproxy.errors import RequestBodyError
 from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.transport import make_transport
 
@@ -252,6 +253,36 @@ def test_short_request_body_is_400(proxy):
         res = req.get_response(proxy)
     assert res.status_int == 400
     assert "ended after 3 of 100000 bytes" in res.text
+
+
+class _Overgenerous:
+    """A ``wsgi.input`` whose ``read(n)`` returns ``n + 7`` bytes."""
+
+    def read(self, size=-1):
+        return b"g" * (size + 7)
+
+
+def test_request_body_reads_longer_than_asked_are_400_and_never_sent(proxy):
+    """Bytes past the Content-Length would be read by the backend as the next request."""
+    def answer_all(conn):
+        while conn.read_request()[0] is not None:
+            conn.send(OK)
+    with RawServer(answer_all) as server:
+        req = blank("/up", server.port, method="POST")
+        req.environ["wsgi.input"] = _Overgenerous()
+        req.environ["CONTENT_LENGTH"] = "100000"  # above INLINE_BODY_MAX: streamed
+        res = req.get_response(proxy)
+        assert res.status_int == 400
+        assert "7 bytes more than its 100000 bytes of Content-Length" in res.text
+        assert get(proxy, server.port).body == b"ok"
+        assert [head.split(b" ")[0] for head, _ in server.requests] == [b"GET"]
+
+
+def test_read_pieces_refuses_a_read_past_the_length():
+    pieces = connection.read_pieces(_Overgenerous(), 20, 8)
+    assert next(pieces) == b"g" * 15  # asked 8, got 15: still within the 20
+    with pytest.raises(RequestBodyError, match="7 bytes more than its 20"):
+        next(pieces)  # asked 5, got 12: 7 too many, never handed on
 
 
 @pytest.mark.parametrize("name", TRANSPORTS)
