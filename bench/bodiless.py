@@ -27,7 +27,6 @@ test suite.
 import argparse
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import subjects
+from instructions import start_backend
 
 HEAD_1K = ("HEAD", "/1k", {}, "200", 0)
 NOT_MODIFIED = ("GET", "/304", {"HTTP_IF_NONE_MATCH": '"b1"'}, "304", 0)
@@ -114,18 +114,6 @@ def worker(port, n, warmup):
     print(json.dumps(out))
 
 
-def start_backend():
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "backend.py"), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    pin(proc.pid)
-    ready, _, _ = select.select([proc.stdout], [], [], 20)
-    line = proc.stdout.readline().decode() if ready else ""
-    if not line.startswith("PORT "):
-        proc.kill()
-        raise SystemExit("backend did not start: %r" % line)
-    return proc, int(line.split()[1])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tree", action="append", help="a directory holding a wsgiproxy package")
@@ -138,6 +126,7 @@ def main():
         return worker(args.worker, args.n, args.warmup)
     trees = [os.path.abspath(t) for t in args.tree or ["."]]
     backend, port = start_backend()
+    pin(backend.pid)
     results = {tree: [] for tree in trees}
     try:
         for r in range(args.rounds):
