@@ -15,6 +15,12 @@ Routes:
   GET  /slow?pieces=P&delay=D
                            P bytes with Content-Length P: the first at once,
                            then one byte every D seconds
+  GET  /304                304 Not Modified with an ETag, no Content-Length
+  GET  /304-cl             the same with Content-Length: 1024 (allowed, rarer)
+  GET  /stats              the number of connections accepted so far (text)
+
+A HEAD request gets the head of the GET answer (its Content-Length) and no
+body, as a well-behaved server does.
 
 Usage: python backend.py [--port 0]   (prints "PORT <n>" once listening)
 """
@@ -42,6 +48,8 @@ RESP_1K = _response(BODY_1K)
 RESP_64K = _response(BODY_64K)
 RESP_1K_CLOSE = RESP_1K.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
 RESP_64K_CLOSE = RESP_64K.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+RESP_304 = b'HTTP/1.1 304 Not Modified\r\nETag: "b1"\r\n\r\n'
+RESP_304_CL = b'HTTP/1.1 304 Not Modified\r\nETag: "b1"\r\nContent-Length: 1024\r\n\r\n'
 RESP_404 = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
 RESP_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\nConnection: close\r\n\r\nbad request"
 
@@ -120,10 +128,21 @@ def parse_query(qs):
     return out
 
 
+ACCEPTED = [0]
+
+
+def _head_only(sendall):
+    """sendall() for a HEAD request: the head of the answer, never its body."""
+    def send_head(data):
+        if data[:5] == b"HTTP/":
+            sendall(data[:data.index(b"\r\n\r\n") + 4])
+    return send_head
+
+
 def handle(sock):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c = Conn(sock)
-    sendall = sock.sendall
+    socket_sendall = sock.sendall
     try:
         while True:
             head = c.read_head()
@@ -131,7 +150,7 @@ def handle(sock):
             try:
                 method, target, version = lines[0].split(b" ", 2)
             except ValueError:
-                sendall(RESP_400)
+                socket_sendall(RESP_400)
                 return
             clen = 0
             chunked = False
@@ -153,10 +172,11 @@ def handle(sock):
                 elif name == b"expect":
                     expect = b"100-continue" in value.lower()
             if expect:
-                sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                socket_sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             nbody = c.discard_chunked() if chunked else (c.discard(clen) if clen else 0)
             path, _, qs = target.decode("latin-1").partition("?")
             extra = b"Connection: close\r\n" if close else b""
+            sendall = _head_only(socket_sendall) if method == b"HEAD" else socket_sendall
 
             if path == "/1k":
                 sendall(RESP_1K_CLOSE if close else RESP_1K)
@@ -202,6 +222,13 @@ def handle(sock):
                 for _ in range(pieces - 1):
                     time.sleep(delay)
                     sendall(b"a")
+            elif path == "/304":
+                sendall(RESP_304)
+            elif path == "/304-cl":
+                sendall(RESP_304_CL)
+            elif path == "/stats":
+                body = str(ACCEPTED[0]).encode()
+                sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             else:
                 sendall(RESP_404)
             if close:
@@ -230,6 +257,7 @@ def main():
     threading.stack_size(256 * 1024)
     while True:
         sock, _ = lsock.accept()
+        ACCEPTED[0] += 1
         threading.Thread(target=handle, args=(sock,), daemon=True).start()
 
 

@@ -4,6 +4,12 @@ Run as ``python tests/faultserver.py PORT``; it prints ``ready`` once
 listening.  Each path is one behaviour (keep-alive unless the fault ends
 the connection); ``X-Request-Id`` is echoed in the answer so a client can
 check that it got its own response.
+
+``/head-split``, ``/204-split`` and ``/304-split`` send a head that declares
+a body the answer must not have (ask ``/head-split`` with HEAD), then, a
+moment later (``delay``, default 5 ms) in a second write, that body: a whole
+response carrying the same ``X-Request-Id``.  A proxy that reused the
+connection would read it as the answer to the next request on it.
 """
 
 import socket
@@ -79,6 +85,10 @@ def handle(conn):
             return
 
 
+_SPLIT = {b"/head-split": b"200 OK", b"/204-split": b"204 No Content",
+          b"/304-split": b"304 Not Modified"}
+
+
 def dispatch(conn, path, args, rid, size):
     """Answer one request; False ends the connection."""
     n = int(args.get("size", "100"))
@@ -130,6 +140,14 @@ def dispatch(conn, path, args, rid, size):
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Request-Id: %s\r\nContent-Length: 2\r\n\r\nok"
                      b"HTTP/1.1 200 OK\r\nX-Request-Id: smuggled\r\nContent-Length: 8\r\n\r\n"
                      b"smuggled" % rid)
+    elif path in _SPLIT:
+        stray = b"%s:stray" % rid
+        stray = (b"HTTP/1.1 200 OK\r\nX-Request-Id: %s\r\nContent-Length: %d\r\n\r\n%s"
+                 % (rid, len(stray), stray))
+        conn.sendall(b"HTTP/1.1 %s\r\nX-Request-Id: %s\r\nContent-Length: %d\r\n\r\n"
+                     % (_SPLIT[path], rid, len(stray)))
+        time.sleep(float(args.get("delay", "0.005")))  # a real backend's gap between writes
+        conn.sendall(stray)
     elif path == b"/stall":
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
         time.sleep(float(args.get("seconds", "5")))

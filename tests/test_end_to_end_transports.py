@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from wsgiproxy import transport
+from wsgiproxy import connection, transport
+from wsgiproxy.errors import RequestBodyError
 from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.transport import make_transport
 
@@ -105,7 +106,7 @@ def test_hop_by_hop_headers_are_dropped_both_ways(proxy):
       b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: t\r\n\r\n"), b"hello"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", b""),
     (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
-    (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 99\r\n\r\n", b""),
+    (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", b""),
     ((b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"), b"hi"),
 ])
@@ -114,6 +115,32 @@ def test_framed_responses_keep_the_connection(proxy, response, body):
         assert through(proxy, server.port).body == body
         assert through(proxy, server.port).body == b"ok"
         assert server.connections == 1
+
+
+@pytest.mark.parametrize("method, response, kept", [
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
+    ("GET", b"HTTP/1.1 204 No Content\r\n\r\n", True),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", True),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n", True),
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", False),
+    ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+    ("HEAD", b"HTTP/1.1 200 OK\r\n\r\n", False),
+    ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", False),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", False),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+    ("GET", (b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"), False),
+])
+def test_bodiless_answers_announcing_a_body_are_never_reused(proxy, method, response, kept):
+    """Invariant 1 (issue 15): the body such a head announces may still arrive, later than
+    any check could see it, and would be read as the next response."""
+    if method == "HEAD" and proxy.transport.__class__.__name__ == "Httplib2Transport":
+        kept = False  # httplib2 itself closes the connection after every HEAD
+    with RawServer(scripted(response, OK)) as server:
+        first = through(proxy, server.port, method=method)
+        assert first.status_int < 300 or first.status_int == 304
+        assert through(proxy, server.port).body == b"ok"
+        assert server.connections == (1 if kept else 2)
 
 
 def test_head_response_has_no_body_whatever_its_headers_say(proxy):
@@ -208,6 +235,36 @@ def test_short_request_body_is_400(proxy):
         req.environ["CONTENT_LENGTH"] = "100000"
         res = req.get_response(proxy)
     assert "ended after 3 of 100000 bytes" in json_error(res, 400)["message"]
+
+
+class _Overgenerous:
+    """A ``wsgi.input`` whose ``read(n)`` returns ``n + 7`` bytes."""
+
+    def read(self, size=-1):
+        return b"g" * (size + 7)
+
+
+def test_request_body_reads_longer_than_asked_are_400_and_never_sent(proxy):
+    """Bytes past the Content-Length would be read by the backend as the next request."""
+    def answer_all(conn):
+        while conn.read_request()[0] is not None:
+            conn.send(OK)
+    with RawServer(answer_all) as server:
+        req = blank("/up", server.port, method="POST")
+        req.environ["wsgi.input"] = _Overgenerous()
+        req.environ["CONTENT_LENGTH"] = "100000"  # above INLINE_BODY_MAX: streamed
+        res = req.get_response(proxy)
+        assert res.status_int == 400
+        assert "7 bytes more than its 100000 bytes of Content-Length" in res.text
+        assert through(proxy, server.port).body == b"ok"
+        assert [head.split(b" ")[0] for head, _ in server.requests] == [b"GET"]
+
+
+def test_read_pieces_refuses_a_read_past_the_length():
+    pieces = connection.read_pieces(_Overgenerous(), 20, 8)
+    assert next(pieces) == b"g" * 15  # asked 8, got 15: still within the 20
+    with pytest.raises(RequestBodyError, match="7 bytes more than its 20"):
+        next(pieces)  # asked 5, got 12: 7 too many, never handed on
 
 
 @pytest.mark.parametrize("name", TRANSPORTS)

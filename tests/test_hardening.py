@@ -311,6 +311,72 @@ def test_200_concurrent_clients_get_their_own_responses(tmp_path, faults):
     assert not failed, failed[:5]
 
 
+SPLIT_PATHS = [("HEAD", "/head-split"), ("GET", "/204-split"), ("GET", "/304-split")]
+
+
+@pytest.mark.parametrize("transport", ["http", "httplib2"])
+def test_bodies_split_from_bodiless_heads_never_reach_another_client(tmp_path, faults,
+                                                                     transport):
+    """Invariant 1 (issue 15): 16 clients through one gthread worker, a third of the requests
+    answered with a bodiless head that declares a body, the body following a moment later.
+
+    A connection pooled after such a head would read that body (a whole response with the
+    misbehaving request's id) as the answer to the next request on it.  Every answer must
+    carry its own request's id.
+    """
+    clients, per_client = 16, 200
+    wrong, failed, split_answers = [], [], []
+    with _gunicorn_proxy(tmp_path, "http://127.0.0.1:%d" % faults, transport=transport,
+                         read_timeout="5") as gunicorn:
+        port = gunicorn.port
+        start = threading.Barrier(clients, timeout=30)
+
+        def client(n):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                start.wait()
+                for i in range(per_client):
+                    rid = "c%d-%d" % (n, i)
+                    if i % 3 == 0:
+                        method, path = SPLIT_PATHS[(n + i // 3) % 3]
+                    else:
+                        method, path = "GET", "/ok?size=%d" % (i % 5 * 40)
+                    try:
+                        conn.request(method, path, headers={"X-Request-Id": rid})
+                        res = conn.getresponse()
+                        body = res.read()
+                    except (http.client.HTTPException, OSError) as exc:
+                        failed.append((rid, repr(exc)))
+                        conn.close()
+                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                        continue
+                    got = res.getheader("X-Request-Id")
+                    if path.startswith("/ok"):
+                        mine = got == rid and body.startswith(rid.encode() + b":")
+                    else:
+                        mine = got == rid and body == b""
+                        split_answers.append(res.status)
+                    if not mine:
+                        wrong.append((rid, path, got, res.status, body[:30]))
+                    elif res.status >= 500:
+                        failed.append((rid, res.status, body[:80]))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "deadlock: clients still waiting"
+    print("wrong deliveries: %d of %d (%d to ordinary requests); failed: %d"
+          % (len(wrong), clients * per_client, sum(w[1].startswith("/ok") for w in wrong),
+             len(failed)))
+    assert not wrong, (len(wrong), wrong[:5])
+    assert not failed, (len(failed), failed[:5])
+    assert sorted(set(split_answers)) == [200, 204, 304]
+
+
 def test_name_caches_never_keep_long_client_chosen_names():
     """Header-name caches are bounded in entries and never hold long names, so a
     client cannot fill memory with made-up header names."""

@@ -59,25 +59,40 @@ FRAMING_CASES = [
     ("GET", ["HTTP/1.0 200 OK", "Connection: keep-alive", "Content-Length: 1"],
      (CONTENT_LENGTH, 1, False)),
     ("GET", ["HTTP/1.0 200 OK"], (UNTIL_CLOSE, None, False)),
-    # HEAD: no body whatever the headers announce.
-    ("HEAD", ["HTTP/1.1 200 OK", "Content-Length: 99"], (NO_BODY, 0, True)),
-    ("HEAD", ["HTTP/1.1 200 OK", "Transfer-Encoding: chunked"], (NO_BODY, 0, True)),
-    ("HEAD", ["HTTP/1.1 200 OK"], (NO_BODY, 0, True)),
-    ("HEAD", ["HTTP/1.1 200 OK", "Connection: close", "Content-Length: 99"],
+    # HEAD: no body whatever the headers announce; the connection is kept only
+    # when the head announces no body bytes (Content-Length: 0).  Otherwise a
+    # backend that sends the body anyway, however late, would have it read as
+    # the next response (issue 15).
+    ("HEAD", ["HTTP/1.1 200 OK", "Content-Length: 0"], (NO_BODY, 0, True)),
+    ("HEAD", ["HTTP/1.1 200 OK", "Content-Length: 99"], (NO_BODY, 0, False)),
+    ("HEAD", ["HTTP/1.1 200 OK", "Transfer-Encoding: chunked"], (NO_BODY, 0, False)),
+    ("HEAD", ["HTTP/1.1 200 OK"], (NO_BODY, 0, False)),  # a body of unknown size
+    ("HEAD", ["HTTP/1.1 404 Not Found", "Content-Length: 9"], (NO_BODY, 0, False)),
+    ("HEAD", ["HTTP/1.1 200 OK", "Connection: close", "Content-Length: 0"],
      (NO_BODY, 0, False)),
-    ("HEAD", ["HTTP/1.0 200 OK", "Content-Length: 99"], (NO_BODY, 0, False)),
-    # 204 and 304: no body either (a 304's length describes the representation).
+    ("HEAD", ["HTTP/1.0 200 OK", "Content-Length: 0"], (NO_BODY, 0, False)),
+    ("HEAD", ["HTTP/1.1 304 Not Modified"], (NO_BODY, 0, True)),  # no body by its status
+    ("HEAD", ["HTTP/1.1 204 No Content"], (NO_BODY, 0, True)),
+    # 204 and 304: no body either (a 304's length describes the representation);
+    # kept without a length or with Content-Length: 0, not when one is announced.
     ("GET", ["HTTP/1.1 204 No Content"], (NO_BODY, 0, True)),
     ("GET", ["HTTP/1.1 204 No Content", "Content-Length: 0"], (NO_BODY, 0, True)),
-    ("POST", ["HTTP/1.1 204 No Content", "Transfer-Encoding: chunked"], (NO_BODY, 0, True)),
-    ("GET", ["HTTP/1.1 304 Not Modified", "Content-Length: 99"], (NO_BODY, 0, True)),
+    ("GET", ["HTTP/1.1 204 No Content", "Content-Length: 5"], (NO_BODY, 0, False)),
+    ("POST", ["HTTP/1.1 204 No Content", "Transfer-Encoding: chunked"], (NO_BODY, 0, False)),
     ("GET", ["HTTP/1.1 304 Not Modified"], (NO_BODY, 0, True)),
+    ("GET", ["HTTP/1.1 304 Not Modified", "Content-Length: 0"], (NO_BODY, 0, True)),
+    ("GET", ["HTTP/1.1 304 Not Modified", "Content-Length: 99"], (NO_BODY, 0, False)),
+    ("GET", ["HTTP/1.1 304 Not Modified", "Transfer-Encoding: chunked"], (NO_BODY, 0, False)),
     ("GET", ["HTTP/1.1 304 Not Modified", "Connection: close"], (NO_BODY, 0, False)),
     ("GET", ["HTTP/1.0 304 Not Modified"], (NO_BODY, 0, False)),
-    # 1xx: interim responses have no body; the connection carries the final one.
+    # 1xx: interim responses have no body; the connection carries the final one,
+    # and is not kept after it when an interim response announced a body.
     ("GET", ["HTTP/1.1 100 Continue"], (NO_BODY, 0, True)),
     ("POST", ["HTTP/1.1 103 Early Hints", "Link: </a.css>; rel=preload"], (NO_BODY, 0, True)),
     ("GET", ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket"], (NO_BODY, 0, True)),
+    ("POST", ["HTTP/1.1 100 Continue", "Content-Length: 5"], (NO_BODY, 0, False)),
+    ("POST", ["HTTP/1.1 100 Continue", "Transfer-Encoding: chunked"], (NO_BODY, 0, False)),
+    ("POST", ["HTTP/1.1 100 Continue", "Content-Length: 0"], (NO_BODY, 0, True)),
 ]
 
 
@@ -123,7 +138,11 @@ def test_framing_decision_over_every_combination(method, status):
                                                     chunked, tokens)
         persistent = version == "1.1" and "close" not in tokens
         if method == "HEAD" or status < 200 or status in (204, 304):
-            assert (mode, got_length, keep_alive) == (NO_BODY, 0, persistent)
+            # Kept only when the head announces no body bytes (issue 15).
+            announces_body = chunked or bool(length) or (
+                method == "HEAD" and length is None and status >= 200 and status not in (204, 304))
+            assert (mode, got_length, keep_alive) == (NO_BODY, 0,
+                                                      persistent and not announces_body)
         elif chunked:
             assert (mode, got_length, keep_alive) == (CHUNKED, None, persistent)
         elif length is not None:

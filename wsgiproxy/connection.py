@@ -301,7 +301,9 @@ def read_pieces(body: BinaryIO, length: int | None, size: int) -> Iterator[bytes
 
     ``length`` bytes, or everything up to the end when it is ``None``.
 
-    :raises RequestBodyError: when reading fails or the body ends early.
+    :raises RequestBodyError: when reading fails, the body ends early, or a
+        ``read()`` returns more than the ``length`` bytes still due (they
+        would be written past the ``Content-Length``).
     """
     read = body.read
     if length is None:
@@ -327,6 +329,9 @@ def read_pieces(body: BinaryIO, length: int | None, size: int) -> Iterator[bytes
             raise RequestBodyError("request body ended after %d of %d bytes"
                                    % (length - remaining, length))
         remaining -= len(data)
+        if remaining < 0:  # read() gave more than asked: never past the Content-Length
+            raise RequestBodyError("the request body's read() returned %d bytes more than "
+                                   "its %d bytes of Content-Length" % (-remaining, length))
         yield data
 
 

@@ -98,14 +98,28 @@ def body_framing(method: str, status: int, version: str, length: int | None,
     ``keep_alive`` says whether the response's framing lets the connection
     carry another exchange once the body was read to its end; a transport
     still closes it when stray bytes follow the response, or when the request
-    was not sent completely.
+    was not sent completely.  For an interim (1xx) response it says whether
+    the exchange may still end with a reusable connection.
+
+    A response without a body by rule (to ``HEAD``; 1xx, 204, 304) whose
+    head announces body bytes anyway (``Transfer-Encoding``, a
+    ``Content-Length`` above 0, or, to ``HEAD``, no length at all where the
+    status would have a body) leaves the connection unusable: a backend
+    that sent those bytes, however late, would have them read as the next
+    response.
     """
     # HTTP/1.0 closes unless told otherwise; this client never asks, so it closes.
     keep_alive = version == "1.1" and "close" not in conn_tokens
     if method == "HEAD" or status in (204, 304) or status < 200:
         # No body whatever the headers say (a 304's Content-Length describes
         # the representation, not this message).  The pooling rule after
-        # bodiless responses lives here.
+        # bodiless responses lives here: kept only when the head announces no
+        # body bytes either (Content-Length: 0, or no length where the status
+        # has no body).  A 200 (say) to HEAD without a length stands for a
+        # body of unknown size.
+        if chunked or length or (length is None and method == "HEAD"
+                                 and status >= 200 and status not in (204, 304)):
+            return NO_BODY, 0, False
         return NO_BODY, 0, keep_alive
     if chunked:
         return CHUNKED, None, keep_alive

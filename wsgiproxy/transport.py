@@ -438,6 +438,8 @@ class HTTPTransport(Transport):
             if status >= 200:
                 break
             check_interim(status, backend)  # 100 Continue, 103 Early Hints...: dropped
+            if not body_framing(method, status, version, *framing)[2]:
+                reusable = False  # e.g. a 1xx announcing a body: bytes may follow
         else:
             raise BadBackendResponse("too many interim (1xx) responses", backend)
 

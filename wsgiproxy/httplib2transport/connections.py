@@ -61,11 +61,14 @@ class _HTTPResponse(http.client.HTTPResponse):
     def begin(self) -> None:
         if self.headers is not None:
             return
+        reusable = True
         for _ in range(MAX_INTERIM):
             version, status, reason, headers, framing = parse_response_head(self._read_head(), None)
             if status >= 200:
                 break
             check_interim(status, None)  # 100 Continue, 103 Early Hints...: dropped
+            if not body_framing(self._method, status, version, *framing)[2]:
+                reusable = False  # e.g. a 1xx announcing a body: bytes may follow
         else:
             raise BadBackendResponse("too many interim (1xx) responses")
         if _BAD_VALUE(reason):
@@ -82,7 +85,7 @@ class _HTTPResponse(http.client.HTTPResponse):
         self.chunked = mode == CHUNKED
         self.chunk_left = None
         self.length = length  # 0 without a body; None when chunked or until close
-        self.will_close = not keep_alive
+        self.will_close = not (keep_alive and reusable)
 
     def _read_head(self):
         fp = self.fp
