@@ -93,6 +93,8 @@ __all__ = [
 
 log = logging.getLogger("wsgiproxy.transport")
 
+_BACKENDS_MAX = 1024  # backend spellings an HTTPTransport remembers (see _backend)
+
 #: A request body as transports take it: none, bytes, or a file-like object with ``read(n)``.
 Body = bytes | bytearray | BinaryIO | None
 
@@ -248,12 +250,14 @@ class HTTPTransport(Transport):
     """
 
     _idle: dict[tuple[str, str, int], list[Connection]]
+    _backends: dict[tuple[str, str, int | str], tuple[tuple[str, str, int], str]]
 
     # -- pool -------------------------------------------------------------
 
     def _reset_pool(self) -> None:
         self._idle = {}
         self._lock = threading.Lock()
+        self._backends = {}  # see _backend()
 
     def _acquire(self, key: tuple[str, str, int]) -> Connection | None:
         while True:
@@ -325,6 +329,25 @@ class HTTPTransport(Transport):
 
     # -- one exchange ---------------------------------------------------------
 
+    def _backend(self, scheme: str, host: str, port: int | str) -> tuple[tuple[str, str, int], str]:
+        """The pool key and the display name (``scheme://host:port``) of a backend.
+
+        Remembered per spelling, up to :data:`_BACKENDS_MAX` of them (the exact
+        proxy takes its backend from the environ, so there is no fixed set).
+        """
+        if scheme not in ("http", "https"):
+            raise InvalidRequest("unsupported scheme %r" % scheme)
+        name = host.strip("[]")
+        try:
+            number = int(port)
+        except ValueError:
+            raise InvalidRequest("invalid port %r" % (port,)) from None
+        found = ((scheme, name, number),
+                 "%s://%s:%d" % (scheme, "[%s]" % name if ":" in name else name, number))
+        if len(self._backends) < _BACKENDS_MAX and len(host) <= 255:
+            self._backends[scheme, host, port] = found
+        return found
+
     def request(self, scheme: str, host: str, port: int | str, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
                 body_length: int | None = None) -> Response:
@@ -334,18 +357,16 @@ class HTTPTransport(Transport):
             answers badly; :class:`InvalidRequest` or :class:`RequestBodyError`
             (400) for a request that cannot be sent.
         """
-        if scheme not in ("http", "https"):
-            raise InvalidRequest("unsupported scheme %r" % scheme)
-        host = host.strip("[]")
-        port = int(port)
-        backend = "%s://%s:%d" % (scheme, "[%s]" % host if ":" in host else host, port)
+        try:
+            key, backend = self._backends[scheme, host, port]
+        except KeyError:
+            key, backend = self._backend(scheme, host, port)
         if isinstance(body, (bytes, bytearray)):
             body_length = len(body)
         elif body is None:
             body_length = 0
         head = request_head(method, target, headers, body_length,
                              body is not None and body_length is None)
-        key = (scheme, host, port)
         conn = self._acquire(key)
         if conn is not None:
             try:
