@@ -168,3 +168,13 @@ def call_wsgi(app, environ):
     assert len(started) == 1, started
     status, headers = started[0]
     return status, headers, body
+
+
+class Bomb:
+    """A hostile pickle: unpickling it creates a file, the proof that something was unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

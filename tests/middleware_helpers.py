@@ -23,16 +23,6 @@ WSGIPROXY = "10.0.0.1"  # a WSGIProxyApp host: removes the client's identity hea
 STRANGER = "192.0.2.66"
 
 
-class Bomb:
-    """Unpickling this creates a file: the proof that something was unpickled."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 class Recorder:
     """Backend app: keeps the environ it was called with and answers it as JSON."""
 

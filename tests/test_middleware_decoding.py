@@ -11,10 +11,10 @@ from webob import Request
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.protocol import encode_key_headers, encode_path_header
 
+from .client import Bomb
 from .middleware_helpers import (
     IDENTITY,
     KEYS,
-    Bomb,
     Recorder,
     call,
     error_message,

@@ -7,10 +7,10 @@ import pytest
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.protocol import MemoryNonceStore, encode_key_headers, sign_request
 
+from .client import Bomb
 from .middleware_helpers import (
     IDENTITY,
     KEYS,
-    Bomb,
     Recorder,
     Server,
     pickle_headers,

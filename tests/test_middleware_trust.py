@@ -19,12 +19,12 @@ from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.middleware.trust import BELIEVED, Peer, Pickles
 from wsgiproxy.wsgiapp import make_middleware
 
+from .client import Bomb
 from .middleware_helpers import (
     KEYS,
     NGINX,
     STRANGER,
     WSGIPROXY,
-    Bomb,
     Recorder,
     Server,
     blank,

@@ -19,15 +19,7 @@ from wsgiproxy.protocol.headers import (
     key_header_kind,
 )
 
-
-class Bomb:
-    """Unpickling this creates a file: the proof that something was unpickled."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
+from .client import Bomb
 
 
 def roundtrip(kind, key, value):

@@ -11,19 +11,13 @@ to the pool only after a complete, unambiguous response.
 import threading
 
 import pytest
-from webob import Request
 
 from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.httplib2transport import Httplib2Transport
 from wsgiproxy.transport import BackendTimeout, BadBackendResponse, HTTPTransport, make_transport
 
+from .client import through
 from .servers import OK, RawServer, scripted
-
-
-def get(proxy, port, path="/", method="GET", **kw):
-    req = Request.blank(path, method=method, **kw)
-    req.environ.update(SERVER_NAME="127.0.0.1", SERVER_PORT=str(port))
-    return req.get_response(proxy)
 
 
 def transport_get(transport, port, method="GET", path="/"):
@@ -40,23 +34,23 @@ def proxy():
 def test_304_keeps_its_content_length_and_204_drops_it(proxy):
     with RawServer(scripted(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
                             b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")) as server:
-        assert get(proxy, server.port).headers["Content-Length"] == "99"
-        assert "Content-Length" not in get(proxy, server.port).headers
+        assert through(proxy, server.port).headers["Content-Length"] == "99"
+        assert "Content-Length" not in through(proxy, server.port).headers
 
 
 def test_close_delimited_body_is_read_to_eof_and_not_reused(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end<close>", OK)) as server:
-        assert get(proxy, server.port).body == b"until the end<close>"
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"until the end<close>"
+        assert through(proxy, server.port).body == b"ok"
         assert server.connections == 2
 
 
 def test_connection_close_and_http10_are_not_reused(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na",
                             b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nb", OK)) as server:
-        assert get(proxy, server.port).body == b"a"
-        assert get(proxy, server.port).body == b"b"
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"a"
+        assert through(proxy, server.port).body == b"b"
+        assert through(proxy, server.port).body == b"ok"
         assert server.connections == 3
 
 
@@ -92,7 +86,7 @@ def test_exception_in_the_middle_of_a_body_discards_the_connection():
 
 def test_conflicting_content_length_identical_values_are_accepted(proxy):
     with RawServer(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")) as server:
-        assert get(proxy, server.port).body == b"ok"
+        assert through(proxy, server.port).body == b"ok"
 
 
 def test_bad_chunk_size_is_an_error_mid_body():
