@@ -8,6 +8,7 @@ import http.client
 import json
 import threading
 
+import pytest
 from webob import Request
 
 from wsgiproxy import exactproxy
@@ -92,3 +93,14 @@ def test_blank_environ_gets_a_clean_400():
     assert status == "400 Bad Request"
     assert dict(headers)["Content-Type"] == "application/json"
     assert "cannot proxy to scheme" in json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", "+5", "1_0", " 5", "٥"])
+def test_an_invalid_content_length_is_a_400_and_nothing_is_sent(length):
+    """CONTENT_LENGTH that is not plain ASCII digits: int() would take some of them."""
+    with RawServer(lambda conn: None) as server:
+        req = blank("/", server.port, method="POST", body=b"12345", headers=JSON)
+        req.environ["CONTENT_LENGTH"] = length
+        res = req.get_response(proxy_exact_request)
+        assert json_error(res, 400)["message"] == "invalid Content-Length %r" % length
+        assert server.connections == 0

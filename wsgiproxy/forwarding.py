@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -57,12 +57,13 @@ class EnvironHeaders:
 
     __slots__ = ("skip", "skip_prefixes", "_names")
 
-    def __init__(self, skip=DEFAULT_SKIP, skip_prefixes=()):
+    def __init__(self, skip: Iterable[str] = DEFAULT_SKIP,
+                 skip_prefixes: Iterable[str] = ()) -> None:
         self.skip = frozenset(skip)
         self.skip_prefixes = tuple(skip_prefixes)
-        self._names = {"CONTENT_TYPE": None}  # added at the end, under its own name
+        self._names: dict[str, str | None] = {"CONTENT_TYPE": None}  # added at the end, under its own name
 
-    def _name(self, key):
+    def _name(self, key: str) -> str | None:
         """The header name of an environ key, or ``None`` if it is not forwarded."""
         name = None
         if key[:5] == "HTTP_" and key not in self.skip and not key.startswith(self.skip_prefixes):
@@ -73,7 +74,7 @@ class EnvironHeaders:
             self._names[key] = name
         return name
 
-    def __call__(self, environ):
+    def __call__(self, environ: Environ) -> list[tuple[str, str]]:
         names = self._names
         try:
             headers = [(name, value) for key, value in environ.items() if (name := names[key])]
@@ -96,7 +97,7 @@ class EnvironHeaders:
 environ_headers = EnvironHeaders()
 
 
-def request_body(environ, inline_max=INLINE_BODY_MAX):
+def request_body(environ: Environ, inline_max: int = INLINE_BODY_MAX) -> tuple[Any, int | None]:
     """``(body, length)`` for the transport: ``None``, bytes, or the input stream.
 
     Bodies up to ``inline_max`` bytes (:data:`INLINE_BODY_MAX` by default)
@@ -104,14 +105,11 @@ def request_body(environ, inline_max=INLINE_BODY_MAX):
     retried); larger ones and bodies without a length (chunked,
     ``wsgi.input_terminated``) stream.
     """
-    length = environ.get("CONTENT_LENGTH")
-    if length:
-        try:
-            length = int(length)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            raise InvalidRequest("invalid Content-Length %r" % length[:40]) from None
+    text = environ.get("CONTENT_LENGTH")
+    if text:
+        if not (text.isdigit() and text.isascii()):  # int() would take "-5", "+5", "1_0"
+            raise InvalidRequest("invalid Content-Length %r" % text[:40])
+        length = int(text)
         if not length:
             return None, 0
         stream = environ["wsgi.input"]
@@ -133,21 +131,21 @@ def request_body(environ, inline_max=INLINE_BODY_MAX):
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match  # needs no escaping
 
 
-def quote_path(path):
+def quote_path(path: str) -> str:
     """Percent-encode a WSGI path (latin-1 "bytes in a str") for a request line."""
     if _PLAIN_PATH(path):
         return path
     return quote(path.encode("latin-1"), safe=_PATH_SAFE)
 
 
-def safe_target(target):
+def safe_target(target: str) -> str:
     """Escape what may not stand in a request line (spaces, controls, non-ASCII); keep ``%``."""
     if target.isascii() and target.isprintable() and " " not in target:
         return target
     return quote(target.encode("latin-1", "replace"), safe=_TARGET_SAFE)
 
 
-def request_path(environ, include_script_name=True):
+def request_path(environ: Environ, include_script_name: bool = True) -> str:
     """The request's path as sent on the wire: ``SCRIPT_NAME + PATH_INFO`` (or
     ``PATH_INFO`` alone) percent-encoded; may be empty.
 
@@ -257,16 +255,16 @@ class StreamedBody:
 
     __slots__ = ("first", "chunks", "response")
 
-    def __init__(self, first, chunks, response):
+    def __init__(self, first: bytes, chunks: Iterator[bytes], response: Response) -> None:
         self.first = first
         self.chunks = chunks
         self.response = response
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         if self.first:
             yield self.first
-        self.first = None
+        self.first = b""
         yield from self.chunks
 
-    def close(self):
+    def close(self) -> None:
         self.response.close()

@@ -20,9 +20,13 @@ store unavailable") -- a signed request is never accepted unchecked.  See
 ``docs/scaleout.rst``.
 """
 
+from __future__ import annotations
+
 import math
 import secrets
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import NonceStoreUnavailable
@@ -112,8 +116,10 @@ class RedisNonceStore(NonceStore):
     connection pool opens new connections in a forked process).
     """
 
-    def __init__(self, url_or_client, prefix="wsgiproxy:nonce:", *, socket_timeout=0.5,
-                 socket_connect_timeout=None, retries=1, clock_skew=30, clock=time.time):
+    def __init__(self, url_or_client: Any, prefix: str = "wsgiproxy:nonce:", *,
+                 socket_timeout: float = 0.5, socket_connect_timeout: float | None = None,
+                 retries: int = 1, clock_skew: float = 30,
+                 clock: Callable[[], float] = time.time) -> None:
         if isinstance(url_or_client, str):
             url = url_or_client.strip()
             scheme = url.partition("://")[0].lower() if "://" in url else ""
@@ -161,7 +167,7 @@ class RedisNonceStore(NonceStore):
     def __repr__(self):  # never a password
         return "<RedisNonceStore %s prefix=%r>" % (self.location, self.prefix)
 
-    def key(self, key_id, nonce):
+    def key(self, key_id: str, nonce: str) -> str:
         """The Redis key of ``nonce`` signed with ``key_id``."""
         return "%s%s:%s" % (self.prefix, key_id, nonce)
 
@@ -177,7 +183,7 @@ class RedisNonceStore(NonceStore):
                 "ConnectionError", "TimeoutError", "BusyLoadingError")
         return isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError))
 
-    def check_and_add(self, key_id, nonce, expires_at):
+    def check_and_add(self, key_id: str, nonce: str, expires_at: float) -> bool:
         """Record ``nonce`` until ``expires_at`` (+ ``clock_skew``); False if it was there.
 
         Raises :class:`NonceStoreUnavailable` when Redis does not answer.
@@ -210,7 +216,7 @@ class RedisNonceStore(NonceStore):
                                        "" if self.retries == 0 else "s",
                                        type(failed).__name__, failed)) from failed
 
-    def close(self):
+    def close(self) -> None:
         """Close the connections of a client made from a URL (a given client is left open)."""
         if self._owns_client:
             self.client.close()
