@@ -70,6 +70,7 @@ __all__ = [
     "wait_for_listener",
     "wait_for_port",
     "wait_until",
+    "watchdog_of",
     "with_environ",
     "write_secret",
 ]
@@ -704,6 +705,19 @@ def children_of(pid):
         if name.isdigit() and parent_of(int(name)) == pid and alive(int(name)):
             found.append(int(name))
     return sorted(found)
+
+
+def watchdog_of(pid):
+    """The spawn watchdog (``watchdog.py watch``) that process ``pid`` started, or None."""
+    for child in children_of(pid):
+        try:
+            with open("/proc/%d/cmdline" % child, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[-2] == b"watch" and argv[-3].endswith(b"watchdog.py"):
+            return child
+    return None
 
 
 def pid_gone(pid):

@@ -8,10 +8,13 @@ child sees the same ``X-Forwarded-*`` headers, keys and signature as any
 backend behind ``egg:WSGIProxy#main``.  The children are supervised: stopped
 when idle, started again after a crash (with back-off when they keep failing
 to start), and stopped with their whole process group at exit, on SIGTERM
-or on :meth:`SpawningApplication.close`.
+or on :meth:`SpawningApplication.close`; and they die with the process that
+started them, however it dies.
 """
 
 # The package, from the bottom up:
+#   watchdog.py    run, not imported: ties a new child to us, and stops what we leave
+#   lifeline.py    starting children tied to our life: launcher thread, watchdog, lifeline
 #   process.py     one child process: command, start, output, stop, /proc
 #   readiness.py   starting a child until it is ready: ports and probes
 #   supervisor.py  the slots and their states; exit, SIGTERM and fork
@@ -67,7 +70,8 @@ class SpawningApplication:
     :param health_path: if given, a child is ready only when ``GET
         health_path`` answers 2xx or 3xx; otherwise when it accepts TCP
         connections.
-    :param stop_timeout: seconds between SIGTERM and SIGKILL when stopping.
+    :param stop_timeout: seconds between SIGTERM and SIGKILL when stopping
+        (also when the watchdog stops the children because this process died).
     :param workers: how many children at most.  Each request goes to the
         child with the fewest requests in flight (a running one on ties);
         children are started lazily, when a request is sent to them.
@@ -98,7 +102,8 @@ class SpawningApplication:
         argv = split_command(start_script)
         if "href" in options:
             raise TypeError("SpawningApplication chooses href itself (the child's port)")
-        self.command = Command(argv, cwd, parse_env(script_env))
+        self.stop_timeout = float(stop_timeout)
+        self.command = Command(argv, cwd, parse_env(script_env), self.stop_timeout)
         self.argv, self.cwd, self.script_env = self.command.argv, cwd, self.command.env
         if spawned_port is None and not self.command.mentions_port:
             raise ValueError("start_script (or a script_env value) must contain %s so the "
@@ -107,7 +112,6 @@ class SpawningApplication:
         self.spawned_port = int(spawned_port) if spawned_port else None
         self.idle_shutdown = float(idle_shutdown) if idle_shutdown else None
         self.start_timeout = float(start_timeout)
-        self.stop_timeout = float(stop_timeout)
         self.health_path = health_path or None
         if self.health_path and not self.health_path.startswith("/"):
             raise ValueError("health_path must start with '/': %r" % health_path)

@@ -6,9 +6,9 @@ read line by line into the log; the last stderr lines are kept for the
 message when it fails.  A reaper thread waits for it, so it never lingers as
 a zombie.
 
-How a child is created is decided in one place, :func:`_popen`, and what
-belongs to one child (its pipes, its threads) lives in :class:`Child`:
-tying the child's life to ours (it dies with its parent) goes there.
+How a child is created, and tied to our life so that it dies with us
+whatever kills us, is :mod:`wsgiproxy.spawn.lifeline`'s job; what belongs
+to one child (its pipes, its threads) lives in :class:`Child`.
 
 :func:`listener_owner` reads Linux's ``/proc`` to tell whose socket listens
 on a port: the child's, or another process's that took the port first.
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO
 
 from ..errors import StartFailed
+from . import lifeline
 
 __all__ = [
     "PORT_PLACEHOLDER",
@@ -102,13 +103,16 @@ class Command:
     :param argv: the arguments (see :func:`split_command`).
     :param cwd: the child's working directory (None: ours).
     :param env: variables added to our environment (see :func:`parse_env`).
+    :param stop_timeout: seconds between SIGTERM and SIGKILL when the child
+        is stopped because we died (see :mod:`~wsgiproxy.spawn.lifeline`).
     """
 
     def __init__(self, argv: Sequence[str], cwd: str | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, stop_timeout: float = 10.0) -> None:
         self.argv = list(argv)
         self.cwd = cwd
         self.env = dict(env or {})
+        self.stop_timeout = stop_timeout
 
     @property
     def mentions_port(self) -> bool:
@@ -132,25 +136,12 @@ class Command:
         """
         argv, env = self.resolve(port)
         try:
-            proc = _popen(argv, self.cwd, env)
+            proc = lifeline.spawn(argv, self.cwd, env, self.stop_timeout)
         except OSError as exc:
             reason = "cannot run %s: %s" % (exc.filename or argv[0], exc.strerror or exc)
             log.error("spawn[%d]: %s", slot, reason)
             raise StartFailed(reason) from None
         return Child(slot, proc, port, log, argv)
-
-
-def _popen(argv: list[str], cwd: str | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Create a child process: the one place that decides what a child inherits.
-
-    It leads a new session (and so its own process group, which
-    :meth:`Child.signal_group` signals as a whole); stdin is /dev/null,
-    stdout and stderr are pipes :class:`Child` reads, and no other file
-    descriptor is inherited.
-    """
-    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, close_fds=True)
 
 
 # -- the running child ----------------------------------------------------------
@@ -228,6 +219,7 @@ class Child:
     def _reap(self, on_exit: Callable[[Child], object]) -> None:
         self.proc.wait()  # reaps it: no zombie
         self.signal_group(signal.SIGKILL)  # whatever it left behind in its group
+        lifeline.forget(self.pid)  # nothing of it is left for the watchdog to stop
         self.exited.set()
         on_exit(self)
 

@@ -16,7 +16,8 @@ its state machine can be exercised without processes.
 
 At the end: the process-wide part.  Every registered supervisor is closed at
 interpreter exit and (when it asks) on SIGTERM, and starts afresh in a
-forked process.
+forked process.  (Deaths that run no code of ours are
+:mod:`~wsgiproxy.spawn.lifeline`'s.)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ..errors import ServiceUnavailable, ShuttingDown, StartFailed
+from . import lifeline
 from .process import Child
 
 __all__ = ["RUNNING", "STARTING", "STOPPED", "STOPPING", "Proxy", "Slot", "Supervisor",
@@ -439,7 +441,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         previous(signum, frame)
     elif previous != signal.SIG_IGN:
         # The default action (or a handler not set from Python): terminate, as
-        # if we had not been here.
+        # if we had not been here, with the watchdog reaped rather than orphaned.
+        lifeline.shutdown()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
@@ -460,6 +463,11 @@ def _after_fork_in_child() -> None:
         supervisor.after_fork()
 
 
-atexit.register(_stop_all)
+def _at_exit() -> None:
+    _stop_all()
+    lifeline.shutdown()  # after the children: the watchdog would stop them as if we had died
+
+
+atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
