@@ -57,6 +57,7 @@ __all__ = [
     "echo_app",
     "free_port",
     "group_gone",
+    "holders",
     "listeners",
     "need",
     "nginx_conf",
@@ -769,13 +770,10 @@ def _command_line(pid):
         return "?"
 
 
-def listeners(port):
-    """Who listens on TCP ``port``: ``{pid: command line}``.  A listening socket no
-    visible process holds (another user's) is there as ``{None: "..."}``."""
-    sockets = _listening_sockets(port)
-    found, seen = {}, set()
-    if not sockets:
-        return found
+def holders(links):
+    """``{pid: the links it has open}`` of the visible processes with a file descriptor
+    on one of ``links`` (``/proc/PID/fd`` targets: ``socket:[123]``, ``pipe:[456]``)."""
+    found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -788,9 +786,20 @@ def listeners(port):
                 link = os.readlink("/proc/%s/fd/%s" % (name, fd))
             except OSError:
                 continue
-            if link in sockets:
-                found[int(name)] = _command_line(int(name))
-                seen.add(link)
+            if link in links:
+                found.setdefault(int(name), set()).add(link)
+    return found
+
+
+def listeners(port):
+    """Who listens on TCP ``port``: ``{pid: command line}``.  A listening socket no
+    visible process holds (another user's) is there as ``{None: "..."}``."""
+    sockets = _listening_sockets(port)
+    if not sockets:
+        return {}
+    held = holders(sockets)
+    found = {pid: _command_line(pid) for pid in held}
+    seen = set().union(*held.values())
     if sockets - seen:
         found[None] = "a process this user cannot see"
     return found

@@ -35,6 +35,7 @@ from .servers import (
     Served,
     alive,
     free_port,
+    holders,
     parent_of,
     pids_in,
     wait_until,
@@ -107,22 +108,7 @@ def wait_gone(tree, what, timeout=20):
 
 def lifeline_holders(watchdog):
     """Processes with the watchdog's lifeline (its stdin pipe) open, either end."""
-    pipe = os.readlink("/proc/%d/fd/0" % watchdog)
-    holders = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            fds = os.listdir("/proc/%s/fd" % name)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink("/proc/%s/fd/%s" % (name, fd)) == pipe:
-                    holders.add(int(name))
-            except OSError:
-                continue
-    return holders
+    return set(holders({os.readlink("/proc/%d/fd/0" % watchdog)}))
 
 
 # -- requests ------------------------------------------------------------------------
