@@ -23,17 +23,18 @@ from paste.deploy import loadapp
 
 from wsgiproxy.spawn import SpawningApplication
 
+from .client import request
 from .servers import (
+    BIN,
     Process,
     WaitressServer,
     free_port,
     group_gone,
     pid_gone,
+    pids_in,
     wait_for_port,
     wait_until,
 )
-
-BIN = os.path.dirname(sys.executable)
 
 C_SERVER = r'''
 #include <arpa/inet.h>
@@ -90,10 +91,6 @@ def Front(app):
     return WaitressServer(app, threads=16)
 
 
-def started_pids(piddir):
-    return sorted(int(name) for name in os.listdir(piddir) if name.isdigit())
-
-
 def in_flight(piddir):
     """Pids of the children's /hold requests in progress, one entry per request."""
     return sorted(int(name.split("-")[1]) for name in os.listdir(piddir)
@@ -101,12 +98,9 @@ def in_flight(piddir):
 
 
 def fetch(port, path="/", timeout=20, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request("GET", path, headers=dict({"Accept": "application/json"}, **(headers or {})))
-    res = conn.getresponse()
-    body = res.read()
-    conn.close()
-    return res, body
+    """GET asking for JSON (unless ``headers`` says otherwise): ``(answer, body)``."""
+    answer = request(port, path, headers=headers, accept="application/json", timeout=timeout)
+    return answer, answer.body
 
 
 @pytest.fixture
@@ -140,7 +134,7 @@ def spawn(child_script, piddir):
     for app, server in made:
         server.__exit__(None, None, None)
         app.close()
-    pids = started_pids(piddir)
+    pids = pids_in(piddir)
     for pid in pids:
         wait_until(lambda pid=pid: pid_gone(pid) and group_gone(pid), 10,
                    "child %d to be gone" % pid)
@@ -164,9 +158,9 @@ def test_lazy_start_forwarding_and_logging(spawn, piddir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="wsgiproxy.spawn")
     app, server = spawn(env={"CHILD_ENV": "port=__PORT__"}, secret_file=str(secret),
                         string_keys=["REMOTE_USER"], forwarded=True)
-    assert app.pids == [] and started_pids(piddir) == []  # nothing before the first request
+    assert app.pids == [] and pids_in(piddir) == []  # nothing before the first request
     seen = get_json(server, "/hello?x=1", headers={"Host": "front.example"})
-    assert started_pids(piddir) == [seen["pid"]] == app.pids
+    assert pids_in(piddir) == [seen["pid"]] == app.pids
     assert seen["path"] == "/hello?x=1"
     assert seen["env"] == "port=%d" % seen["port"]  # __PORT__ in script_env
     headers = seen["headers"]
@@ -194,7 +188,7 @@ def test_concurrent_first_requests_start_one_child(spawn, piddir):
         t.join(30)
     assert len(results) == 10
     assert len(set(results)) == 1
-    assert started_pids(piddir) == [results[0]]
+    assert pids_in(piddir) == [results[0]]
 
 
 def test_idle_shutdown_and_restart(spawn, piddir):
@@ -202,7 +196,7 @@ def test_idle_shutdown_and_restart(spawn, piddir):
     first = get_json(server, "/")["pid"]
     wait_until(lambda: pid_gone(first) and app.pids == [], 10, "the idle child to stop")
     second = get_json(server, "/")["pid"]
-    assert second != first and started_pids(piddir) == sorted([first, second])
+    assert second != first and pids_in(piddir) == sorted([first, second])
 
 
 def test_streaming_response_keeps_child_alive(spawn):
@@ -247,10 +241,10 @@ def test_start_timeout_gives_503_and_logs_stderr(spawn, piddir, caplog):
     res, body = fetch(server.port, "/")
     assert res.status == 503
     assert 0.9 < time.monotonic() - started < 10
-    assert int(res.getheader("Retry-After")) >= 1
+    assert int(res.headers["Retry-After"]) >= 1
     assert "did not accept connections" in json.loads(body)["error"]["message"]
     assert "child-stuck: never listening" in caplog.text  # the stderr tail, in the log
-    [pid] = started_pids(piddir)
+    [pid] = pids_in(piddir)
     wait_until(lambda: pid_gone(pid), 10, "the stuck child to be stopped")
 
 
@@ -261,12 +255,12 @@ def test_child_exiting_at_once_backs_off(spawn, piddir, caplog):
     assert res.status == 503
     message = json.loads(body)["error"]["message"]
     assert "exited with code 3" in message and "back-off" in message, message
-    assert 1 <= int(res.getheader("Retry-After")) <= 5
+    assert 1 <= int(res.headers["Retry-After"]) <= 5
     assert "child-boom: cannot start" in caplog.text
     # Within the back-off nothing is started again, and the answer says when.
     res, body = fetch(server.port, "/", headers={"Accept": "text/html"})
     assert res.status == 503 and b"next attempt in" in body
-    assert len(started_pids(piddir)) == 1
+    assert len(pids_in(piddir)) == 1
 
 
 def test_back_off_then_a_good_start_resets_it(spawn, piddir):
@@ -275,11 +269,11 @@ def test_back_off_then_a_good_start_resets_it(spawn, piddir):
 
     def answered():
         res, body = fetch(server.port, "/")
-        answers.append((res.status, res.getheader("Retry-After"), body))
+        answers.append((res.status, res.headers["Retry-After"], body))
         return res.status == 200
 
     wait_until(answered, 15, "a start to succeed after two failures")
-    assert len(started_pids(piddir)) == 3
+    assert len(pids_in(piddir)) == 3
     failures = [json.loads(body)["error"]["message"] for status, _, body in answers[:-1]]
     assert all(status == 503 and retry == "1" for status, retry, _ in answers[:-1])
     assert any("2 failed starts in a row" in m and "exited with code 4" in m for m in failures)
@@ -292,7 +286,7 @@ def test_port_taken_before_child_binds_tries_another(spawn, piddir):
     seen = get_json(server, "/")
     with open(os.path.join(piddir, "squatted")) as f:
         assert seen["port"] != int(f.read())
-    assert len(started_pids(piddir)) == 2
+    assert len(pids_in(piddir)) == 2
 
 
 def test_health_path_waits_for_2xx(spawn, piddir, tmp_path):
@@ -343,7 +337,7 @@ def test_workers_spread_load(spawn, piddir):
         t.start()
     wait_until(lambda: len(in_flight(piddir)) == 6, 20, "six requests in the children")
     spread = in_flight(piddir)
-    assert len(set(spread)) == 3 and sorted(set(spread)) == started_pids(piddir)
+    assert len(set(spread)) == 3 and sorted(set(spread)) == pids_in(piddir)
     assert all(spread.count(pid) == 2 for pid in spread)  # least outstanding: two each
     assert sorted(app.pids) == sorted(set(spread))
     open(os.path.join(piddir, "release"), "w").close()
@@ -360,7 +354,7 @@ def test_close_stops_children_that_ignore_sigterm(spawn, piddir):
     assert 0.4 < time.monotonic() - started < 8
     assert pid_gone(pid) and group_gone(pid)  # killed and reaped by close() itself
     res, body = fetch(server.port, "/")
-    assert res.status == 503 and res.getheader("Retry-After")
+    assert res.status == 503 and res.headers["Retry-After"]
 
 
 def test_non_python_child(tmp_path):
@@ -459,7 +453,7 @@ def test_no_orphans_after_parent_exits(tmp_path, child_script, piddir, how):
         else:
             pid = int(proc.proc.stdout.readline())
             assert proc.proc.wait(15) == 0
-        assert started_pids(piddir) == [pid]
+        assert pids_in(piddir) == [pid]
         # Reaped by the parent before it ended: gone at once, group and all.
         assert pid_gone(pid) and group_gone(pid)
 
@@ -484,5 +478,5 @@ def test_gunicorn_workers_each_supervise_their_children(tmp_path, child_script, 
         assert 1 <= len(seen) <= 2  # one child per gunicorn worker that got requests
         os.kill(proc.proc.pid, signal.SIGTERM)
         proc.proc.wait(30)
-    for pid in started_pids(piddir):
+    for pid in pids_in(piddir):
         assert pid_gone(pid) and group_gone(pid)
