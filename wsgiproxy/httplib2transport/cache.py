@@ -14,6 +14,7 @@ import tempfile
 
 import httplib2
 
+from ..abnf import split_comma_list
 from .connections import _CE_MARKER
 
 log = logging.getLogger("wsgiproxy.httplib2transport")
@@ -89,7 +90,7 @@ class _CacheView:
 
 def _cache_control(value):
     directives = {}
-    for part in (value or "").split(","):
+    for part in split_comma_list(value or ""):
         name, _, arg = part.partition("=")
         name = name.strip().lower()
         if name:
@@ -125,7 +126,7 @@ def _refuse(value, ctx, serving):
         return "Cache-Control: private or no-store"
     if "s-maxage" in cc and cc.get("s-maxage") != cc.get("max-age"):
         return "s-maxage differs from max-age"
-    if any(v.strip() == "*" for v in ",".join(msg.get_all("vary") or ()).split(",")):
+    if "*" in split_comma_list(",".join(msg.get_all("vary") or ())):
         return "Vary: *"
     length = msg.get("content-length")
     if length is not None and length.strip() != str(len(content)):
@@ -146,7 +147,7 @@ def _accepts(accept_encoding, coding):
     aliases = {"x-gzip": "gzip", "x-compress": "compress"}
     coding = aliases.get(coding, coding)
     star = None
-    for item in accept_encoding.split(","):
+    for item in split_comma_list(accept_encoding):
         name, _, params = item.partition(";")
         name = aliases.get(name.strip().lower(), name.strip().lower())
         q = 1.0

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..abnf import TOKEN, is_token, split_comma_list
+from ..converters import aslist
 from ..errors import ProtocolError
 from .headers import CTL_RE
 
@@ -275,7 +276,7 @@ class TrustedNetworks:
         for part in spec:
             if not isinstance(part, str):
                 raise TypeError("trusted addresses must be strings, not %r" % (part,))
-            items.extend(item for item in re.split(r"[\s,]+", part) if item)
+            items.extend(aslist(part))
         return items
 
     def __contains__(self, addr: object) -> bool:

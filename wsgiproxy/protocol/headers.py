@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+from ..converters import aslist
 from ..errors import ProtocolError
 
 __all__ = [
@@ -266,11 +267,7 @@ KeyNames = str | Iterable[str] | None
 
 
 def _key_list(keys: KeyNames) -> list[str]:
-    if keys is None:
-        return []
-    if isinstance(keys, str):  # "A B,C" as in an .ini file, not an iterable of letters
-        return [k for k in re.split(r"[\s,]+", keys) if k]
-    return list(keys)
+    return aslist(keys)  # "A B,C" as in an .ini file, not an iterable of letters
 
 
 def encode_key_headers(environ: Mapping[str, Any], string_keys: KeyNames = (),
