@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from wsgiproxy.errors import ServiceUnavailable, ShuttingDown, StartFailed
+from wsgiproxy.errors import BackendUnavailable, ShuttingDown, StartFailed
 from wsgiproxy.spawn import SpawningApplication
 from wsgiproxy.spawn.process import describe_exit
 from wsgiproxy.spawn.supervisor import RUNNING, STARTING, STOPPED, STOPPING, Slot, Supervisor
@@ -304,9 +304,10 @@ def test_a_dead_child_is_noticed_before_its_reaper_and_reset_once():
 def test_child_dead_right_after_its_start_is_a_502():
     h = Harness()
     h.plan.append(lambda child: child.die(2, reap=False))
-    with pytest.raises(ServiceUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         h.request()
     assert caught.value.status == 502 and "exited with code 2" in caught.value.message
+    assert caught.value.headers == ()  # a broken backend: no Retry-After promise
     assert h.starts[0][1].closed == 1 and h.sup.slots[0].state == STOPPED
 
 

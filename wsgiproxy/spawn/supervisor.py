@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from ..errors import ServiceUnavailable, ShuttingDown, StartFailed
+from ..errors import BackendUnavailable, ServiceUnavailable, ShuttingDown, StartFailed
 from . import lifeline
 from .process import Child
 
@@ -232,7 +232,9 @@ class Supervisor:
     def acquire(self, slot: Slot) -> Proxy:
         """The proxy of the slot's running child, after starting it (or waiting for its start).
 
-        :raises ServiceUnavailable: (or a subclass) when there is no child to forward to.
+        :raises ServiceUnavailable: (or a subclass) when there is no child to forward to;
+            :class:`~wsgiproxy.errors.BackendUnavailable` (502) when the child died right
+            after it started.
         """
         cond = self._cond
         with cond:
@@ -298,8 +300,7 @@ class Supervisor:
         if self._closed:
             self._stop([child])
             raise ShuttingDown()
-        raise ServiceUnavailable("the backend %s right after it started" % child.describe_exit(),
-                                 1, status=502)
+        raise BackendUnavailable("the backend %s right after it started" % child.describe_exit())
 
     def _backoff(self, failures: int) -> float:
         if not self.restart_backoff:
