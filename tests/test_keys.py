@@ -128,6 +128,22 @@ def test_memory_nonce_store_expiry():
     assert store.check_and_add("k", "a", 1020)
 
 
+def test_memory_nonce_store_takes_any_ids_at_one_expiry_and_keeps_them_apart():
+    """Real ids (16 + 32 hex digits) and any other strings, all expiring in the same second:
+    the store's heap compares their keys, and no two pairs share one."""
+    clock = [1000.0]
+    store = MemoryNonceStore(clock=lambda: clock[0])
+    kid, nonce = "0123456789abcdef", "0123456789abcdef" * 2
+    pairs = [(kid, nonce), ("k", "a"), ("0123", "4567"), ("012", "34567"),
+             ("x" * 11, "y" * 12), ("\udcff" * 8, "z" * 10)]
+    for pair in pairs:
+        assert store.check_and_add(*pair, 1010)
+    for pair in pairs:
+        assert not store.check_and_add(*pair, 1010)
+    clock[0] = 1011
+    assert len(store) == 0
+
+
 def test_memory_nonce_store_is_bounded_and_fails_closed(caplog):
     clock = [0.0]
     store = MemoryNonceStore(max_entries=3, clock=lambda: clock[0])

@@ -206,6 +206,20 @@ class NonceStore:
         raise NotImplementedError
 
 
+def _store_key(key_id: str, nonce: str) -> bytes:
+    """The key a nonce is remembered under: always bytes, so that heap entries with the
+    same expiry compare, and 24 bytes for a real signature's ids (hex: ~200 bytes an
+    entry in all, not a tuple of two strings).  Any other pair of strings gets a key
+    that is never 24 bytes long, so the two kinds cannot meet."""
+    if len(key_id) == 16 and len(nonce) == 32:
+        try:
+            return bytes.fromhex(key_id + nonce)
+        except ValueError:
+            pass
+    key = ("%s\0%s" % (key_id, nonce)).encode("utf-8", "surrogatepass")
+    return key + b"\0" if len(key) == 24 else key
+
+
 class MemoryNonceStore(NonceStore):
     """A thread-safe, in-process :class:`NonceStore` with expiry and a size cap.
 
@@ -227,8 +241,8 @@ class MemoryNonceStore(NonceStore):
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[object, float] = {}
-        self._heap: list[tuple[float, object]] = []
+        self._entries: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
         self._full_warned = False
 
     def _expire(self, now: float) -> None:
@@ -243,11 +257,7 @@ class MemoryNonceStore(NonceStore):
 
         Raises :class:`NonceStoreFull` when ``max_entries`` live nonces are held.
         """
-        key: object
-        try:  # 24 bytes instead of a tuple of two strings: ~200 bytes per entry in all
-            key = bytes.fromhex(key_id + nonce)
-        except (TypeError, ValueError):
-            key = (key_id, nonce)
+        key = _store_key(key_id, nonce)
         with self._lock:
             now = self._clock()
             self._expire(now)
