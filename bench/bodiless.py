@@ -1,6 +1,6 @@
 """What the no-reuse rule after bodiless answers costs: HEAD and 304 loops, before vs after.
 
-    python3 bench/bodiless.py --tree /path/to/old/checkout --tree . [--n 3000] [--rounds 5]
+    .venv/bin/python bench/bodiless.py --tree /path/to/old/checkout --tree . [--n 3000] [--rounds 5]
 
 Each ``--tree`` is a directory holding a ``wsgiproxy`` package; its worker
 runs with that directory first on ``PYTHONPATH`` (the interpreter is this
