@@ -86,16 +86,18 @@ class Httplib2Transport(Transport):
     :param max_request_body: the largest request body buffered before
         sending; a larger one is a 413.  Default: ``max_buffered_body``.
 
-    Shared-cache rules, on top of httplib2's freshness and ``Vary`` logic:
+    Shared-cache rules (RFC 9111), decided here rather than by httplib2:
     only ``GET`` responses (200, 203) are stored; a request with
     ``Authorization`` or ``Cookie`` is never served from the cache and its
     response never stored, nor one the proxy's own ``credentials``
     authenticated; conditional and range requests go to the backend; a
-    response with ``Cache-Control: private`` or ``no-store``, ``Set-Cookie``,
-    ``Vary: *``, or an ``s-maxage`` that differs from its ``max-age`` is not
-    stored (and replaces nothing: the old entry is removed); entries are keyed
-    by URL and ``Host`` header; a stored body in a ``Content-Encoding`` the
-    client did not accept is not served to it.
+    response with ``Cache-Control`` (or ``CDN-Cache-Control``)
+    ``private`` or ``no-store``, ``Set-Cookie`` or ``Vary: *`` is not stored
+    (and replaces nothing: the old entry is removed); entries are keyed by
+    URL and ``Host`` header; a stored body in a ``Content-Encoding`` the
+    client did not accept is not served to it; request directives only
+    shorten freshness; ``Age`` counts and is kept; an unreadable date or age
+    makes a response stale; a broken entry is dropped and the backend asked.
     """
 
     streaming = False
