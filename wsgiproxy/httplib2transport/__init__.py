@@ -8,9 +8,11 @@ default :class:`~wsgiproxy.transport.HTTPTransport` streams and is faster.
 
 What httplib2 does and what this module keeps from it:
 
-* **used**: the cache logic (freshness, validators, ``Vary``) over httplib2's
-  ``FileCache`` directory format, and basic/digest authentication;
-* **replaced**: the connection, TLS and proxy code (so connect and read
+* **used**: httplib2's ``FileCache`` directory format and its storing of the
+  responses it receives, and basic/digest authentication;
+* **replaced**: the cache decisions (freshness, ``Age``, ``Vary``, request
+  directives, 304 updates: RFC 9111 for a shared cache, in ``freshness``),
+  the connection, TLS and proxy code (so connect and read
   timeouts differ, the upstream proxy needs no PySocks, the request goes on
   the wire exactly as the client sent it), response parsing (the same strict
   rules as the default transport, repeated headers such as ``Set-Cookie``
@@ -29,7 +31,8 @@ rules (httplib2 alone behaves as a private, single-user cache); see
 The package, by concern: ``transport`` (the class: options, pool, one
 exchange, error mapping), ``client`` (one ``httplib2.Http`` per request in
 flight), ``connections`` (the connections and responses plugged into
-httplib2), ``cache`` (the shared-cache rules and storage) and ``upstream``
+httplib2), ``cache`` (the shared-cache rules and storage), ``freshness``
+(RFC 9111 arithmetic and parsing, pure functions) and ``upstream``
 (the upstream proxy and its tunnel).  Its options are typed; the deployment
 layer (:mod:`wsgiproxy.wsgiapp`) converts ``.ini`` strings, with
 :func:`parse_size` and :func:`parse_credentials`.

@@ -39,14 +39,16 @@ class _Exchange:
     """What one request needs while httplib2 runs it (one thread, one ``Http``)."""
 
     __slots__ = ("accept_encoding", "authority", "cacheable", "failed", "host_header", "lower",
-                 "method", "normalized", "phase", "proxy", "responses", "sent_authorization",
-                 "target", "uri", "wire")
+                 "method", "normalized", "phase", "proxy", "request_cc", "request_time",
+                 "responses", "sent_authorization", "target", "uri", "wire")
     accept_encoding: str | None
     authority: str
     cacheable: bool
     host_header: str
     lower: dict[str, str]
     method: str
+    request_cc: dict[str, list[str | None]]
+    request_time: float
     target: str
     uri: str
     wire: list[tuple[str, str]]
@@ -87,8 +89,8 @@ class _Client:
         # cycle, so a dropped transport closes its sockets at once, not at
         # the next garbage collection.
         ref = weakref.ref(self)
-        store = transport._store
-        h = _Http(cache=_CacheView(store, ref) if store is not None else None,
+        cache = transport._cache
+        h = _Http(cache=_CacheView(cache, ref) if cache is not None else None,
                   timeout=transport.read_timeout, proxy_info=None)
         h.follow_redirects = False
         h.follow_all_redirects = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import logging
 import re
@@ -27,9 +26,10 @@ from ..errors import (
 )
 from ..http11 import HOP_BY_HOP, request_head
 from ..transport import Body, Response, Transport
-from .cache import _AtomicFileCache
+from .cache import _META, Entry, SharedCache, _AtomicFileCache
 from .client import _canonical, _Client, _Exchange
 from .connections import _BAD_VALUE, _CE_MARKER, _NotRetried
+from .freshness import cache_directives, usable
 from .upstream import _Proxy
 
 log = logging.getLogger("wsgiproxy.httplib2transport")
@@ -86,16 +86,18 @@ class Httplib2Transport(Transport):
     :param max_request_body: the largest request body buffered before
         sending; a larger one is a 413.  Default: ``max_buffered_body``.
 
-    Shared-cache rules, on top of httplib2's freshness and ``Vary`` logic:
+    Shared-cache rules (RFC 9111), decided here rather than by httplib2:
     only ``GET`` responses (200, 203) are stored; a request with
     ``Authorization`` or ``Cookie`` is never served from the cache and its
     response never stored, nor one the proxy's own ``credentials``
     authenticated; conditional and range requests go to the backend; a
-    response with ``Cache-Control: private`` or ``no-store``, ``Set-Cookie``,
-    ``Vary: *``, or an ``s-maxage`` that differs from its ``max-age`` is not
-    stored (and replaces nothing: the old entry is removed); entries are keyed
-    by URL and ``Host`` header; a stored body in a ``Content-Encoding`` the
-    client did not accept is not served to it.
+    response with ``Cache-Control`` (or ``CDN-Cache-Control``)
+    ``private`` or ``no-store``, ``Set-Cookie`` or ``Vary: *`` is not stored
+    (and replaces nothing: the old entry is removed); entries are keyed by
+    URL and ``Host`` header; a stored body in a ``Content-Encoding`` the
+    client did not accept is not served to it; request directives only
+    shorten freshness; ``Age`` counts and is kept; an unreadable date or age
+    makes a response stale; a broken entry is dropped and the backend asked.
     """
 
     streaming = False
@@ -116,7 +118,7 @@ class Httplib2Transport(Transport):
                                  else _size("max_request_body", max_request_body))
         self.credentials = credential_tuples(credentials)
         self.cache_dir = cache_dir or None
-        self._store = _AtomicFileCache(cache_dir) if cache_dir else None
+        self._cache = SharedCache(_AtomicFileCache(cache_dir)) if cache_dir else None
         self._proxy = _Proxy(proxy_info) if proxy_info else None
         if not isinstance(proxy_from_env, bool):
             raise TypeError("proxy_from_env must be True or False, not %r" % (proxy_from_env,))
@@ -218,15 +220,98 @@ class Httplib2Transport(Transport):
         ctx.lower = lower
         ctx.host_header = lower.get("host", "")
         ctx.accept_encoding = lower.get("accept-encoding")
-        ctx.cacheable = (self._store is not None and method == "GET" and "#" not in target
+        ctx.cacheable = (self._cache is not None and method == "GET" and "#" not in target
                          and not any(name in lower for name in _PRIVATE_REQUEST)
                          and not any(name in lower for name in _CONDITIONAL_REQUEST))
-        if ctx.cacheable:
-            h2headers = dict(lower)
-        else:  # httplib2 must not answer from (or for) a cache that is not in play
-            h2headers = {k: v for k, v in lower.items() if k not in ("cache-control", "pragma")}
+        # httplib2 never decides from the request's Cache-Control or Pragma:
+        # the cache rules below do (and the header goes to the backend as sent).
+        h2headers = {k: v for k, v in lower.items() if k not in ("cache-control", "pragma")}
         ctx.uri = "%s://%s%s" % (scheme, ctx.authority, target)
+        ctx.request_cc = cache_directives(lower.get("cache-control"))
+        ctx.request_time = time.time()
 
+        entry = None
+        if ctx.cacheable:
+            entry = self._cache.lookup(ctx)  # type: ignore[union-attr]
+            answer = self._cached_answer(ctx, entry, backend)
+            if answer is not None:
+                return answer
+            if entry is not None:
+                entry = self._revalidate_with(ctx, entry, wire, h2headers)
+        elif "only-if-cached" in ctx.request_cc and self._cache is not None:
+            return self._gateway_timeout()
+
+        response = self._exchange(ctx, scheme, method, body, h2headers, host, backend)
+        raw = ctx.responses[-1] if ctx.responses else None
+        if entry is not None and raw is not None and raw.status == 304:
+            try:
+                fresh = self._cache.refresh(  # type: ignore[union-attr]
+                    ctx, entry, raw.header_list, time.time())
+                return self._stored_response(ctx, fresh, backend, raw)
+            except Exception as exc:  # noqa: BLE001 -- a broken entry: dropped, the backend asked again
+                log.warning("dropping the cache entry of %s after its 304: %s: %s",
+                            ctx.uri, type(exc).__name__, exc)
+                self._cache.delete(self._cache.key(ctx))  # type: ignore[union-attr]
+                ctx.wire = [(n, v) for n, v in ctx.wire
+                            if n.lower() not in ("if-none-match", "if-modified-since")]
+                for name in ("if-none-match", "if-modified-since"):
+                    h2headers.pop(name, None)
+                ctx.responses = []
+                response = self._exchange(ctx, scheme, method, body, h2headers, host, backend)
+        return response
+
+    def _cached_answer(self, ctx, entry, backend):
+        """The answer from the cache (or its 504), or ``None`` to ask the backend."""
+        request_cc = ctx.request_cc
+        no_cache = "no-cache" in request_cc or (
+            "cache-control" not in ctx.lower and "no-cache" in ctx.lower.get("pragma", "").lower())
+        if entry is not None and not no_cache:
+            try:
+                age = usable(entry.headers, request_cc, entry.request_time,
+                             entry.response_time, time.time())
+                if age is not None:
+                    return self._stored_response(ctx, entry, backend, None, age)
+            except Exception as exc:  # noqa: BLE001 -- a broken entry: the backend answers instead
+                log.warning("dropping the cache entry of %s: %s: %s",
+                            ctx.uri, type(exc).__name__, exc)
+                self._cache.delete(self._cache.key(ctx))
+                return None
+        if "only-if-cached" in request_cc:
+            return self._gateway_timeout()
+        return None
+
+    @staticmethod
+    def _revalidate_with(ctx, entry, wire, h2headers):
+        """Add the stored validators to the request; the entry, or ``None`` without validators."""
+        validators = []
+        etag = entry.headers.get("etag")
+        if etag is not None:
+            validators.append(("If-None-Match", etag))
+        modified = entry.headers.get("last-modified")
+        if modified is not None:
+            validators.append(("If-Modified-Since", modified))
+        if not validators or any(_BAD_VALUE(value) for _, value in validators):
+            return None
+        ctx.wire = wire + validators
+        for name, value in validators:
+            h2headers[name.lower()] = value
+        return entry
+
+    @staticmethod
+    def _gateway_timeout():
+        body = b"only-if-cached: no usable response is stored"
+        return Response(504, "Gateway Timeout", [("Content-Type", "text/plain"),
+                                                 ("Content-Length", str(len(body)))], body)
+
+    def _stored_response(self, ctx, entry: Entry, backend, raw, age=None):
+        if age is None:
+            age = usable(entry.headers, {}, entry.request_time, entry.response_time,
+                         time.time())
+        h2response = httplib2.Response(entry.headers)
+        h2response.fromcache = True
+        return self._response(ctx, h2response, entry.content, backend, raw, age)
+
+    def _exchange(self, ctx, scheme, method, body, h2headers, host, backend):
         client = self._acquire()
         client.ctx = ctx
         try:
@@ -247,7 +332,8 @@ class Httplib2Transport(Transport):
                 client.discard()
             else:
                 client.finish()
-            return self._response(ctx, h2response, content, backend)
+            raw = ctx.responses[-1] if ctx.responses else None
+            return self._response(ctx, h2response, content, backend, raw, None)
         finally:
             self._release(client)
 
@@ -276,8 +362,7 @@ class Httplib2Transport(Transport):
                 "buffers (max_request_body)" % (" of %d bytes" % size if size is not None else "",
                                                self.max_request_body))
 
-    def _response(self, ctx, h2response, content, backend):
-        raw = ctx.responses[-1] if ctx.responses else None
+    def _response(self, ctx, h2response, content, backend, raw, age):
         if raw is not None and not h2response.fromcache and raw.status == h2response.status:
             # From the wire: the headers as the backend sent them, in order.
             return Response(raw.status, raw.reason, list(raw.header_list),
@@ -286,7 +371,7 @@ class Httplib2Transport(Transport):
         # header names are lower-cased and repeated ones joined with ", ".
         headers = []
         for key, value in h2response.items():
-            if (key == "status" or key.startswith("-") or key in HOP_BY_HOP
+            if (key == "status" or key.startswith("-") or key == _META or key in HOP_BY_HOP
                     or key in ("content-length", "set-cookie", "age")):
                 continue
             if key == _CE_MARKER:
@@ -298,10 +383,8 @@ class Httplib2Transport(Transport):
                 raise BadBackendResponse("a cached response has an invalid %s header" % key,
                                          backend)
             headers.append((_canonical(key), value))
-        if raw is None and "date" in h2response:
-            age = _age(h2response["date"])
-            if age is not None:
-                headers.append(("Age", str(age)))
+        if age is not None:
+            headers.append(("Age", str(age)))
         headers.append(("Content-Length", str(len(content))))
         if raw is not None:  # a revalidation (304): its cookies, kept separate
             headers += [(n, v) for n, v in raw.header_list if n.lower() == "set-cookie"]
@@ -371,10 +454,3 @@ def _size(name: str, value: int) -> int:
         raise TypeError("%s must be a number of bytes (int), not %r" % (name, value))
     return parse_size(value)
 
-
-def _age(date):
-    try:
-        stamp = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0, int(time.time() - stamp))
