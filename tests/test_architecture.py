@@ -15,7 +15,10 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Lowest first: the order of the table in docs/architecture.rst.
 LAYERS = [
-    ("ground", ["wsgiproxy", "wsgiproxy.errors", "wsgiproxy.abnf", "wsgiproxy.converters"]),
+    # cookies: Set-Cookie attribute rewriting, pure text like abnf; not the wire
+    # protocol (X-WSGIProxy-* between proxy and middleware), and any layer may use it.
+    ("ground", ["wsgiproxy", "wsgiproxy.errors", "wsgiproxy.abnf", "wsgiproxy.converters",
+                "wsgiproxy.cookies"]),
     ("wire protocol", ["wsgiproxy.protocol.headers", "wsgiproxy.protocol.signature",
                        "wsgiproxy.protocol.forwarded"]),
     # The protocol package's __init__ is its edge: it re-exports the stateful

@@ -1,4 +1,4 @@
-"""Configuration strings to typed values: lists, byte sizes, credentials.
+"""Configuration strings to typed values: lists, byte sizes, credentials, pairs.
 
 Used by the deployment layer (:mod:`wsgiproxy.wsgiapp`) to turn ``.ini``
 strings into the typed arguments the components take.  No imports from the
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["aslist", "credential_tuples", "parse_credentials", "parse_size"]
+__all__ = ["aslist", "credential_tuples", "parse_credentials", "parse_pairs", "parse_size"]
 
 _SIZE = re.compile(r"\s*([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?\s*\Z", re.IGNORECASE).match
 
@@ -44,6 +44,22 @@ def parse_size(value: int | str) -> int:
     if size < 0:
         raise ValueError("a size cannot be negative")
     return size
+
+
+def parse_pairs(value: str) -> list[tuple[str, str]]:
+    """``[(FROM, TO), ...]`` from ``.ini`` text of one ``FROM TO`` pair per line, in order.
+
+    Blank lines are skipped; any other line must hold exactly two words.
+    """
+    out = []
+    for n, line in enumerate(value.splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) != 2:
+            raise ValueError("line %d: expected 'FROM TO', got %r" % (n, line.strip()))
+        out.append((words[0], words[1]))
+    return out
 
 
 def parse_credentials(value: str | Iterable[Any] | None) -> list[Credential]:
