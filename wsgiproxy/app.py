@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import protocol
+from .cookies import CookieRewriter, RuleInput
 from .errors import BodyTooLarge, InvalidRequest, MethodNotAllowed, WSGIProxyError
 from .forwarding import (
     DEFAULT_SKIP,
@@ -83,6 +84,10 @@ class WSGIProxyApp:
         middleware (Django's ``SECURE_PROXY_SSL_HEADER``, Werkzeug's ProxyFix).
     :param rewrite_location: rewrite ``Location``/``Content-Location`` that
         point into href to the URL the client used (default on).
+    :param cookie_path, cookie_domain: rewrite the ``Path``/``Domain`` of each
+        ``Set-Cookie`` as nginx's ``proxy_cookie_path``/``proxy_cookie_domain``
+        do: a mapping FROM -> TO or ``(FROM, TO)`` pairs, the first match wins
+        (:mod:`wsgiproxy.cookies`).
     :param allowed_methods: methods to forward; others get 405.  ``None``:
         all methods.
     :param max_body_size: request bodies larger than this get 413.
@@ -102,6 +107,7 @@ class WSGIProxyApp:
                  json_keys: Iterable[str] = (), pickle_keys: Iterable[str] = (),
                  preserve_host: bool = False, trusted_proxies: Any = (),
                  forwarded: bool = False, rewrite_location: bool = True,
+                 cookie_path: RuleInput | None = None, cookie_domain: RuleInput | None = None,
                  allowed_methods: Iterable[str] | None = None, max_body_size: int | None = None,
                  sign_body_max: int = 0, transport: Transport | str = "http",
                  **transport_options: Any) -> None:
@@ -136,6 +142,8 @@ class WSGIProxyApp:
         self.trusted_proxies = protocol.TrustedNetworks(trusted_proxies) if trusted_proxies else None
         self.forwarded = forwarded
         self.rewrite_location = rewrite_location
+        cookies = CookieRewriter(cookie_path, cookie_domain)
+        self.cookie_rewriter = cookies if cookies else None  # None: no per-request work
         self.allowed_methods = (frozenset(m.upper() for m in allowed_methods)
                                 if allowed_methods else None)
         self.max_body_size = int(max_body_size) if max_body_size is not None else None
@@ -166,11 +174,14 @@ class WSGIProxyApp:
             response, body = send(self.transport, self.scheme, self.host, self.port, request)
         except WSGIProxyError as exc:
             return failure_answer(environ, start_response, exc)
+        headers = None
         if self.rewrite_location:
             headers = self._rewrite_locations(url_scheme, client_host,
                                               environ.get("SCRIPT_NAME", ""), response.headers)
-            return relay(start_response, response, body, headers)
-        return relay(start_response, response, body)
+        if self.cookie_rewriter is not None:
+            headers = self.cookie_rewriter.rewrite_headers(
+                response.headers if headers is None else headers)
+        return relay(start_response, response, body, headers)
 
     def request_for(self, environ: Environ, url_scheme: str,
                     client_host: str) -> OutgoingRequest:

@@ -13,7 +13,7 @@ from typing import Any
 
 from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
-from .converters import aslist, parse_credentials, parse_size
+from .converters import aslist, parse_credentials, parse_pairs, parse_size
 
 __all__ = ["aslist", "convert", "make_app", "make_middleware", "make_real_proxy",
            "make_sample_app", "make_spawn", "nonce_store"]
@@ -68,6 +68,8 @@ APP_OPTIONS = {
     "trusted_proxies": aslist,
     "forwarded": asbool,
     "rewrite_location": asbool,
+    "cookie_path": parse_pairs,     # one "FROM TO" pair per line
+    "cookie_domain": parse_pairs,
     "allowed_methods": aslist,
     "max_body_size": _optional_int,
     "sign_body_max": asint,
