@@ -154,11 +154,14 @@ def write_ini(tmp_path, body):
     return "config:" + str(path)
 
 
+def main_ini(tmp_path, options):
+    """An ``egg:WSGIProxy#main`` section with these option lines."""
+    return write_ini(tmp_path, "[app:main]\nuse = egg:WSGIProxy#main\n"
+                               "href = http://127.0.0.1:9/\n" + textwrap.dedent(options))
+
+
 def test_ini_errors_name_the_option_and_line(tmp_path):
-    config = write_ini(tmp_path, """
-        [app:main]
-        use = egg:WSGIProxy#main
-        href = http://127.0.0.1:9/
+    config = main_ini(tmp_path, """\
         cookie_path =
             /a/ /b/
             /c/
@@ -168,14 +171,7 @@ def test_ini_errors_name_the_option_and_line(tmp_path):
 
 
 def test_ini_empty_values_mean_no_rewriting(tmp_path):
-    config = write_ini(tmp_path, """
-        [app:main]
-        use = egg:WSGIProxy#main
-        href = http://127.0.0.1:9/
-        cookie_path =
-        cookie_domain =
-        """)
-    proxy = loadapp(config)
+    proxy = loadapp(main_ini(tmp_path, "cookie_path =\ncookie_domain =\n"))
     assert proxy.cookie_rewriter is None
     proxy.close()
 
