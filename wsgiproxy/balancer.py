@@ -207,7 +207,7 @@ class Balancer:
                                              else self.on_timeout)
                             or not (resendable[1] and (resendable[0] or exc.unsent))):
                         raise
-                    following = self._next_try(tried, started)
+                    following = self._next_try(tried, started, retry)
                     if following is None:
                         raise
                     log.debug("%s %s: %s; trying %s", request[0], request[1], exc, following.name)
@@ -219,7 +219,7 @@ class Balancer:
                     failed = status in self.failure_statuses
                     following = None
                     if (status in self.retry_statuses and resendable[0] and resendable[1]):
-                        following = self._next_try(tried, started)
+                        following = self._next_try(tried, started, retry)
                     self._attempt_done(backend, retry, failed, status, following is not None)
                     if following is None:
                         if type(answer) is list:  # read whole: the backend is done with it
@@ -236,8 +236,12 @@ class Balancer:
                 self.in_flight -= 1
             raise
 
-    def _next_try(self, tried: list[Backend], started: float) -> Backend | None:
-        """The backend for one more try, reserved; ``None`` when no more may be made."""
+    def _next_try(self, tried: list[Backend], started: float, retry: bool) -> Backend | None:
+        """The backend for one more try, reserved; ``None`` when no more may be made.
+
+        ``retry``: the try that failed was a retry (still counted in flight,
+        it must not count twice against the budget).
+        """
         if self.tries and len(tried) >= self.tries:
             return None
         if len(tried) >= len(self.backends):
@@ -247,7 +251,7 @@ class Balancer:
             return None
         with self._lock:
             budget = max(RETRY_BUDGET_FLOOR, self.in_flight * self.retry_budget / 100.0)
-            if self.retrying < budget:
+            if self.retrying - retry < budget:
                 self.retrying += 1
                 return self._pick(tried, now, True)
             retrying = self.retrying
