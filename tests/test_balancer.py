@@ -26,6 +26,7 @@ from wsgiproxy.httplib2transport import Httplib2Transport
 from wsgiproxy.transport import HTTPTransport, Response, Transport
 
 from .client import call_wsgi
+from .docsnippets import snippet
 from .servers import free_port
 
 A, B, C = ("10.0.0.1", 1), ("10.0.0.2", 2), ("10.0.0.3", 3)
@@ -378,3 +379,20 @@ def test_a_connection_closed_after_the_request_is_not_unsent(make):
             transport.request("http", "127.0.0.1", port, "POST", "/", [("Host", "x")], b"pay")
         thread.join(10)
     assert not caught.value.unsent
+
+
+def test_the_pages_ini_and_python_examples_make_the_same_balancer(tmp_path):
+    (tmp_path / "backends.ini").write_text(snippet("backends-ini").text)
+    from_ini = loadapp("config:" + str(tmp_path / "backends.ini"))
+    from_python = snippet("backends-python").run()["proxy"]
+    try:
+        assert from_ini.hrefs == from_python.hrefs and len(from_ini.hrefs) == 3
+        one, other = from_ini.balancer, from_python.balancer
+        for attr in ("least_conn", "max_fails", "fail_timeout", "tries", "timeout",
+                     "retry_budget", "on_error", "on_timeout", "non_idempotent",
+                     "retry_statuses"):
+            assert getattr(one, attr) == getattr(other, attr), attr
+        assert [b.name for b in one.backends] == [b.name for b in other.backends]
+    finally:
+        from_ini.close()
+        from_python.close()

@@ -109,10 +109,10 @@ class WSGIProxyApp:
         bodies are read into memory before they are sent; larger ones stream
         unsigned.  The middleware reads at most its ``max_signed_body_size``
         (1 MiB) to check a digest.
-    :param balance, max_fails, fail_timeout, next_upstream, next_upstream_tries,
-        next_upstream_timeout, retry_budget: with several backends, how one
-        is chosen and when a request goes on to the next
-        (:class:`~wsgiproxy.balancer.Balancer`; unused with one backend).
+    :param balance, max_fails, fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout, retry_budget:
+        with several backends, how one is chosen and when a request goes on
+        to the next (:class:`~wsgiproxy.balancer.Balancer`; unused with one
+        backend).
     :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
         :class:`~wsgiproxy.transport.Transport` instance; the remaining
         keyword arguments (``connect_timeout``, ``read_timeout``,
