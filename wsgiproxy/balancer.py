@@ -216,6 +216,15 @@ class Balancer:
                     raise
                 else:
                     status = response.status
+                    if (status not in self.retry_statuses and not backend.probing
+                            and type(answer) is list):
+                        # The common case, in one step: an answer, read whole.
+                        with self._lock:
+                            if retry:
+                                self.retrying -= 1
+                            backend.in_flight -= 1
+                            self.in_flight -= 1
+                        return response, answer
                     failed = status in self.failure_statuses
                     following = None
                     if (status in self.retry_statuses and resendable[0] and resendable[1]):
