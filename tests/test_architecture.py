@@ -28,6 +28,7 @@ LAYERS = [
     ("transport", ["wsgiproxy.connection", "wsgiproxy.transport", "wsgiproxy.httplib2transport",
                    "wsgiproxy.httplib2transport.*"]),
     ("WSGI glue", ["wsgiproxy.responses", "wsgiproxy.forwarding", "wsgiproxy.exactproxy",
+                   "wsgiproxy.balancer",
                    "wsgiproxy.app", "wsgiproxy.middleware", "wsgiproxy.middleware.*",
                    "wsgiproxy.spawn", "wsgiproxy.spawn.*", "wsgiproxy.sampleapp"]),
     ("deployment", ["wsgiproxy.wsgiapp", "wsgiproxy.command"]),

@@ -9,11 +9,12 @@ backend turns them back into the original environ.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import protocol
+from .balancer import Balancer, parse_next_upstream
 from .cookies import CookieRewriter, RuleInput
 from .errors import BodyTooLarge, InvalidRequest, MethodNotAllowed, WSGIProxyError
 from .forwarding import (
@@ -63,11 +64,28 @@ class _LimitedInput:
         return data
 
 
+def _split_href(href: str) -> Any:
+    """The parts of one backend URL; a clear ``ValueError`` for what cannot be one."""
+    parts = urlsplit(href)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError("href must be http(s)://host[:port][/path][?query], got %r" % href)
+    if parts.fragment or parts.username or parts.password:
+        raise ValueError("href may not carry a fragment or credentials: %r" % href)
+    parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    return parts
+
+
+def _port(parts: Any) -> int:
+    return parts.port or _DEFAULT_PORTS[parts.scheme]
+
+
 class WSGIProxyApp:
     """A WSGI app that forwards every request to ``href``.
 
     :param href: ``http(s)://host[:port][/path][?query]``.  The request path
         is appended to href's path, and href's query to the request's query.
+        A list of such URLs, differing only in ``host:port``, makes several
+        backends (:doc:`backends`); the ``Host`` sent is the first one's.
     :param secret_file: a file of shared secrets; requests are then signed
         (``X-WSGIProxy-Signature``) so the middleware can trust them.
     :param string_keys, unicode_keys, json_keys, pickle_keys: environ keys
@@ -96,27 +114,36 @@ class WSGIProxyApp:
         bodies are read into memory before they are sent; larger ones stream
         unsigned.  The middleware reads at most its ``max_signed_body_size``
         (1 MiB) to check a digest.
+    :param balance, max_fails, fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout, retry_budget:
+        with several backends, how one is chosen and when a request goes on
+        to the next (:class:`~wsgiproxy.balancer.Balancer`; unused with one
+        backend).
     :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
         :class:`~wsgiproxy.transport.Transport` instance; the remaining
         keyword arguments (``connect_timeout``, ``read_timeout``,
         ``pool_size``, ``ca_certs``, ``verify``...) configure it.
     """
 
-    def __init__(self, href: str, secret_file: str | None = None,
+    def __init__(self, href: str | Sequence[str], secret_file: str | None = None,
                  string_keys: Iterable[str] = (), unicode_keys: Iterable[str] = (),
                  json_keys: Iterable[str] = (), pickle_keys: Iterable[str] = (),
                  preserve_host: bool = False, trusted_proxies: Any = (),
                  forwarded: bool = False, rewrite_location: bool = True,
                  cookie_path: RuleInput | None = None, cookie_domain: RuleInput | None = None,
                  allowed_methods: Iterable[str] | None = None, max_body_size: int | None = None,
-                 sign_body_max: int = 0, transport: Transport | str = "http",
+                 sign_body_max: int = 0,
+                 balance: str = "round_robin", max_fails: int = 1, fail_timeout: float = 10.0,
+                 next_upstream: str = "error timeout", next_upstream_tries: int = 0,
+                 next_upstream_timeout: float = 0.0, retry_budget: float = 20.0,
+                 transport: Transport | str = "http",
                  **transport_options: Any) -> None:
-        parts = urlsplit(href)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ValueError("href must be http(s)://host[:port][/path][?query], got %r" % href)
-        if parts.fragment or parts.username or parts.password:
-            raise ValueError("href may not carry a fragment or credentials: %r" % href)
-        self.href = href
+        hrefs = [href] if isinstance(href, str) else list(href)
+        if not hrefs:
+            raise ValueError("href: no URL given")
+        backends = [_split_href(one) for one in hrefs]
+        parts = backends[0]
+        self.href = hrefs[0] if len(hrefs) == 1 else " ".join(hrefs)
+        self.hrefs = tuple(hrefs)
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
@@ -154,9 +181,23 @@ class WSGIProxyApp:
             self.transport = transport
         else:
             self.transport = make_transport(transport, **transport_options)
-        base = "%s://%s" % (self.scheme, self.host_header)
-        self._location_prefixes = tuple({base + self.path, "%s://%s%s" % (
-            self.scheme, protocol.join_host(self.host, self.port, self.scheme), self.path)})
+        self._location_prefixes = tuple({prefix for one in backends for prefix in (
+            "%s://%s%s" % (self.scheme, one.netloc.lower(), self.path), "%s://%s%s" % (
+                self.scheme, protocol.join_host(one.hostname, _port(one), self.scheme),
+                self.path))})
+        #: Several backends: the :class:`~wsgiproxy.balancer.Balancer`; one: ``None``.
+        self.balancer: Balancer | None = None
+        parse_next_upstream(next_upstream)  # a wrong value fails even with one backend
+        if len(backends) > 1:
+            for one, text in zip(backends[1:], hrefs[1:]):
+                if (one.scheme, one.path.rstrip("/"), one.query) != (
+                        self.scheme, self.path, self.query):
+                    raise ValueError("the hrefs must differ only in host:port: %r and %r"
+                                     % (hrefs[0], text))
+            self.balancer = Balancer(
+                [(one.hostname or "", _port(one)) for one in backends], balance, max_fails,
+                fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout,
+                retry_budget)
 
     def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
@@ -171,7 +212,10 @@ class WSGIProxyApp:
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
         try:
             request = self.request_for(environ, url_scheme, client_host)
-            response, body = send(self.transport, self.scheme, self.host, self.port, request)
+            if self.balancer is None:
+                response, body = send(self.transport, self.scheme, self.host, self.port, request)
+            else:
+                response, body = self.balancer.send(self.transport, self.scheme, request)
         except WSGIProxyError as exc:
             return failure_answer(environ, start_response, exc)
         headers = None

@@ -113,14 +113,21 @@ class BackendError(WSGIProxyError):
     """The backend could not give a usable answer (a 502 unless said otherwise).
 
     :param backend: ``scheme://host:port`` of the backend, put before the message.
+    :param unsent: no byte of the request reached the backend (the connection
+        was refused or never made, the TLS handshake failed), so the request
+        cannot have run there and may be sent to another backend.
     """
 
     status = 502
+    #: True when no byte of the request reached the backend (see ``unsent``).
+    unsent = False
 
     def __init__(self, message: str, backend: str | None = None,
-                 headers: Headers | None = None) -> None:
+                 headers: Headers | None = None, unsent: bool = False) -> None:
         super().__init__(message, headers)
         self.backend = backend
+        if unsent:
+            self.unsent = True
 
     def __str__(self) -> str:
         if self.backend:

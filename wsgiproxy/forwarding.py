@@ -227,7 +227,8 @@ def relay(start_response: Any, response: Response, body: Iterable[bytes],
     try:
         start_response(response.status_line, response.headers if headers is None else headers)
     except BaseException:
-        response.close()
+        close = getattr(body, "close", None)  # a balancer's body also ends the request
+        (close or response.close)()
         raise
     return body
 

@@ -297,18 +297,21 @@ class HTTPTransport(Transport):
     # -- connecting -------------------------------------------------------
 
     def _connect(self, key: tuple[str, str, int], backend: str) -> Connection:
+        # Every failure here is before the request's first byte: ``unsent``.
         scheme, host, port = key
         try:
             sock = socket.create_connection((host, port), timeout=self.connect_timeout)
         except socket.gaierror as exc:
-            raise BackendUnavailable("unknown host %r (%s)" % (host, exc.strerror), backend) from None
+            raise BackendUnavailable("unknown host %r (%s)" % (host, exc.strerror), backend,
+                                     unsent=True) from None
         except TimeoutError:  # socket.timeout
             raise BackendTimeout("timed out connecting after %gs" % self.connect_timeout,
-                                 backend) from None
+                                 backend, unsent=True) from None
         except ConnectionRefusedError:
-            raise BackendUnavailable("connection refused", backend) from None
+            raise BackendUnavailable("connection refused", backend, unsent=True) from None
         except OSError as exc:
-            raise BackendUnavailable("cannot connect: %s" % (exc.strerror or exc), backend) from None
+            raise BackendUnavailable("cannot connect: %s" % (exc.strerror or exc), backend,
+                                     unsent=True) from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
@@ -319,12 +322,14 @@ class HTTPTransport(Transport):
         except ssl.SSLCertVerificationError as exc:
             sock.close()
             raise BackendUnavailable("TLS certificate verification failed: %s"
-                                     % exc.verify_message, backend) from None
+                                     % exc.verify_message, backend, unsent=True) from None
         except (OSError, ssl.SSLError) as exc:
             sock.close()
             if isinstance(exc, socket.timeout):
-                raise BackendTimeout("timed out in the TLS handshake", backend) from None
-            raise BackendUnavailable("TLS handshake failed: %s" % exc, backend) from None
+                raise BackendTimeout("timed out in the TLS handshake", backend,
+                                     unsent=True) from None
+            raise BackendUnavailable("TLS handshake failed: %s" % exc, backend,
+                                     unsent=True) from None
         return Connection(sock, key)
 
     # -- one exchange ---------------------------------------------------------

@@ -15,7 +15,7 @@ from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped
 
 from .converters import aslist, parse_credentials, parse_pairs, parse_size
 
-__all__ = ["aslist", "convert", "make_app", "make_middleware", "make_real_proxy",
+__all__ = ["aslist", "convert", "hrefs", "make_app", "make_middleware", "make_real_proxy",
            "make_sample_app", "make_spawn", "nonce_store"]
 
 
@@ -31,6 +31,13 @@ def _optional(converter: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 _optional_str = _optional(str)
+
+
+def hrefs(value: str) -> str | list[str]:
+    """One backend URL, or several separated by whitespace or newlines (a list)."""
+    urls = value.split()
+    return urls[0] if len(urls) == 1 else urls
+
 
 #: Options every transport-using component takes (and the ``httplib2`` ones).
 TRANSPORT_OPTIONS = {
@@ -58,7 +65,7 @@ _SECRET_OPTIONS = frozenset(["credentials"])
 
 APP_OPTIONS = {
     **TRANSPORT_OPTIONS,
-    "href": str,
+    "href": hrefs,
     "secret_file": str,
     "string_keys": aslist,
     "unicode_keys": aslist,
@@ -73,6 +80,14 @@ APP_OPTIONS = {
     "allowed_methods": aslist,
     "max_body_size": _optional_int,
     "sign_body_max": asint,
+    # Several backends (docs/backends.rst).
+    "balance": str,
+    "max_fails": asint,
+    "fail_timeout": float,
+    "next_upstream": str,
+    "next_upstream_tries": asint,
+    "next_upstream_timeout": float,
+    "retry_budget": float,
 }
 
 

@@ -325,6 +325,8 @@ class Httplib2Transport(Transport):
                 mapped = self._map_error(exc, ctx, host, backend)
                 if mapped is None:
                     raise
+                if ctx.phase in _CONNECTING and ctx.failed is None:
+                    mapped.unsent = True  # no byte of the request was written
                 raise mapped from None
             if any(r.leftover for r in ctx.responses):
                 log.warning("%s sent bytes after the end of a response; connection discarded",
