@@ -54,19 +54,6 @@ class FakeChild:
             self.on_exit(self)
 
 
-class FakeProxy:
-    def __init__(self, child):
-        self.child = child
-        self.closed = 0
-
-    def __call__(self, environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"from pid %d" % self.child.pid]
-
-    def close(self):
-        self.closed += 1
-
-
 class WatchedCondition(threading.Condition):
     """A condition that counts the waits, so a test knows a request is waiting."""
 
@@ -89,7 +76,7 @@ class Harness:
     def __init__(self, workers=1, clock=None, **options):
         self.now = 1000.0
         self.plan = []
-        self.starts = []      # (child, proxy) of every start that succeeded
+        self.starts = []      # the child of every start that succeeded
         self.children = []    # every child adopted
         self.stopped = []     # children given to stop(), in order
         self.stop_called = threading.Event()
@@ -97,7 +84,7 @@ class Harness:
                             restart_backoff=1.0, max_backoff=60.0), **options)
         self.sup = Supervisor(workers, self.start, self.stop, clock=clock or (lambda: self.now),
                               log=_log(), **options)
-        self.cond = self.sup._cond = WatchedCondition()
+        self.cond = self.sup._cond = self.sup.balancer._lock = WatchedCondition()
 
     def start(self, index, sup):
         child = sup.adopt(lambda: FakeChild(index, 100 + len(self.children)))
@@ -105,9 +92,8 @@ class Harness:
         step = self.plan.pop(0) if self.plan else None
         if step is not None:
             step(child)
-        proxy = FakeProxy(child)
-        self.starts.append((child, proxy))
-        return child, proxy
+        self.starts.append(child)
+        return child
 
     def stop(self, children):
         for child in children:
@@ -136,13 +122,27 @@ class Harness:
         return request, gate
 
     def request(self):
-        """One request's way through the supervisor: ``(slot, proxy)``, counted in flight."""
+        """One request's way through the supervisor and the balancer: ``(slot, child)``.
+
+        Counted in flight on the child's backend, as the balancer does, until
+        :meth:`done`.
+        """
         slot = self.sup.choose()
-        try:
-            return slot, self.sup.acquire(slot)
-        except BaseException:
-            self.sup.release(slot)
-            raise
+        if slot is not None:
+            try:
+                self.sup.acquire(slot)
+            finally:
+                self.sup.release(slot)
+        with self.sup._cond:
+            backend = self.sup.balancer._pick([], self.now, False)
+            assert backend is not None, "no running child"
+            self.sup.balancer.in_flight += 1
+            slot = next(s for s in self.sup.slots if s.backend is backend)
+        return slot, slot.child
+
+    def done(self, slot):
+        """The request sent to ``slot``'s child is over."""
+        self.sup.balancer._release(slot.backend)
 
 
 def _log():
@@ -175,21 +175,24 @@ def run(target):
 
 def test_first_request_starts_the_child_and_later_ones_reuse_it():
     h = Harness()
-    slot, proxy = h.request()
+    slot, child = h.request()
     assert slot.state == RUNNING and h.sup.pids == [100] and h.sup.ports == [40100]
-    assert h.request()[1] is proxy
-    assert len(h.starts) == 1 and slot.outstanding == 2
+    assert h.request()[1] is child
+    assert len(h.starts) == 1 and slot.load() == 2 and slot.outstanding == 0
 
 
-def test_choose_takes_fewest_in_flight_then_prefers_running():
+def test_choose_starts_a_child_only_when_every_running_one_is_busier():
     h = Harness(workers=2)
     first, _ = h.request()
     second, _ = h.request()
     assert (first.index, second.index) == (0, 1)  # slot 0 was busy
-    h.sup.release(first)
-    h.sup.release(second)
-    h.sup.slots[0].reset()  # say slot 0's child is gone: both idle, only 1 running
-    assert h.sup.choose().index == 1
+    h.done(first)
+    h.done(second)
+    assert h.sup.choose() is None  # both run, idle: the balancer chooses
+    h.sup.slots[0].reset()  # say slot 0's child is gone: only 1 runs, idle
+    assert h.sup.choose() is None
+    h.request()  # slot 1 busy: slot 0 is started for the next one
+    assert h.sup.choose() is h.sup.slots[0]
 
 
 def test_slot_preference_order():
@@ -260,7 +263,7 @@ def test_waiters_share_one_start():
     gate.set()
     for out in (starter, waiter):
         out["thread"].join(10)
-    assert starter["value"][1] is waiter["value"][1]
+    assert starter["value"][1] is waiter["value"][1] is h.children[0]
     assert len(h.children) == 1
 
 
@@ -280,25 +283,23 @@ def test_waiters_get_the_failure_of_the_start_they_waited_for():
 
 def test_a_child_that_dies_is_replaced_on_the_next_request():
     h = Harness()
-    slot, proxy = h.request()
-    child = slot.child
+    slot, child = h.request()
     child.die(-9)
-    assert slot.state == STOPPED and slot.child is None and proxy.closed == 1
-    assert h.sup.pids == []
+    assert slot.state == STOPPED and slot.child is None and slot.backend is None
+    assert h.sup.pids == [] and h.sup.balancer.state() == []
     _, again = h.request()
-    assert again is not proxy and len(h.starts) == 2 and slot.child.pid != child.pid
+    assert again is not child and len(h.starts) == 2 and slot.child.pid != child.pid
 
 
 def test_a_dead_child_is_noticed_before_its_reaper_and_reset_once():
     h = Harness()
-    slot, proxy = h.request()
-    child = slot.child
+    slot, child = h.request()
     child.die(-9, reap=False)
     h.request()  # finds it dead: resets the slot, starts another
-    assert proxy.closed == 1 and len(h.starts) == 2
+    assert len(h.starts) == 2
     new_child = slot.child
     child.on_exit(child)  # the reaper comes late: the slot has another child now
-    assert slot.child is new_child and slot.state == RUNNING and proxy.closed == 1
+    assert slot.child is new_child and slot.state == RUNNING
 
 
 def test_child_dead_right_after_its_start_is_a_502():
@@ -308,15 +309,14 @@ def test_child_dead_right_after_its_start_is_a_502():
         h.request()
     assert caught.value.status == 502 and "exited with code 2" in caught.value.message
     assert caught.value.headers == ()  # a broken backend: no Retry-After promise
-    assert h.starts[0][1].closed == 1 and h.sup.slots[0].state == STOPPED
+    assert len(h.starts) == 1 and h.sup.slots[0].state == STOPPED
 
 
-def test_close_stops_every_child_closes_each_proxy_once_and_refuses():
+def test_close_stops_every_child_and_refuses():
     h = Harness(workers=2)
-    (s0, p0), (s1, p1) = h.request(), h.request()
+    (s0, _), (s1, _) = h.request(), h.request()
     h.sup.close()
     assert sorted(c.pid for c in h.stopped) == [100, 101]
-    assert (p0.closed, p1.closed) == (1, 1)
     assert s0.state == s1.state == STOPPED and h.sup.pids == []
     with pytest.raises(ShuttingDown) as caught:
         h.sup.choose()
@@ -333,18 +333,20 @@ def test_close_during_a_start_stops_the_new_child():
     gate.set()
     starter["thread"].join(10)
     assert isinstance(starter["error"], ShuttingDown)
-    assert h.children[0] in h.stopped and h.starts[0][1].closed == 1
+    assert h.children[0] in h.stopped and h.starts == h.children
     assert h.sup.slots[0].state == STOPPED
 
 
-def test_idle_child_is_stopped_and_its_proxy_closed_once():
+def test_idle_child_is_stopped_once_its_requests_are_over():
     h = Harness(idle_shutdown=0.05, clock=time.monotonic)
-    slot, proxy = h.request()
-    child = slot.child
-    h.sup.release(slot)
+    slot, child = h.request()
+    backend = slot.backend
+    time.sleep(0.2)  # past idle_shutdown: a request in flight keeps it
+    assert slot.state == RUNNING and not h.stopped
+    h.done(slot)
     assert h.stop_called.wait(10), "the idle child should be stopped"
     wait_until(lambda: slot.state == STOPPED, 10, "the slot to be reset")
-    assert h.stopped == [child] and child.stopping and proxy.closed == 1
+    assert h.stopped == [child] and child.stopping and backend.in_flight == 0
     h.request()  # the next request starts another
     assert len(h.starts) == 2
     h.sup.close()
@@ -352,12 +354,15 @@ def test_idle_child_is_stopped_and_its_proxy_closed_once():
 
 def test_begin_stop_marks_the_child_as_stopped_on_purpose():
     slot = Slot(0, now=0.0)
-    child, proxy = FakeChild(0, 1), FakeProxy(None)
+    child = FakeChild(0, 1)
     slot.begin_start()
-    slot.started(child, proxy, now=1.0)
+    slot.started(child, now=1.0)
+    assert slot.backend.name == "127.0.0.1:40001"
     assert slot.begin_stop() is child and child.stopping and slot.state == STOPPING
-    assert slot.reset(FakeChild(0, 2)) is None and slot.state == STOPPING  # not its child
-    assert slot.reset(child) is proxy and slot.state == STOPPED and slot.child is None
+    slot.reset(FakeChild(0, 2))  # not its child
+    assert slot.state == STOPPING
+    slot.reset(child)
+    assert slot.state == STOPPED and slot.child is None and slot.backend is None
 
 
 # -- the WSGI face answers once ------------------------------------------------------
@@ -377,8 +382,10 @@ def test_application_answers_a_failed_start_once_and_releases_the_request():
     assert h.sup.slots[0].outstanding == 0
     h.now += 5
     answers.clear()
-    body = app({"REQUEST_METHOD": "GET"}, lambda status, headers, exc_info=None: None)
-    assert list(body) == [b"from pid 101"] and h.sup.slots[0].outstanding == 1
-    body.close()
-    assert h.sup.slots[0].outstanding == 0
+    # Started: the balancer sends to the fake child's port, where nothing listens.
+    body = app({"REQUEST_METHOD": "GET"},
+               lambda status, headers, exc_info=None: answers.append((status, dict(headers))))
+    b"".join(body)
+    assert answers[0][0].startswith("502") and h.sup.slots[0].state == RUNNING
+    assert h.sup.slots[0].outstanding == 0 and h.sup.balancer.in_flight == 0
     app.close()

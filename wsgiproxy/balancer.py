@@ -25,6 +25,8 @@ The rules, nginx's where nginx has one (``upstream``, ``max_fails``,
   outage; a refused retry answers with the failure itself.
 
 A proxy with one backend has no balancer: it sends as it always did.
+:class:`~wsgiproxy.spawn.SpawningApplication` gives its balancer a callable
+instead of a list: the backends are its running children at each choice.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendError, BackendTimeout, RequestTooLarge, ResponseTooLarge
+from .errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    RequestTooLarge,
+    ResponseTooLarge,
+)
 from .forwarding import send
 from .http11 import IDEMPOTENT_METHODS
 
@@ -119,7 +127,9 @@ class Backend:
 class Balancer:
     """Sends each request to one of several backends; fails over when it is safe.
 
-    :param backends: ``(host, port)`` of each backend, at least two.
+    :param backends: ``(host, port)`` of each backend, at least two; or a
+        callable returning the :class:`Backend` objects to choose among now
+        (called under ``lock``; an empty list: nothing to send to).
     :param balance: ``"round_robin"`` or ``"least_conn"`` (fewest requests in
         flight, ties in turn).
     :param max_fails: failures within ``fail_timeout`` that take a backend
@@ -135,20 +145,29 @@ class Balancer:
     :param retry_budget: retries in flight, as a percentage of the requests
         in flight, beyond a floor of 3.
     :param clock: seconds, monotonic (tests pass their own).
+    :param lock: the lock the state changes under (with a callable
+        ``backends``, its owner's, so that the choice and its list agree).
     """
 
-    def __init__(self, backends: Sequence[tuple[str, int]], balance: str = "round_robin",
+    def __init__(self, backends: Sequence[tuple[str, int]] | Callable[[], Sequence[Backend]],
+                 balance: str = "round_robin",
                  max_fails: int = 1, fail_timeout: float = 10.0,
                  next_upstream: str | Iterable[str] = "error timeout",
                  next_upstream_tries: int = 0, next_upstream_timeout: float = 0.0,
                  retry_budget: float = 20.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if len(backends) < 2:
+                 clock: Callable[[], float] = time.monotonic,
+                 lock: Any = None) -> None:
+        if callable(backends):
+            self.backends: list[Backend] = []
+            self._candidates: Callable[[], Sequence[Backend]] | None = backends
+        elif len(backends) < 2:
             raise ValueError("a Balancer needs at least two backends")
+        else:
+            self.backends = [Backend(host, int(port)) for host, port in backends]
+            self._candidates = None
         if balance not in BALANCE_METHODS:
             raise ValueError("balance must be one of %s, not %r"
                              % (", ".join(BALANCE_METHODS), balance))
-        self.backends = [Backend(host, int(port)) for host, port in backends]
         self.least_conn = balance == "least_conn"
         self.max_fails = int(max_fails)
         self.fail_timeout = float(fail_timeout)
@@ -166,12 +185,14 @@ class Balancer:
         self.retry_statuses = frozenset(_STATUS_TOKENS[t] for t in tokens if t in _STATUS_TOKENS)
         self.failure_statuses = self.retry_statuses & _FAILURE_STATUSES
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock() if lock is None else lock
         self._next = 0  # where the round starts
         self.in_flight = 0  # requests
         self.retrying = 0  # retries in flight
 
     def __repr__(self) -> str:
+        if self._candidates is not None:
+            return "<Balancer over %r>" % self._candidates
         return "<Balancer %s>" % " ".join(b.name for b in self.backends)
 
     # -- sending ------------------------------------------------------------
@@ -191,7 +212,9 @@ class Balancer:
         with self._lock:
             self.in_flight += 1
             backend = self._pick(tried, self.clock(), False)
-        assert backend is not None
+            if backend is None:  # only with a callable list: it is empty
+                self.in_flight -= 1
+                raise BackendUnavailable("no backend is running")
         started = self.clock() if self.timeout else 0.0
         retry = False
         try:
@@ -253,8 +276,8 @@ class Balancer:
         """
         if self.tries and len(tried) >= self.tries:
             return None
-        if len(tried) >= len(self.backends):
-            return None
+        if self._candidates is None and len(tried) >= len(self.backends):
+            return None  # (a callable list: _pick finds none left)
         now = self.clock()
         if self.timeout and now - started >= self.timeout:
             return None
@@ -271,7 +294,7 @@ class Balancer:
 
     def _pick(self, tried: list[Backend], now: float, retry: bool) -> Backend | None:
         """Choose a backend not in ``tried`` (under the lock) and count it in flight."""
-        backends = self.backends
+        backends = self.backends if self._candidates is None else self._candidates()
         count = len(backends)
         start = self._next
         chosen = spare = None
@@ -344,9 +367,10 @@ class Balancer:
         """Each backend's name, requests in flight, recent failures and whether it is out."""
         with self._lock:
             now = self.clock()
+            backends = self.backends if self._candidates is None else self._candidates()
             return [{"name": b.name, "in_flight": b.in_flight, "fails": b.fails,
                      "out": bool(b.down_until) and (b.down_until > now or b.probing),
-                     "requests": b.requests} for b in self.backends]
+                     "requests": b.requests} for b in backends]
 
 
 class _Releasing:

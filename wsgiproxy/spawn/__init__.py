@@ -2,10 +2,12 @@
 
 A :class:`SpawningApplication` is a WSGI app that owns one or more child
 processes (any program that speaks HTTP on a loopback port).  The first
-request starts a child; requests are then forwarded to it by a
-:class:`~wsgiproxy.app.WSGIProxyApp` -- the one proxy implementation, so the
-child sees the same ``X-Forwarded-*`` headers, keys and signature as any
-backend behind ``egg:WSGIProxy#main``.  The children are supervised: stopped
+request starts a child; requests are then forwarded by one
+:class:`~wsgiproxy.app.WSGIProxyApp` whose :class:`~wsgiproxy.balancer.Balancer`
+chooses among the running children -- the one proxy implementation and the
+one balancer, so the children see the same ``X-Forwarded-*`` headers, keys
+and signature as any backend behind ``egg:WSGIProxy#main``, and a request
+fails over from one child to another by the same rules.  The children are supervised: stopped
 when idle, started again after a crash (with back-off when they keep failing
 to start), and stopped with their whole process group at exit, on SIGTERM
 or on :meth:`SpawningApplication.close`; and they die with the process that
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..app import WSGIProxyApp
@@ -32,9 +34,13 @@ from ..errors import WSGIProxyError
 from ..responses import error_answer
 from .process import PORT_PLACEHOLDER, Command, parse_env, split_command, stop_children
 from .readiness import LOOPBACK, Starter
-from .supervisor import Slot, Supervisor, register
+from .supervisor import Supervisor, register
 
 __all__ = ["SpawningApplication"]
+
+#: The options of the balancer over the children, not of the WSGIProxyApp.
+BALANCE_OPTIONS = ("balance", "max_fails", "fail_timeout", "next_upstream",
+                   "next_upstream_tries", "next_upstream_timeout", "retry_budget")
 
 
 class SpawningApplication:
@@ -72,9 +78,15 @@ class SpawningApplication:
         connections.
     :param stop_timeout: seconds between SIGTERM and SIGKILL when stopping
         (also when the watchdog stops the children because this process died).
-    :param workers: how many children at most.  Each request goes to the
-        child with the fewest requests in flight (a running one on ties);
-        children are started lazily, when a request is sent to them.
+    :param workers: how many children at most.  A child is started when
+        every running one has more requests in flight than it (so the first
+        request starts one, and the load starts more); otherwise the
+        balancer chooses among the running children (:doc:`backends`).
+    :param balance: as for :class:`~wsgiproxy.app.WSGIProxyApp`, but
+        ``"least_conn"`` by default (the choice before it was an option);
+        ``max_fails``, ``fail_timeout``, ``next_upstream``,
+        ``next_upstream_tries``, ``next_upstream_timeout`` and
+        ``retry_budget`` too, over the running children.
     :param restart_backoff: seconds to wait before starting again a child
         that failed to start; doubled after each further failure in a row,
         up to ``max_backoff``.  0 turns back-off off.
@@ -85,7 +97,7 @@ class SpawningApplication:
         ``False`` the children are still stopped at a normal interpreter
         exit.
     :param options: everything else goes to the :class:`~wsgiproxy.app.WSGIProxyApp`
-        made for each child (``secret_file``, ``string_keys``...,
+        that forwards to the children (``secret_file``, ``string_keys``...,
         ``preserve_host``, ``forwarded``, ``read_timeout``,
         ``connect_timeout``, ``pool_size``, ``transport``...); only ``href``
         is chosen here.
@@ -98,7 +110,8 @@ class SpawningApplication:
                  logger: logging.Logger | str | None = None, start_timeout: float = 30.0,
                  health_path: str | None = None, stop_timeout: float = 10.0, workers: int = 1,
                  restart_backoff: float = 1.0, max_backoff: float = 60.0,
-                 handle_signals: bool = True, **options: Any) -> None:
+                 handle_signals: bool = True, balance: str = "least_conn",
+                 **options: Any) -> None:
         argv = split_command(start_script)
         if "href" in options:
             raise TypeError("SpawningApplication chooses href itself (the child's port)")
@@ -128,9 +141,12 @@ class SpawningApplication:
         if isinstance(logger, str):
             logger = logging.getLogger(logger)
         self.log = logger or logging.getLogger("wsgiproxy.spawn")
+        balance_options = {name: options.pop(name) for name in BALANCE_OPTIONS[1:]
+                           if name in options}
+        balance_options["balance"] = balance
         self.proxy_options = options
-        # Fail at configuration time, not on the first request.
-        WSGIProxyApp("http://%s:1" % LOOPBACK, **options).close()
+        # The one proxy for every child: its Host is 127.0.0.1 (the port changes).
+        self._proxy = WSGIProxyApp("http://%s" % LOOPBACK, **options)
         self.handle_signals = bool(handle_signals)
         stop = functools.partial(stop_children, timeout=self.stop_timeout, log=self.log)
         starter = Starter(self.command, options, self.spawned_port, self.start_timeout,
@@ -138,7 +154,9 @@ class SpawningApplication:
         self._supervisor = Supervisor(
             self.workers, starter, stop, start_timeout=self.start_timeout,
             stop_timeout=self.stop_timeout, idle_shutdown=self.idle_shutdown,
-            restart_backoff=self.restart_backoff, max_backoff=self.max_backoff, log=self.log)
+            restart_backoff=self.restart_backoff, max_backoff=self.max_backoff, log=self.log,
+            balance_options=balance_options)
+        self._proxy.balancer = self._supervisor.balancer
         register(self._supervisor, self.handle_signals)
 
     def __repr__(self) -> str:
@@ -157,21 +175,21 @@ class SpawningApplication:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         supervisor = self._supervisor
+        proxy = self._proxy
         try:
             slot = supervisor.choose()
-            try:
-                proxy = supervisor.acquire(slot)
-            except BaseException:
-                supervisor.release(slot)
-                raise
+            if slot is not None:  # the load needs this child: start it, or wait for it
+                try:
+                    supervisor.acquire(slot)
+                finally:
+                    supervisor.release(slot)
         except WSGIProxyError as exc:  # the one place an error becomes an answer
             return error_answer(environ, start_response, exc)
-        try:
-            result = proxy(environ, start_response)
-        except BaseException:
-            supervisor.release(slot)
-            raise
-        return _ReleasingIterable(result, supervisor.release, slot)
+        if proxy.balancer is not supervisor.balancer:  # a new one after fork
+            proxy.balancer = supervisor.balancer
+        # The balancer chooses among the running children, counting the request in
+        # the one it sends to until the body is closed.
+        return proxy(environ, start_response)
 
     def close(self) -> None:
         """Stop every child (SIGTERM to its group, SIGKILL after ``stop_timeout``) and wait.
@@ -180,28 +198,4 @@ class SpawningApplication:
         with ``handle_signals``, on SIGTERM.
         """
         self._supervisor.close()
-
-
-class _ReleasingIterable:
-    """The proxied response; the request counts as in flight until ``close()``."""
-
-    __slots__ = ("iterable", "release", "slot")
-
-    def __init__(self, iterable: Iterable[bytes], release: Callable[[Slot], None],
-                 slot: Slot) -> None:
-        self.iterable = iterable
-        self.release: Callable[[Slot], None] | None = release
-        self.slot = slot
-
-    def __iter__(self) -> Any:
-        return iter(self.iterable)
-
-    def close(self) -> None:
-        release, self.release = self.release, None
-        try:
-            close = getattr(self.iterable, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if release is not None:
-                release(self.slot)
+        self._proxy.close()

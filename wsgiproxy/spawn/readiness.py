@@ -141,8 +141,8 @@ class Starter:
     """Starts the child of a slot and waits until it is ready.
 
     :param command: what to run.
-    :param proxy_options: the options of the :class:`~wsgiproxy.app.WSGIProxyApp`
-        made for each child (and its health probes).
+    :param proxy_options: the options of the children's :class:`~wsgiproxy.app.WSGIProxyApp`
+        (its health probes use them too).
     :param spawned_port: the first slot's fixed port; None: a free port each start.
     :param start_timeout: seconds a start may take.
     :param health_path: the path probed for readiness; None: accepting connections is enough.
@@ -161,8 +161,8 @@ class Starter:
         self.stop = stop
         self.log = log
 
-    def __call__(self, index: int, registry: Registry) -> tuple[Child, WSGIProxyApp]:
-        """Start the child of slot ``index``; ``(child, proxy)`` once it is ready.
+    def __call__(self, index: int, registry: Registry) -> Child:
+        """Start the child of slot ``index``; returns it once it is ready.
 
         :raises StartFailed: it could not be run, exited, or was not ready in time.
         :raises ShuttingDown: the registry was closed meanwhile.
@@ -172,18 +172,11 @@ class Starter:
         while True:
             port = (self.spawned_port + index) if self.spawned_port else free_port()
             href = "http://%s:%d" % (LOOPBACK, port)
-            proxy = WSGIProxyApp(href, **self.proxy_options)
-            try:
-                child = registry.adopt(functools.partial(self.command.launch, index, port,
-                                                         self.log))
-                outcome = self._wait_ready(child, href, deadline, registry)
-            except BaseException:
-                proxy.close()
-                raise
+            child = registry.adopt(functools.partial(self.command.launch, index, port, self.log))
+            outcome = self._wait_ready(child, href, deadline, registry)
             if outcome == READY:
                 self.log.info("%s: ready on port %d", child.label, port)
-                return child, proxy
-            proxy.close()
+                return child
             if outcome == CLOSED:
                 self.stop([child])
                 raise ShuttingDown()

@@ -14,6 +14,12 @@ The supervisor knows children only as :class:`~wsgiproxy.spawn.process.Child`
 objects and starts and stops them through the two callables it is given, so
 its state machine can be exercised without processes.
 
+The running children are the backends of one
+:class:`~wsgiproxy.balancer.Balancer` (:attr:`Supervisor.balancer`), which
+chooses among them under the supervisor's lock: a child that is starting,
+stopping or dead is not a candidate.  The supervisor only decides when the
+load needs one more child (:meth:`Supervisor.choose`).
+
 At the end: the process-wide part.  Every registered supervisor is closed at
 interpreter exit and (when it asks) on SIGTERM, and starts afresh in a
 forked process.  (Deaths that run no code of ours are
@@ -30,32 +36,25 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from ..balancer import Backend, Balancer
 from ..errors import BackendUnavailable, ServiceUnavailable, ShuttingDown, StartFailed
 from . import lifeline
 from .process import Child
+from .readiness import LOOPBACK
 
-__all__ = ["RUNNING", "STARTING", "STOPPED", "STOPPING", "Proxy", "Slot", "Supervisor",
-           "register"]
+__all__ = ["RUNNING", "STARTING", "STOPPED", "STOPPING", "Slot", "Supervisor", "register"]
 
 STOPPED, STARTING, RUNNING, STOPPING = "stopped", "starting", "running", "stopping"
 # Which slot a request prefers (lower first), after the fewest requests in flight.
 _PREFERENCE = {RUNNING: 0, STOPPED: 1, STARTING: 1, STOPPING: 2}
 _BACKING_OFF = 3
+# Seconds between looks at a busy child's requests, for idle shutdown.
+_BUSY_POLL = 0.5
 # Seconds a request may wait beyond start_timeout + stop_timeout for another's start.
 _WAIT_MARGIN = 5
-
-
-class Proxy(Protocol):
-    """What forwards to a child (a :class:`~wsgiproxy.app.WSGIProxyApp`)."""
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        """Forward one request."""
-
-    def close(self) -> None:
-        """Close its pooled connections."""
 
 
 class Slot:
@@ -68,8 +67,8 @@ class Slot:
         self.index = index
         self.state = STOPPED
         self.child: Child | None = None
-        self.proxy: Proxy | None = None
-        self.outstanding = 0
+        self.backend: Backend | None = None  # the balancer's, while RUNNING
+        self.outstanding = 0    # requests waiting for its start
         self.last_active = now
         self.failures = 0       # failed starts in a row
         self.not_before = 0.0   # no new start before this (monotonic) time
@@ -92,9 +91,10 @@ class Slot:
         self.generation += 1
         return self.generation
 
-    def started(self, child: Child, proxy: Proxy, now: float) -> None:
-        """STARTING -> RUNNING: ``child`` is ready, ``proxy`` forwards to it."""
-        self.child, self.proxy, self.state = child, proxy, RUNNING
+    def started(self, child: Child, now: float) -> None:
+        """STARTING -> RUNNING: ``child`` is ready; it becomes a backend of the balancer."""
+        self.child, self.state = child, RUNNING
+        self.backend = Backend(LOOPBACK, child.port)
         self.failures = 0
         self.last_active = now
 
@@ -116,18 +116,21 @@ class Slot:
         child.stopping = True
         return child
 
-    def reset(self, child: Child | None = None) -> Proxy | None:
+    def reset(self, child: Child | None = None) -> None:
         """Back to STOPPED without a child, so that the next request starts a new one.
 
         :param child: reset only if this is still the slot's child.
-        :returns: the proxy the caller must close (None when there is none).
         """
         if child is not None and self.child is not child:
-            return None
-        proxy = self.proxy
-        self.child = self.proxy = None
+            return
+        self.child = None
+        self.backend = None
         self.state = STOPPED
-        return proxy
+
+    def load(self) -> int:
+        """Requests waiting for its start, plus those in flight to its child."""
+        backend = self.backend
+        return self.outstanding + (backend.in_flight if backend is not None else 0)
 
     def failure_message(self, now: float) -> str:
         """Why its last start failed, and when the next one may happen."""
@@ -140,7 +143,7 @@ class Slot:
         return message
 
 
-StartChild = Callable[[int, "Supervisor"], "tuple[Child, Proxy]"]
+StartChild = Callable[[int, "Supervisor"], Child]
 StopChildren = Callable[[Sequence[Child]], None]
 
 
@@ -149,8 +152,8 @@ class Supervisor:
 
     :param workers: how many slots.
     :param start: ``start(index, supervisor)`` starts the child of slot
-        ``index`` (registering it through :meth:`adopt`) and returns
-        ``(child, proxy)`` once it is ready; raises
+        ``index`` (registering it through :meth:`adopt`) and returns it once
+        it is ready; raises
         :class:`~wsgiproxy.errors.StartFailed`.
     :param stop: stops the children it is given and waits for them.
     :param start_timeout: seconds a start may take.
@@ -161,12 +164,16 @@ class Supervisor:
     :param max_backoff: the longest wait.
     :param log: where lifecycle events go.
     :param clock: seconds from a monotonic clock (tests pass their own).
+    :param balance_options: for the :class:`~wsgiproxy.balancer.Balancer` over the
+        running children (``balance``, ``least_conn`` unless given;
+        ``next_upstream``...).
     """
 
     def __init__(self, workers: int, start: StartChild, stop: StopChildren, *,
                  start_timeout: float, stop_timeout: float, idle_shutdown: float | None,
                  restart_backoff: float, max_backoff: float, log: logging.Logger,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 balance_options: dict[str, Any] | None = None) -> None:
         self.workers = workers
         self._clock = clock
         self._start = start
@@ -177,11 +184,14 @@ class Supervisor:
         self.restart_backoff = restart_backoff
         self.max_backoff = max_backoff
         self.log = log
+        self.balance_options = {"balance": "least_conn", **(balance_options or {})}
         self._init_state()
 
     def _init_state(self) -> None:
         # Re-entrant: the SIGTERM handler may run close() in a thread that holds it.
         self._cond = threading.Condition(threading.RLock())
+        #: Chooses among the running children, under the same lock.
+        self.balancer = Balancer(self._running, lock=self._cond, **self.balance_options)
         self.slots = [Slot(i, self._clock()) for i in range(self.workers)]
         self._children: set[Child] = set()  # every child not yet reaped, in any state
         self._closed = False
@@ -207,8 +217,18 @@ class Supervisor:
 
     # -- one request ------------------------------------------------------------
 
-    def choose(self) -> Slot:
-        """The slot with the fewest requests in flight; counts this request in it.
+    def _running(self) -> list[Backend]:
+        """The balancer's candidates (under the lock): the running children, alive."""
+        return [s.backend for s in self.slots if s.state == RUNNING and s.backend is not None
+                and s.child is not None and not s.child.dead]
+
+    def choose(self) -> Slot | None:
+        """``None`` when a running child can take the request (the balancer chooses which);
+        else the slot to start, or whose start to wait for, with the request counted in it.
+
+        A slot is started when every running child has more requests than it
+        (waiting and in flight), so children start as the load needs them.  With
+        none running: the slot with the fewest, a stopped or starting one first.
 
         :raises ShuttingDown: once closed.
         """
@@ -216,7 +236,21 @@ class Supervisor:
             if self._closed:
                 raise ShuttingDown()
             now = self._clock()
-            slot = min(self.slots, key=lambda s: (s.outstanding, s.preference(now), s.index))
+            for s in self.slots:
+                if s.state == RUNNING and (s.child is None or s.child.dead):
+                    s.reset()  # dead, not reaped yet: start it again
+            running = [s for s in self.slots if s.state == RUNNING]
+            if running:
+                least = min(s.load() for s in running)
+                ready = [s for s in self.slots if s.state == STARTING
+                         or (s.state == STOPPED and s.not_before <= now)]
+                slot = min(ready, key=lambda s: (s.outstanding, s.index), default=None)
+                if slot is None or slot.outstanding >= least:
+                    for s in running:
+                        s.last_active = now
+                    return None
+            else:
+                slot = min(self.slots, key=lambda s: (s.outstanding, s.preference(now), s.index))
             slot.outstanding += 1
             slot.last_active = now
             return slot
@@ -229,8 +263,8 @@ class Supervisor:
             if slot.outstanding == 0 and self.idle_shutdown:
                 self._cond.notify_all()  # the idle thread computes a new deadline
 
-    def acquire(self, slot: Slot) -> Proxy:
-        """The proxy of the slot's running child, after starting it (or waiting for its start).
+    def acquire(self, slot: Slot) -> Child:
+        """The slot's running child, after starting it (or waiting for its start).
 
         :raises ServiceUnavailable: (or a subclass) when there is no child to forward to;
             :class:`~wsgiproxy.errors.BackendUnavailable` (502) when the child died right
@@ -244,10 +278,10 @@ class Supervisor:
                 if self._closed:
                     raise ShuttingDown()
                 if slot.state == RUNNING:
-                    child, proxy = slot.child, slot.proxy
-                    if child is not None and proxy is not None and not child.dead:
-                        return proxy
-                    _close(slot.reset())
+                    child = slot.child
+                    if child is not None and not child.dead:
+                        return child
+                    slot.reset()
                     continue
                 if slot.state in (STARTING, STOPPING):
                     if slot.state == STARTING and waited is None:
@@ -271,10 +305,10 @@ class Supervisor:
         # This request starts the child; the others wait on the condition.
         return self._start_slot(slot, generation)
 
-    def _start_slot(self, slot: Slot, generation: int) -> Proxy:
+    def _start_slot(self, slot: Slot, generation: int) -> Child:
         cond = self._cond
         try:
-            child, proxy = self._start(slot.index, self)
+            child = self._start(slot.index, self)
         except StartFailed as exc:
             with cond:
                 now = self._clock()
@@ -290,13 +324,12 @@ class Supervisor:
             raise
         with cond:
             if not self._closed and not child.dead:
-                slot.started(child, proxy, self._clock())
+                slot.started(child, self._clock())
                 cond.notify_all()
                 self._ensure_idle_thread()
-                return proxy
+                return child
             slot.reset()
             cond.notify_all()
-        proxy.close()
         if self._closed:
             self._stop([child])
             raise ShuttingDown()
@@ -328,15 +361,13 @@ class Supervisor:
 
     def child_exited(self, child: Child) -> None:
         """Called by the child's reaper thread once it has exited."""
-        proxy = None
         with self._cond:
             self._children.discard(child)
             slot = self.slots[child.slot] if child.slot < len(self.slots) else None
             unexpected = slot is not None and slot.child is child and slot.state == RUNNING
             if slot is not None and unexpected:
-                proxy = slot.reset(child)
+                slot.reset(child)
             self._cond.notify_all()
-        _close(proxy)
         if unexpected:
             lines = child.stderr_lines()
             self.log.warning("%s %s unexpectedly; the next request starts it again. "
@@ -362,10 +393,15 @@ class Supervisor:
                 now = self._clock()
                 due, next_at = [], None
                 for slot in self.slots:
-                    if slot.state != RUNNING or slot.outstanding:
+                    if slot.state != RUNNING:
                         continue
-                    at = slot.last_active + idle
-                    if at <= now:
+                    if slot.load():
+                        # Busy: the balancer counts its requests; look again soon.
+                        slot.last_active = now
+                        at = now + min(idle, _BUSY_POLL)
+                    else:
+                        at = slot.last_active + idle
+                    if at <= now and not slot.load():
                         due.append((slot, slot.begin_stop()))
                     elif next_at is None or at < next_at:
                         next_at = at
@@ -376,34 +412,28 @@ class Supervisor:
                 self.log.info("%s: idle for %g s; stopping it", child.label, idle)
             self._stop([child for _, child in due])
             with cond:
-                proxies = [slot.reset(child) for slot, child in due]
+                for slot, child in due:
+                    slot.reset(child)
                 cond.notify_all()
-            for proxy in proxies:
-                _close(proxy)
 
     def close(self) -> None:
         """Stop every child and wait; later requests are answered 503."""
         with self._cond:
             self._closed = True
             children = list(self._children)
-            proxies = [slot.reset() for slot in self.slots if slot.state in (RUNNING, STOPPING)]
+            for slot in self.slots:
+                if slot.state in (RUNNING, STOPPING):
+                    slot.reset()
             self._cond.notify_all()
         if children:
             self.log.info("stopping %d child process%s", len(children),
                           "" if len(children) == 1 else "es")
         self._stop(children)
-        for proxy in proxies:
-            _close(proxy)
         _registered.pop(self, None)
 
     def after_fork(self) -> None:
         """In a forked process: forget the parent's children and threads, untouched."""
         self._init_state()
-
-
-def _close(proxy: Proxy | None) -> None:
-    if proxy is not None:
-        proxy.close()
 
 
 # -- process-wide: exit, SIGTERM, fork ----------------------------------------
