@@ -4,7 +4,9 @@
 
 It writes PIDDIR/<its pid> at start and answers with its pid, parent pid,
 port, path, headers and $CHILD_ENV as JSON.  GET /hold waits (30 s at most)
-until PIDDIR/release exists, leaving PIDDIR/inflight-<pid>-<id> meanwhile;
+until PIDDIR/release (or PIDDIR/<until> for /hold?until=NAME) exists, leaving
+PIDDIR/inflight-<pid>-<id> meanwhile; POST /hold?id=ID does the same after
+writing PIDDIR/post-<ID>-<pid>, so a test counts where each POST ran;
 GET /stream?n=N&delay=S streams N lines.  $CHILD_MODE makes it misbehave:
 exit, fail-twice, never (never listens), ignore-term, squat (its port is
 taken by another process first), health-file, signed-health (GET /health
@@ -54,6 +56,28 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def hold(self, query):
+        open(os.path.join(piddir, "inflight-%d-%s" % (os.getpid(), uuid.uuid4().hex)),
+             "w").close()
+        release = os.path.join(piddir, query.get("until", ["release"])[0])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def do_POST(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        open(os.path.join(piddir, "post-%s-%d" % (query["id"][0], os.getpid())), "w").close()
+        if url.path == "/hold":
+            self.hold(query)
+        body = json.dumps({"pid": os.getpid(), "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
@@ -89,11 +113,7 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(query["delay"][0]))
             return
         if url.path == "/hold":  # until the test creates piddir/release
-            open(os.path.join(piddir, "inflight-%d-%s" % (os.getpid(), uuid.uuid4().hex)),
-                 "w").close()
-            release, deadline = os.path.join(piddir, "release"), time.monotonic() + 30
-            while not os.path.exists(release) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            self.hold(query)
         body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "path": self.path,
                            "port": port,
                            "headers": dict(self.headers.items()),
