@@ -114,6 +114,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         if url.path == "/hold":  # until the test creates piddir/release
             self.hold(query)
+        if url.path == "/redirect":  # to its own absolute URL, port and all
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:%d/target?from=%d" % (port, port))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "path": self.path,
                            "port": port,
                            "headers": dict(self.headers.items()),

@@ -172,6 +172,15 @@ def test_lazy_start_forwarding_and_logging(spawn, piddir, tmp_path, caplog):
     wait_until(lambda: "child-listening on %d" % seen["port"] in caplog.text, 5, "stdout log")
 
 
+def test_a_child_redirecting_to_its_own_port_is_rewritten_to_the_client_host(spawn):
+    """One proxy serves every child, each on a port of its own: a Location naming a child's
+    address, whatever its port, points at the URL the client used."""
+    app, server = spawn()
+    answer = request(server.port, "/redirect", headers={"Host": "front.example"})
+    assert answer.status == 302
+    assert answer.headers["Location"].startswith("http://front.example/target?from=")
+
+
 def test_concurrent_first_requests_start_one_child(spawn, piddir):
     app, server = spawn()
     barrier = threading.Barrier(10)

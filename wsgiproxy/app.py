@@ -9,6 +9,7 @@ backend turns them back into the original environ.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,8 @@ __all__ = ["WSGIProxyApp", "BodyTooLarge"]
 
 log = logging.getLogger("wsgiproxy.app")
 
+# A port right after href's host in a Location (location_any_port).
+_PORT_PREFIX = re.compile(r":[0-9]{1,5}(?=[/?#]|\Z)").match
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Identity headers are ours to set: whatever the client sent under these
@@ -123,6 +126,10 @@ class WSGIProxyApp:
         keyword arguments (``connect_timeout``, ``read_timeout``,
         ``pool_size``, ``ca_certs``, ``verify``...) configure it.
     """
+
+    #: Also rewrite ``Location`` headers that name href's host with any port
+    #: (spawn's children: one proxy, and each child listens on a port of its own).
+    location_any_port = False
 
     def __init__(self, href: str | Sequence[str], secret_file: str | None = None,
                  string_keys: Iterable[str] = (), unicode_keys: Iterable[str] = (),
@@ -347,6 +354,10 @@ class WSGIProxyApp:
                     and name.lower() in ("location", "content-location")):
                 for prefix in prefixes:
                     rest = value[len(prefix):]
+                    if self.location_any_port and rest[:1] == ":":
+                        port = _PORT_PREFIX(rest)
+                        if port:
+                            rest = rest[port.end():]
                     if value.startswith(prefix) and (not rest or rest[0] in "/?#"):
                         if out is None:
                             out = list(headers)

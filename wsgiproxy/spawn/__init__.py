@@ -147,6 +147,7 @@ class SpawningApplication:
         self.proxy_options = options
         # The one proxy for every child: its Host is 127.0.0.1 (the port changes).
         self._proxy = WSGIProxyApp("http://%s" % LOOPBACK, **options)
+        self._proxy.location_any_port = True
         self.handle_signals = bool(handle_signals)
         stop = functools.partial(stop_children, timeout=self.stop_timeout, log=self.log)
         starter = Starter(self.command, options, self.spawned_port, self.start_timeout,
