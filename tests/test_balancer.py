@@ -202,6 +202,24 @@ def test_the_retry_budget_has_a_floor_of_three():
     assert bal.retrying == 2 and bal.in_flight == 10
 
 
+def test_a_retry_that_failed_is_not_counted_twice_against_the_budget():
+    """After a failed retry the next one needs room in the budget like any other: the failed
+    one no longer counts, and must not be subtracted a second time."""
+    bal, transport, _ = balancer({A: lost()})
+    bal.retrying = 2  # two other requests are retrying
+    bal.in_flight = 10  # 20 % of 11 is 2.2: the budget is the floor, 3
+
+    def another_request_starts_retrying():
+        bal.retrying += 1  # now three others: the budget is full
+        return lost()
+
+    transport.script[B] = another_request_starts_retrying
+    with pytest.raises(BadBackendResponse):
+        bal.send(transport, "http", request())
+    assert transport.sent == [A, B]  # not C
+    assert bal.retrying == 3 and bal.in_flight == 10
+
+
 # -- passive health ---------------------------------------------------------------
 
 def test_a_failed_backend_is_out_for_fail_timeout_then_one_request_tries_it(caplog):

@@ -230,7 +230,8 @@ class Balancer:
                                              else self.on_timeout)
                             or not (resendable[1] and (resendable[0] or exc.unsent))):
                         raise
-                    following = self._next_try(tried, started, retry)
+                    # _attempt_done ended this try's retry already: it no longer counts.
+                    following = self._next_try(tried, started, False)
                     if following is None:
                         raise
                     log.debug("%s %s: %s; trying %s", request[0], request[1], exc, following.name)
