@@ -79,6 +79,7 @@ def _split_href(href: str) -> Any:
 
 
 def _port(parts: Any) -> int:
+    """A backend URL's port, the scheme's default when it names none."""
     return parts.port or _DEFAULT_PORTS[parts.scheme]
 
 
@@ -153,7 +154,7 @@ class WSGIProxyApp:
         self.hrefs = tuple(hrefs)
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self.port = _port(parts)
         self.host_header = parts.netloc.lower()
         self.path = parts.path.rstrip("/")  # joined with PATH_INFO, which starts with "/"
         self.query = parts.query
