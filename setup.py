@@ -31,6 +31,13 @@ TESTS_REQUIRE = [
     "Paste>=3.10",
     "django-revproxy>=0.13",
     "flask-reverse-proxy-fix>=0.2.1",
+    # Long-lived connections (tests/test_websocket*.py, tests/test_cooperative.py):
+    # cooperative workers, a real WebSocket backend and client, Flask-Sock.
+    "gevent>=24",
+    "eventlet>=0.36",
+    "websockets>=13",
+    "flask-sock>=0.7",
+    "simple-websocket>=1.0",
 ]
 
 setup(
