@@ -236,7 +236,7 @@ class WSGIProxyApp:
                 response, body = self.tunnels.open(
                     environ, functools.partial(self._send_upgrade, request, protocols))
                 if response.status == 101:
-                    return self.tunnels.run(environ, response, body)
+                    return self.tunnels.run(environ, start_response, response, body)
             elif self.balancer is None:
                 response, body = send(self.transport, self.scheme, self.host, self.port, request)
             else:

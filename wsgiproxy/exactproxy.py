@@ -76,7 +76,7 @@ class ExactProxy:
                 response, body = self.tunnels.open(environ, lambda: send_upgrade(
                     self.transport, scheme, host, port, request, protocols))
                 if response.status == 101:
-                    return self.tunnels.run(environ, response, body)
+                    return self.tunnels.run(environ, start_response, response, body)
             else:
                 response, body = send(self.transport, scheme, host, port, request)
         except WSGIProxyError as exc:

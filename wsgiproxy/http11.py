@@ -223,17 +223,18 @@ _PROTOCOL = TOKEN + "(?:/" + TOKEN + ")?"
 _UPGRADE_LIST = re.compile("%s(?:[ \t]*,[ \t]*%s)*\\Z" % (_PROTOCOL, _PROTOCOL)).match
 
 
-def upgrade_protocols(upgrade: str | None, connection: str | None, version: str) -> str | None:
+def upgrade_protocols(upgrade: str | None, connection: str | None) -> str | None:
     """The protocols a request asks to switch to, or ``None`` when it asks for no switch.
 
     An ``Upgrade`` counts only with the ``upgrade`` token in ``Connection``
-    and in HTTP/1.1 (RFC 9110 section 7.8); otherwise it is an ordinary
-    hop-by-hop header, dropped.  ``version`` is the request's protocol
-    (``"HTTP/1.1"``).
+    (RFC 9110 section 7.8); otherwise it is an ordinary hop-by-hop header,
+    dropped.  The request's HTTP version is not checked: some WSGI servers
+    (eventlet's) put their own in ``SERVER_PROTOCOL``, and an HTTP/1.0
+    client does not send ``Connection: upgrade``.
 
     :raises InvalidRequest: for an ``Upgrade`` value that is not a protocol list.
     """
-    if not upgrade or not connection or version != "HTTP/1.1":
+    if not upgrade or not connection:
         return None
     if "upgrade" not in connection_tokens(connection):
         return None

@@ -38,13 +38,13 @@ SERVERS_WITH_SOCKETS = ("gunicorn (gthread, gevent or eventlet workers), "
                         "Werkzeug's development server, eventlet.wsgi")
 
 
-def _end_gunicorn() -> Iterable[bytes]:
+def _end_gunicorn(start_response: Any) -> Iterable[bytes]:
     # Every gunicorn worker closes the connection, writing nothing, when the
     # application raises StopIteration (what Flask-Sock and others rely on).
     raise StopIteration
 
 
-def _end_eventlet() -> Iterable[bytes]:
+def _end_eventlet(start_response: Any) -> Iterable[bytes]:
     wsgi = sys.modules.get("eventlet.wsgi")
     local = getattr(wsgi, "WSGI_LOCAL", None)
     if local is not None:
@@ -52,25 +52,27 @@ def _end_eventlet() -> Iterable[bytes]:
     return getattr(wsgi, "ALREADY_HANDLED", None) or []
 
 
-def _end_plain() -> Iterable[bytes]:
-    # Werkzeug writes its own answer on the socket, shut down by now: it
-    # sees a dropped connection and closes it.
+def _end_werkzeug(start_response: Any) -> Iterable[bytes]:
+    # Werkzeug writes the status it is given on the socket, shut down by
+    # now: it sees a dropped connection and closes it, quietly.
+    start_response("101 Switching Protocols", [])
     return []
 
 
-def client_socket(environ: Environ) -> tuple[Any, Callable[[], Iterable[bytes]]] | None:
+def client_socket(environ: Environ) -> tuple[Any, Callable[[Any], Iterable[bytes]]] | None:
     """The client's socket the server hands over, and what ends the request after a tunnel.
 
     ``None`` when the server hands over no socket.  The second item is
-    called after the tunnel, and its result returned by the application (it
-    may raise ``StopIteration`` instead, which gunicorn takes as "close").
+    called with ``start_response`` after the tunnel, and its result returned
+    by the application (it may raise ``StopIteration`` instead, which
+    gunicorn takes as "close").
     """
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         return sock, _end_gunicorn
     sock = environ.get("werkzeug.socket")
     if sock is not None:
-        return sock, _end_plain
+        return sock, _end_werkzeug
     stream = environ.get("eventlet.input")
     if stream is not None and hasattr(stream, "get_socket"):
         return stream.get_socket(), _end_eventlet
@@ -85,8 +87,7 @@ def requested_protocols(environ: Environ) -> str | None:
 
     :raises InvalidRequest: for a malformed ``Upgrade`` header.
     """
-    protocols = upgrade_protocols(environ.get("HTTP_UPGRADE"), environ.get("HTTP_CONNECTION"),
-                                  environ.get("SERVER_PROTOCOL", ""))
+    protocols = upgrade_protocols(environ.get("HTTP_UPGRADE"), environ.get("HTTP_CONNECTION"))
     if protocols is not None and protocols.lower() == "h2c" and client_socket(environ) is None:
         return None
     return protocols
@@ -146,7 +147,8 @@ class Tunnels:
             self._done()
         return response, body
 
-    def run(self, environ: Environ, response: Any, body: Iterable[bytes]) -> Iterable[bytes]:
+    def run(self, environ: Environ, start_response: Any, response: Any,
+            body: Iterable[bytes]) -> Iterable[bytes]:
         """Relay the switched connection of ``response`` (a ``101``) to the client until it ends.
 
         Returns what the WSGI application returns then (or raises
@@ -164,7 +166,7 @@ class Tunnels:
             close = getattr(body, "close", None)  # a balancer's body ends the request
             if close is not None:
                 close()
-        return end()
+        return end(start_response)
 
     def _done(self) -> None:
         with self._lock:
