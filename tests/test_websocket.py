@@ -123,7 +123,7 @@ def front(request, tmp_path_factory, backend, shared_raw, signed):
     directory = tmp_path_factory.mktemp("front-" + request.param)
     env = {"WSFRONT_BACKEND": str(backend.port), "WSFRONT_VICTIM": str(victim_port),
            "WSFRONT_RAW": str(shared_raw.port), "WSFRONT_SIGNED": str(signed.port),
-           "WSFRONT_SECRET": signed.secret, "WSFRONT_ROOT": ROOT}
+           "WSFRONT_SECRET": signed.secret}
     with gunicorn("tests.wsbackend:front()", directory, "front", request.param,
                   env=env) as server:
         server.victim_port, server.worker_class = victim_port, request.param
@@ -191,10 +191,11 @@ def read_until(sock, marker=b"\r\n\r\n", size=None):
 
 def read_answer(sock):
     """One answer with a Content-Length from ``sock`` (its timeout as the hang guard)."""
-    head, rest = read_until(sock)
+    head, body = read_until(sock)
     length = int(head.lower().split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
-    return head + rest + read_until(sock, size=length - len(rest))[0] if length > len(rest) \
-        else head + rest
+    if len(body) < length:
+        body += read_until(sock, size=length - len(body))[0]
+    return head + body
 
 
 def reaches_eof(sock):
@@ -234,8 +235,8 @@ def test_subprotocol_and_permessage_deflate_are_negotiated_end_to_end(front):
     with ws(front.port, "/headers", subprotocols=["chat.v1", SUBPROTOCOL]) as client:
         assert client.subprotocol == SUBPROTOCOL
         assert [ext.name for ext in client.protocol.extensions] == ["permessage-deflate"]
-        received = dict((name.lower(), value) for name, value in json.loads(
-            client.recv(timeout=10)))
+        received = {name.lower(): value for name, value in json.loads(
+            client.recv(timeout=10))}
         for name in ("Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions",
                      "Sec-WebSocket-Version", "Sec-WebSocket-Key"):
             assert received[name.lower()] == client.request.headers[name], name
@@ -255,9 +256,8 @@ def test_client_close_code_and_reason_reach_the_backend(front, backend):
 
 
 def test_backend_close_code_and_reason_reach_the_client(front):
-    with ws(front.port, "/close/4002") as client:
-        with pytest.raises(ConnectionClosed) as closed:
-            client.recv(timeout=10)
+    with ws(front.port, "/close/4002") as client, pytest.raises(ConnectionClosed) as closed:
+        client.recv(timeout=10)
     assert closed.value.rcvd.code == 4002
     assert closed.value.rcvd.reason == "backend closes with 4002"
 
@@ -424,7 +424,7 @@ def test_http10_upgrade_is_an_ordinary_request(front, raw):
     assert b"upgrade" not in head.lower()
 
 
-@pytest.mark.parametrize("value", ["websocket/", "web socket", "websocket, ,h2c", "a/b/c"])
+@pytest.mark.parametrize("value", ["websocket/", "web socket", "[websocket]", "a/b/c"])
 def test_malformed_upgrade_header_is_a_400_and_nothing_is_sent(front, raw, value):
     with raw_client(front.port) as sock:
         sock.sendall(b"GET /raw/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n"
@@ -521,12 +521,13 @@ def test_proxy_exact_request_tunnels(front, backend):
 ])
 def test_spawn_tunnels(tmp_path, worker_class):
     env = {"WSFRONT_ROOT": ROOT}
+    # --timeout 5: a worker that blocks is killed soon, so the client's wait ends.
     with gunicorn("tests.wsbackend:spawn_front()", tmp_path, "spawn", worker_class,
-                  "--timeout", "5", env=env) as spawn:
-        with ws(spawn.port, "/echo", subprotocols=[SUBPROTOCOL]) as client:
-            assert client.subprotocol == SUBPROTOCOL
-            client.send("through a spawned backend")
-            assert client.recv(timeout=10) == "through a spawned backend"
+                  "--timeout", "5", env=env) as spawn, \
+            ws(spawn.port, "/echo", subprotocols=[SUBPROTOCOL]) as client:
+        assert client.subprotocol == SUBPROTOCOL
+        client.send("through a spawned backend")
+        assert client.recv(timeout=10) == "through a spawned backend"
 
 
 def test_werkzeug_development_server_as_front(backend):
@@ -548,18 +549,38 @@ def test_werkzeug_development_server_as_front(backend):
     "before start_response: AssertionError, logged as 'Error on request' with a 500 in "
     "the access log; raising ConnectionError there (what Flask-Sock does) ends it quietly"))
 def test_werkzeug_logs_no_error_after_a_tunnel(backend, caplog):
+    def handlers():  # Werkzeug's threads, one per request
+        return {t for t in threading.enumerate() if "process_request_thread" in t.name}
+
     proxy = WSGIProxyApp("http://127.0.0.1:%d" % backend.port)
     with werkzeug_front(proxy) as port:
+        before = handlers()
         with ws(port) as client:
             client.send("x")
             client.recv(timeout=10)
-        wait_until(lambda: proxy.tunnels.open_count == 0, 10, "the tunnel to end")
-        wait_until(lambda: any(r.name == "werkzeug" for r in caplog.records), 10,
-                   "werkzeug to log the request")
+        wait_until(lambda: not handlers() - before, 10, "Werkzeug to finish the request")
     proxy.close()
     problems = [r.getMessage() for r in caplog.records
                 if r.name == "werkzeug" and (r.levelname == "ERROR" or '" 500 ' in r.getMessage())]
     assert problems == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "eventlet.wsgi puts SERVER_PROTOCOL = 'HTTP/1.0' in every environ, whatever the "
+    "request's version, so upgrade.requested_protocols() ignores the Upgrade and the "
+    "request goes on as an ordinary one (the websockets backend answers 426)"))
+def test_eventlet_wsgi_as_front(backend, tmp_path):
+    port = free_port()
+    with Served([sys.executable, "-m", "tests.wsbackend", "--eventlet-front", str(port),
+                 str(backend.port)], port, tmp_path / "eventlet.log", env=ENV, cwd=ROOT):
+        sid = session()
+        with ws(port, "/echo?id=" + sid, subprotocols=[SUBPROTOCOL]) as client:
+            assert client.subprotocol == SUBPROTOCOL
+            client.send("through eventlet")
+            assert client.recv(timeout=10) == "through eventlet"
+            client.close(4004, "from eventlet's side")
+        assert closed_by_client(backend, sid) == [4004, "from eventlet's side"]
+        assert request(port, "/plain").body == b"plain\n"  # the server goes on serving
 
 
 # -- refusals and limits (a proxy in this process: its pool and counters are visible) -----------

@@ -13,6 +13,8 @@
   path segment (the path is forwarded whole), their targets from ``WSFRONT_*``
   environment variables (:data:`FRONT_ROUTES`); ``spawn_front()`` is spawn
   running the websockets backend (``WSFRONT_ROOT``: the checkout).
+* ``python -m tests.wsbackend --eventlet-front PORT BACKEND_PORT`` serves
+  WSGIProxyApp for the backend with eventlet's own WSGI server.
 """
 
 import json
@@ -159,5 +161,20 @@ def spawn_front():
                                stop_timeout=2)
 
 
+def eventlet_front(port, backend_port):
+    """eventlet.wsgi (monkey-patched) serving WSGIProxyApp for the backend on ``backend_port``."""
+    import eventlet
+    eventlet.monkey_patch()
+    from eventlet import wsgi
+
+    from wsgiproxy.app import WSGIProxyApp
+
+    app = WSGIProxyApp("http://127.0.0.1:%d" % backend_port)
+    wsgi.server(eventlet.listen(("127.0.0.1", port)), app, log_output=False)
+
+
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    if sys.argv[1] == "--eventlet-front":
+        eventlet_front(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        serve(int(sys.argv[1]))
