@@ -19,6 +19,8 @@ from wsgiproxy.http11 import request_head, upgrade_protocols, with_upgrade
 from wsgiproxy.tunnel import Tunnel, relay_bytes
 from wsgiproxy.upgrade import Tunnels, client_socket, requested_protocols
 
+from .client import read_to_eof
+
 pytestmark = pytest.mark.timeout(30)
 
 HEAD = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
@@ -78,13 +80,6 @@ def read_exactly(sock, size):
         chunk = sock.recv(size - len(data))
         if not chunk:
             raise EOFError("end after %r" % data)
-        data += chunk
-    return data
-
-
-def read_to_eof(sock):
-    data = b""
-    while chunk := sock.recv(65536):
         data += chunk
     return data
 

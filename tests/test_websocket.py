@@ -28,7 +28,7 @@ from werkzeug.serving import make_server
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.protocol import PROTOCOL_VERSION
 
-from .client import JSON, json_error, request
+from .client import JSON, json_error, read_to_eof, request
 from .servers import (
     BIN,
     ROOT,
@@ -198,16 +198,6 @@ def read_answer(sock):
     return head + body
 
 
-def reaches_eof(sock):
-    """Read ``sock`` (with its timeout as the hang guard) until the peer closes: what came."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-
-
 def raw_client(port, timeout=10):
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
@@ -330,7 +320,7 @@ def capture_signed_upgrade(secret_file, path):
         proxy = WSGIProxyApp("http://127.0.0.1:%d" % catcher.port, secret_file=secret_file)
         with werkzeug_front(proxy) as port, raw_client(port) as sock:
             sock.sendall(upgrade_request(path, host="www.example.com"))
-            assert reaches_eof(sock).startswith(b"HTTP/1.1 400 ")
+            assert read_to_eof(sock).startswith(b"HTTP/1.1 400 ")
         proxy.close()
     head, body = catcher.requests[0]
     assert not body
@@ -418,7 +408,7 @@ def test_http10_upgrade_is_an_ordinary_request(front, raw):
     with raw_client(front.port) as sock:
         sock.sendall(b"GET /raw/old HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\n"
                      b"Upgrade: websocket\r\n\r\n")
-        answer = reaches_eof(sock)
+        answer = read_to_eof(sock)
     assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nok")
     (head, _), = raw.requests
     assert b"upgrade" not in head.lower()
@@ -442,7 +432,7 @@ def test_backend_closing_its_connection_closes_the_client(front, raw):
         sock.sendall(upgrade_request("/raw/x"))
         head, rest = read_until(sock)
         assert head == SWITCHED
-        assert rest + reaches_eof(sock) == EARLY + b"last words"
+        assert rest + read_to_eof(sock) == EARLY + b"last words"
 
 
 def test_client_closing_its_connection_closes_the_backend(front, raw):
@@ -450,7 +440,7 @@ def test_client_closing_its_connection_closes_the_backend(front, raw):
 
     def wait_for_the_end(conn):
         conn.sock.settimeout(5)  # the hang guard
-        reaches_eof(conn.sock)
+        read_to_eof(conn.sock)
         ended.set()
     raw.handler = lambda conn: switching(conn, then=wait_for_the_end)
     with raw_client(front.port) as sock:
@@ -462,7 +452,7 @@ def test_client_closing_its_connection_closes_the_backend(front, raw):
 
 def test_client_half_close_lets_the_backend_finish(front, raw):
     def answer_at_the_end(conn):
-        data = conn.buf + reaches_eof(conn.sock)
+        data = conn.buf + read_to_eof(conn.sock)
         conn.send(b"you said: " + data)
     raw.handler = lambda conn: switching(conn, then=answer_at_the_end)
     with raw_client(front.port) as sock:
@@ -470,7 +460,7 @@ def test_client_half_close_lets_the_backend_finish(front, raw):
         read_until(sock, size=len(SWITCHED) + len(EARLY))
         sock.sendall(b"bye")
         sock.shutdown(socket.SHUT_WR)
-        assert reaches_eof(sock) == b"you said: bye"
+        assert read_to_eof(sock) == b"you said: bye"
 
 
 # -- timeouts ------------------------------------------------------------------------------
