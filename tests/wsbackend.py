@@ -114,7 +114,7 @@ def signed_backend():
 
 # -- the fronts ------------------------------------------------------------------------
 
-#: ``/segment`` -> (what the proxy is, the environment variable with its target port).
+#: The first path segment: what the front serves there (targets from WSFRONT_* variables).
 FRONT_ROUTES = {
     "plain": "WSGIProxyApp for the websockets backend (WSFRONT_BACKEND)",
     "idle": "the same, websocket_idle_timeout=1",
