@@ -535,10 +535,6 @@ def test_werkzeug_development_server_as_front(backend):
     proxy.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "upgrade._end_plain returns [] to Werkzeug's server, which then calls write(b'') "
-    "before start_response: AssertionError, logged as 'Error on request' with a 500 in "
-    "the access log; raising ConnectionError there (what Flask-Sock does) ends it quietly"))
 def test_werkzeug_logs_no_error_after_a_tunnel(backend, caplog):
     def handlers():  # Werkzeug's threads, one per request
         return {t for t in threading.enumerate() if "process_request_thread" in t.name}
@@ -556,10 +552,6 @@ def test_werkzeug_logs_no_error_after_a_tunnel(backend, caplog):
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "eventlet.wsgi puts SERVER_PROTOCOL = 'HTTP/1.0' in every environ, whatever the "
-    "request's version, so upgrade.requested_protocols() ignores the Upgrade and the "
-    "request goes on as an ordinary one (the websockets backend answers 426)"))
 def test_eventlet_wsgi_as_front(backend, tmp_path):
     port = free_port()
     with Served([sys.executable, "-m", "tests.wsbackend", "--eventlet-front", str(port),
