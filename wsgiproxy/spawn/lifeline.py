@@ -139,9 +139,7 @@ class _Tether:
             os.close(errors)
             raise
         finally:
-            # Closed now: gevent's os.close() closes a pipe only when its hub
-            # next runs, which may be seconds away; closerange() is not patched.
-            os.closerange(errors_w, errors_w + 1)
+            _close_now(errors_w)
         reported = _read_to_end(errors)  # end of file when the program runs (close on exec)
         if reported:
             proc.wait()
@@ -214,10 +212,7 @@ class _Tether:
     def _close_lifeline(self) -> None:
         if self.lifeline is not None:
             fd, self.lifeline = self.lifeline, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            _close_now(fd)  # the watchdog waits for this end of file
 
     def shutdown(self, wait: float) -> None:
         with self.lock:
@@ -228,6 +223,16 @@ class _Tether:
                 watchdog.wait(wait)
             except subprocess.TimeoutExpired:
                 pass  # still stopping a child someone left registered; it ends on its own
+
+
+def _close_now(fd: int) -> None:
+    """Close ``fd`` at once; errors are ignored.
+
+    gevent's ``os.close`` closes a pipe only when its hub next runs, which
+    may be seconds away (its next timer), while the other end waits for our
+    end of file.  ``os.closerange`` is not patched.
+    """
+    os.closerange(fd, fd + 1)
 
 
 def _read_to_end(fd: int) -> bytes:
