@@ -4,7 +4,8 @@ Each application is served for real by a subprocess (see :func:`serve`):
 gunicorn with ``-k gevent`` (gevent patches the standard library in the
 worker, after the fork), eventlet's ``eventlet.wsgi`` server after
 ``eventlet.monkey_patch()`` (gunicorn 27 no longer has an eventlet worker),
-and gunicorn's ``gthread`` worker as the control with ordinary threads.
+and gunicorn's ``gthread`` worker as the control with ordinary threads;
+``--preload`` (the application made before gevent patches) where it works.
 What is checked under each: a stalled backend gets a 504 after
 ``read_timeout`` while the worker serves other requests; pooled keep-alive
 connections are reused, and one the backend closed while idle is not; a
@@ -16,6 +17,7 @@ no process behind.
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -88,7 +90,9 @@ class Front:
 
 @contextlib.contextmanager
 def serve(kind, ini, directory, label="front"):
-    """Serve the PasteDeploy file ``ini`` on a free port with one process of ``kind``."""
+    """Serve the PasteDeploy file ``ini`` on a free port with one process of ``kind``: a
+    gunicorn worker class (``gevent-preload``: with ``--preload``), ``eventlet`` or
+    ``eventlet-late`` (see :data:`EVENTLET_SERVER`)."""
     port = free_port()
     if kind.startswith("eventlet"):
         script = directory / "eventlet_server.py"
@@ -97,9 +101,12 @@ def serve(kind, ini, directory, label="front"):
         with Served(args, port, directory / (label + ".log")) as server:
             yield Front(server, gunicorn=False)
         return
+    worker, _, preload = kind.partition("-")
     args = [os.path.join(BIN, "gunicorn"), "--paste", ini, "-b", "127.0.0.1:%d" % port,
-            "-w", "1", "-k", kind, "--graceful-timeout", "5"]
-    args += ["--worker-connections", "200"] if kind == "gevent" else ["--threads", "8"]
+            "-w", "1", "-k", worker, "--graceful-timeout", "5"]
+    args += ["--worker-connections", "200"] if worker == "gevent" else ["--threads", "8"]
+    if preload:
+        args.append("--preload")
     with Gunicorn(args, directory, label) as server:
         yield Front(server, gunicorn=True)
 
@@ -157,7 +164,7 @@ def backend():
 
 # -- timeouts and the pool ----------------------------------------------------------
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["gevent-preload"])
 def test_a_stalled_backend_gets_a_504_while_the_worker_serves_others(kind, tmp_path, backend):
     ini = proxy_ini(tmp_path, "http://127.0.0.1:%d" % backend.port, read_timeout=3)
     with serve(kind, ini, tmp_path) as front:
@@ -183,6 +190,28 @@ def test_a_stalled_backend_gets_a_504_while_the_worker_serves_others(kind, tmp_p
         assert "timed out" in json_error(answer, 504)["message"]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_backend_that_does_not_accept_gets_a_504_after_connect_timeout(kind, tmp_path):
+    # A listening socket whose accept queue is full: the kernel drops further SYNs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = []
+        for _ in range(3):
+            queued.append(socket.socket())
+            queued[-1].setblocking(False)
+            queued[-1].connect_ex(("127.0.0.1", port))
+        try:
+            ini = proxy_ini(tmp_path, "http://127.0.0.1:%d" % port, connect_timeout=1)
+            with serve(kind, ini, tmp_path) as front:
+                answer = request(front.port, "/", accept=JSON["Accept"], timeout=HANG)
+                assert "timed out connecting" in json_error(answer, 504)["message"]
+        finally:
+            for sock in queued:
+                sock.close()
+
+
 @pytest.mark.parametrize("kind", KINDS + ["eventlet-late"])
 def test_kept_alive_connections_are_reused_and_a_closed_one_is_not(kind, tmp_path, backend):
     ini = proxy_ini(tmp_path, "http://127.0.0.1:%d" % backend.port)
@@ -203,7 +232,8 @@ def test_kept_alive_connections_are_reused_and_a_closed_one_is_not(kind, tmp_pat
 # -- signed requests and the nonce stores ----------------------------------------------
 
 @pytest.mark.parametrize("kind, store", [("gevent", "memory"), ("gevent", "redis"),
-                                         ("eventlet", "memory")])
+                                         ("gevent-preload", "memory"),
+                                         ("eventlet", "memory"), ("eventlet", "redis")])
 def test_a_signed_request_is_verified_once_behind_cooperative_workers(kind, store, tmp_path,
                                                                        secret_file, request):
     redis = request.getfixturevalue("redis_server") if store == "redis" else None
