@@ -146,20 +146,11 @@ class Backend:
 
 
 @pytest.fixture
-def piddir(tmp_path):
-    """Where tests/spawnchild.py writes the pid of each child."""
-    path = tmp_path / "pids"
-    path.mkdir()
-    return str(path)
-
-
-@pytest.fixture
 def backend():
-    handler = Backend()
-    with RawServer(handler) as raw:
-        raw.handler_state = handler
+    """A RawServer running a :class:`Backend` (its ``handler``)."""
+    with RawServer(Backend()) as raw:
         yield raw
-        handler.release.set()
+        raw.handler.release.set()
 
 
 # -- timeouts and the pool ----------------------------------------------------------
@@ -222,7 +213,7 @@ def test_kept_alive_connections_are_reused_and_a_closed_one_is_not(kind, tmp_pat
         assert backend.connections == 1  # one connection, pooled and reused
         # The backend closed it while it was idle in the pool: the idle probe sees
         # that, and a POST (never sent twice) goes on a new connection.
-        assert backend.handler_state.closed.wait(HANG)
+        assert backend.handler.closed.wait(HANG)
         answer = request(front.port, "/post", method="POST", body=b"x" * 1000, timeout=HANG)
         assert answer.status == 200, answer
         assert backend.connections == 2
@@ -231,12 +222,21 @@ def test_kept_alive_connections_are_reused_and_a_closed_one_is_not(kind, tmp_pat
 
 # -- signed requests and the nonce stores ----------------------------------------------
 
-@pytest.mark.parametrize("kind, store", [("gevent", "memory"), ("gevent", "redis"),
-                                         ("gevent-preload", "memory"),
-                                         ("eventlet", "memory"), ("eventlet", "redis")])
-def test_a_signed_request_is_verified_once_behind_cooperative_workers(kind, store, tmp_path,
-                                                                       secret_file, request):
-    redis = request.getfixturevalue("redis_server") if store == "redis" else None
+@pytest.fixture
+def nonce_store(request):
+    """``(the nonce_store option, the RedisServer or None)`` for ``memory`` or ``redis``."""
+    if request.param == "memory":
+        return "memory", None
+    redis = request.getfixturevalue("redis_server")
+    return redis.url, redis
+
+
+@pytest.mark.parametrize("kind, nonce_store", [
+    ("gevent", "memory"), ("gevent", "redis"), ("gevent-preload", "memory"),
+    ("eventlet", "memory"), ("eventlet", "redis")], indirect=["nonce_store"])
+def test_a_signed_request_is_verified_once_behind_cooperative_workers(kind, nonce_store,
+                                                                       tmp_path, secret_file):
+    url, redis = nonce_store
     backend_ini = tmp_path / "backend.ini"
     backend_ini.write_text(textwrap.dedent("""
         [pipeline:main]
@@ -247,7 +247,7 @@ def test_a_signed_request_is_verified_once_behind_cooperative_workers(kind, stor
         nonce_store = {url}
         [app:sample]
         use = egg:WSGIProxy#sample
-        """).format(secret=secret_file, url="memory" if redis is None else redis.url))
+        """).format(secret=secret_file, url=url))
     (tmp_path / "backend").mkdir()
     (tmp_path / "front").mkdir()
     with serve(kind, backend_ini, tmp_path / "backend", "backend") as back:
