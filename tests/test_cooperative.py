@@ -15,6 +15,7 @@ no process behind.
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -181,26 +182,98 @@ def test_a_stalled_backend_gets_a_504_while_the_worker_serves_others(kind, tmp_p
         assert "timed out" in json_error(answer, 504)["message"]
 
 
+#: Patches the standard library with ``argv[1]`` (gevent, eventlet or none), then sends one
+#: request per case in ``argv[2]`` (JSON: name -> [port, method, body size]) through an
+#: HTTPTransport with 1 s timeouts, reading the body; prints what each raised, as JSON.
+TRANSPORT_UNDER = """
+import json, sys
+if sys.argv[1] == "gevent":
+    from gevent import monkey
+    monkey.patch_all()
+elif sys.argv[1] == "eventlet":
+    import eventlet
+    eventlet.monkey_patch()
+from wsgiproxy.transport import HTTPTransport
+
+transport = HTTPTransport(connect_timeout=1, read_timeout=1)
+raised = {}
+for name, (port, method, size) in json.loads(sys.argv[2]).items():
+    try:
+        response = transport.request("http", "127.0.0.1", port, method, "/" + name,
+                                     [("Host", "backend")],
+                                     b"x" * size if size else None)
+        b"".join(response)
+        raised[name] = "nothing"
+    except Exception as exc:
+        raised[name] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(raised))
+"""
+
+
+def full_listener(stack):
+    """The port of a listening socket whose accept queue is full: the kernel drops
+    further SYNs, so connecting to it waits."""
+    listener = stack.enter_context(socket.socket())
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    for _ in range(3):
+        queued = stack.enter_context(socket.socket())
+        queued.setblocking(False)
+        queued.connect_ex(("127.0.0.1", port))
+    return port
+
+
+@pytest.mark.parametrize("patching", ["gevent", "eventlet", "none"])
+def test_every_wait_on_a_backend_ends_in_backend_timeout(patching, tmp_path):
+    release = threading.Event()
+
+    def stall(conn):  # read nothing more, answer nothing
+        release.wait(HANG * 2)
+
+    def stall_after_head(conn):
+        conn.read_head()
+        stall(conn)
+
+    def stall_in_body(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        stall(conn)
+
+    script = tmp_path / "transport_under.py"
+    script.write_text(TRANSPORT_UNDER)
+    with contextlib.ExitStack() as stack:
+        head, body, upload = (stack.enter_context(RawServer(handler)) for handler in (
+            stall_after_head, stall_in_body, stall_after_head))
+        stack.callback(release.set)  # first thing at the end: the handlers return
+        cases = {"connect": [full_listener(stack), "GET", 0],
+                 "head": [head.port, "GET", 0],
+                 "body": [body.port, "GET", 0],
+                 # More than the socket buffers hold: sending it waits.
+                 "upload": [upload.port, "POST", 64 << 20]}
+        done = subprocess.run([sys.executable, str(script), patching, json.dumps(cases)],
+                              capture_output=True, text=True, timeout=HANG * 2)
+    assert done.returncode == 0, done.stderr
+    raised = json.loads(done.stdout)
+    assert raised == {
+        "connect": "BackendTimeout: http://127.0.0.1:%d: timed out connecting after 1s"
+                   % cases["connect"][0],
+        "head": "BackendTimeout: http://127.0.0.1:%d: timed out after 1s waiting for the "
+                "backend" % head.port,
+        "body": "BackendTimeout: http://127.0.0.1:%d: timed out reading the response body"
+                % body.port,
+        "upload": "BackendTimeout: http://127.0.0.1:%d: timed out after 1s waiting for the "
+                  "backend" % upload.port}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_backend_that_does_not_accept_gets_a_504_after_connect_timeout(kind, tmp_path):
-    # A listening socket whose accept queue is full: the kernel drops further SYNs.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        queued = []
-        for _ in range(3):
-            queued.append(socket.socket())
-            queued[-1].setblocking(False)
-            queued[-1].connect_ex(("127.0.0.1", port))
-        try:
-            ini = proxy_ini(tmp_path, "http://127.0.0.1:%d" % port, connect_timeout=1)
-            with serve(kind, ini, tmp_path) as front:
-                answer = request(front.port, "/", accept=JSON["Accept"], timeout=HANG)
-                assert "timed out connecting" in json_error(answer, 504)["message"]
-        finally:
-            for sock in queued:
-                sock.close()
+    with contextlib.ExitStack() as stack:
+        ini = proxy_ini(tmp_path, "http://127.0.0.1:%d" % full_listener(stack),
+                        connect_timeout=1)
+        with serve(kind, ini, tmp_path) as front:
+            answer = request(front.port, "/", accept=JSON["Accept"], timeout=HANG)
+            assert "timed out connecting" in json_error(answer, 504)["message"]
 
 
 @pytest.mark.parametrize("kind", KINDS + ["eventlet-late"])
