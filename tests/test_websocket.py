@@ -504,11 +504,7 @@ def test_proxy_exact_request_tunnels(front, backend):
 
 @pytest.mark.parametrize("worker_class", [
     "gthread",
-    pytest.param("gevent", marks=pytest.mark.xfail(strict=True, reason=(
-        "spawn under gunicorn -k gevent: the first request (a plain GET too) blocks the "
-        "whole worker in wsgiproxy/spawn/lifeline.py _Tether.spawn, whose f.read() of the "
-        "errors pipe is not cooperative while gevent's Popen needs the hub to finish "
-        "starting the child: a deadlock until gunicorn's WORKER TIMEOUT"))),
+    "gevent",
 ])
 def test_spawn_tunnels(tmp_path, worker_class):
     env = {"WSFRONT_ROOT": ROOT}

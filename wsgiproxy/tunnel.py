@@ -19,6 +19,7 @@ socket, and how a request with a tunnel ends, is :mod:`wsgiproxy.upgrade`'s.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import select
 import socket
@@ -98,7 +99,7 @@ def _prepare(sock: Any, idle_timeout: float | None) -> None:
     A backend connection carries the transport's ``read_timeout`` (in the
     kernel, on Linux): a tunnel is not subject to it.
     """
-    if type(sock) is socket.socket:  # the stdlib's own class: may carry kernel timeouts
+    if isinstance(sock, _socket.socket):  # a kernel socket (not gevent's): may carry them
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_KERNEL_TIMEOUT)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_KERNEL_TIMEOUT)
     sock.settimeout(idle_timeout)
