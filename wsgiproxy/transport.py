@@ -399,12 +399,7 @@ class HTTPTransport(Transport):
             key, backend = self._backends[scheme, host, port]
         except KeyError:
             key, backend = self._backend(scheme, host, port)
-        if isinstance(body, (bytes, bytearray)):
-            body_length = len(body)
-        elif body is None:
-            body_length = 0
-        head = request_head(method, target, headers, body_length,
-                             body is not None and body_length is None)
+        head, body_length = _request_head(method, target, headers, body, body_length)
         conn = self._acquire(key)
         if conn is not None:
             try:
@@ -433,12 +428,8 @@ class HTTPTransport(Transport):
             key, backend = self._backends[scheme, host, port]
         except KeyError:
             key, backend = self._backend(scheme, host, port)
-        if isinstance(body, (bytes, bytearray)):
-            body_length = len(body)
-        elif body is None:
-            body_length = 0
-        head = with_upgrade(request_head(method, target, headers, body_length,
-                                         body is not None and body_length is None), protocols)
+        head, body_length = _request_head(method, target, headers, body, body_length)
+        head = with_upgrade(head, protocols)
         conn = self._connect(key, backend)  # its own: a tunnel never returns to the pool
         try:
             return self._exchange(conn, method, head, body, body_length, backend, True)
@@ -548,6 +539,17 @@ class HTTPTransport(Transport):
                 return Response(status, reason, headers, buf)
         reader = BodyReader(self, conn, mode, length, keep_alive, backend)
         return Response(status, reason, headers, None, reader)
+
+
+def _request_head(method: str, target: str, headers: Sequence[tuple[str, str]], body: Body,
+                  body_length: int | None) -> tuple[bytes, int | None]:
+    """The request's head, and the length of its body (``None``: a stream sent chunked)."""
+    if isinstance(body, (bytes, bytearray)):
+        body_length = len(body)
+    elif body is None:
+        body_length = 0
+    return request_head(method, target, headers, body_length,
+                        body is not None and body_length is None), body_length
 
 
 _TRANSPORTS = {
