@@ -388,9 +388,10 @@ class HTTPTransport(Transport):
 
     def request(self, scheme: str, host: str, port: int | str, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
-                body_length: int | None = None) -> Response:
+                body_length: int | None = None, *, upgrade: str | None = None) -> Response:
         """Send one request; the :class:`Response` streams its body (iterate, then close).
 
+        :param upgrade: protocols to switch to: :meth:`open_tunnel` (which see).
         :raises BackendError: (502/504) when the backend cannot be reached or
             answers badly; :class:`InvalidRequest` or :class:`RequestBodyError`
             (400) for a request that cannot be sent.
@@ -399,7 +400,15 @@ class HTTPTransport(Transport):
             key, backend = self._backends[scheme, host, port]
         except KeyError:
             key, backend = self._backend(scheme, host, port)
-        head, body_length = _request_head(method, target, headers, body, body_length)
+        if isinstance(body, (bytes, bytearray)):
+            body_length = len(body)
+        elif body is None:
+            body_length = 0
+        head = request_head(method, target, headers, body_length,
+                            body is not None and body_length is None)
+        if upgrade is not None:
+            return self._upgrade(key, backend, method, with_upgrade(head, upgrade), body,
+                                 body_length)
         conn = self._acquire(key)
         if conn is not None:
             try:
@@ -424,12 +433,11 @@ class HTTPTransport(Transport):
                     headers: Sequence[tuple[str, str]], protocols: str, body: Body = None,
                     body_length: int | None = None) -> Response:
         """Send an upgrade request on a new connection (see :meth:`Transport.open_tunnel`)."""
-        try:
-            key, backend = self._backends[scheme, host, port]
-        except KeyError:
-            key, backend = self._backend(scheme, host, port)
-        head, body_length = _request_head(method, target, headers, body, body_length)
-        head = with_upgrade(head, protocols)
+        return self.request(scheme, host, port, method, target, headers, body, body_length,
+                            upgrade=protocols)
+
+    def _upgrade(self, key: tuple[str, str, int], backend: str, method: str, head: bytes,
+                 body: Body, body_length: int | None) -> Response:
         conn = self._connect(key, backend)  # its own: a tunnel never returns to the pool
         try:
             return self._exchange(conn, method, head, body, body_length, backend, True)
@@ -539,17 +547,6 @@ class HTTPTransport(Transport):
                 return Response(status, reason, headers, buf)
         reader = BodyReader(self, conn, mode, length, keep_alive, backend)
         return Response(status, reason, headers, None, reader)
-
-
-def _request_head(method: str, target: str, headers: Sequence[tuple[str, str]], body: Body,
-                  body_length: int | None) -> tuple[bytes, int | None]:
-    """The request's head, and the length of its body (``None``: a stream sent chunked)."""
-    if isinstance(body, (bytes, bytearray)):
-        body_length = len(body)
-    elif body is None:
-        body_length = 0
-    return request_head(method, target, headers, body_length,
-                        body is not None and body_length is None), body_length
 
 
 _TRANSPORTS = {
