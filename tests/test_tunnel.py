@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from wsgiproxy import tunnel
 from wsgiproxy.connection import Connection
 from wsgiproxy.errors import InvalidRequest, TooManyTunnels, UpgradeNotSupported
 from wsgiproxy.forwarding import EnvironHeaders, environ_headers
@@ -62,8 +63,16 @@ def tcp_pair():
     return one, two
 
 
+@pytest.fixture(params=["poll", "greenlets"])
+def relay_kind(request, monkeypatch):
+    """Each relay both ways: the poll loop of threads, and the direction-per-greenlet
+    relay of gevent and eventlet (run here on threads, which it takes for greenlets)."""
+    monkeypatch.setattr(tunnel, "_cooperative", lambda: request.param == "greenlets")
+    return request.param
+
+
 @pytest.fixture(params=["socketpair", "tcp"])
-def pairs(request):
+def pairs(request, relay_kind):
     """Two pairs ``(client, relay's client side), (relay's backend side, backend)``."""
     made = [socket.socketpair() if request.param == "socketpair" else tcp_pair()
             for _ in range(2)]

@@ -7,11 +7,13 @@ between the client's socket and the backend's until either side closes, so
 text and binary frames, ping/pong and compression extensions all pass as
 they are.
 
-One relay is one loop in the calling thread over both sockets (``poll``, or
-``select`` where there is no ``poll``): no thread per direction.  Under
-gevent or eventlet, whose monkey-patching makes ``select``/``poll`` and
-socket calls cooperative, the same loop yields to other greenlets while it
-waits; under threads it holds the request's thread for the tunnel's life.
+Under threads (gunicorn's gthread, Werkzeug) one relay is one loop in the
+request's thread over both sockets (``poll``, or ``select`` where there is
+no ``poll``): no thread per direction.  Under gevent or eventlet
+(monkey-patched sockets) each direction is a greenlet of its own, blocked
+in a cooperative ``recv``: gevent's cooperative ``poll`` starts a watcher
+per socket on every call, which at thousands of tunnels per worker costs
+three to four times the CPU (bench/longlived.py).
 
 This layer knows sockets only; which WSGI server hands over the client's
 socket, and how a request with a tunnel ends, is :mod:`wsgiproxy.upgrade`'s.
@@ -25,6 +27,9 @@ import select
 import socket
 import ssl
 import struct
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,8 +142,11 @@ def relay_bytes(a: Any, b: Any, idle_timeout: float | None = None,
     a TLS socket, which cannot be half-closed).  It also ends after
     ``idle_timeout`` seconds without a byte in either direction (``None``:
     no limit), and when a send fails or blocks that long.  Neither socket is
-    closed here.  Returns the bytes moved ``(a to b, b to a)``.
+    closed here (under gevent and eventlet their timeout is set to
+    ``idle_timeout``).  Returns the bytes moved ``(a to b, b to a)``.
     """
+    if _cooperative():
+        return _relay_in_greenlets(a, b, idle_timeout, linger)
     peer = {a.fileno(): (a, b), b.fileno(): (b, a)}
     moved = {a.fileno(): 0, b.fileno(): 0}
     wait = _Waiter(list(peer))
@@ -173,6 +181,107 @@ def relay_bytes(a: Any, b: Any, idle_timeout: float | None = None,
             _shutdown(dst, socket.SHUT_WR)
             timeout = linger if idle_timeout is None else min(linger, idle_timeout)
     return moved[a.fileno()], moved[b.fileno()]
+
+
+def _cooperative() -> bool:
+    """Whether gevent or eventlet made the sockets cooperative (monkey-patching)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        return True
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher is not None and bool(patcher.is_monkey_patched("socket"))
+
+
+class _Direction:
+    """One direction of a cooperative relay, in a greenlet of its own: ``src`` to ``dst``."""
+
+    __slots__ = ("dst", "finished", "moved", "pair", "src")
+
+    def __init__(self, pair: _Pair, src: Any, dst: Any) -> None:
+        self.pair, self.src, self.dst, self.moved = pair, src, dst, 0
+        self.finished = threading.Event()  # src has ended (or the relay was ended)
+
+    def run(self) -> None:
+        pair = self.pair
+        try:
+            self._copy()
+        finally:
+            self.finished.set()
+        if not pair.ended:  # src ended: pass the end on, and let the other side finish
+            if isinstance(self.dst, ssl.SSLSocket):  # cannot be half-closed (see relay_bytes)
+                pair.end()
+                return
+            _shutdown(self.dst, socket.SHUT_WR)
+            other = pair.down if self is pair.up else pair.up
+            if not other.finished.wait(pair.linger):
+                pair.end()
+
+    def _copy(self) -> None:
+        src, dst, pair = self.src, self.dst, self.pair
+        while not pair.ended:
+            try:
+                data = src.recv(BODY_RECV)
+            except TimeoutError:  # (idle_timeout on the socket) quiet this way...
+                if pair.idle():  # ...and the other way too
+                    pair.end()
+                    return
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                dst.sendall(data)
+            except OSError:  # the other side is gone, or did not read for idle_timeout
+                pair.end()
+                return
+            self.moved += len(data)
+            pair.last_active = time.monotonic()
+
+
+class _Pair:
+    """The two directions of a cooperative relay, the time of its last byte, and its end."""
+
+    __slots__ = ("a", "b", "down", "ended", "idle_timeout", "last_active", "linger", "up")
+
+    def __init__(self, a: Any, b: Any, idle_timeout: float | None, linger: float) -> None:
+        self.a, self.b, self.idle_timeout = a, b, idle_timeout
+        self.linger = linger if idle_timeout is None else min(linger, idle_timeout)
+        self.ended = False
+        self.last_active = time.monotonic()
+        self.up, self.down = _Direction(self, a, b), _Direction(self, b, a)
+
+    def idle(self) -> bool:
+        return (self.idle_timeout is not None
+                and time.monotonic() - self.last_active >= self.idle_timeout)
+
+    def end(self) -> None:
+        """Both directions stop: their blocked ``recv`` calls see the end of the stream."""
+        self.ended = True
+        _shutdown(self.a, socket.SHUT_RDWR)
+        _shutdown(self.b, socket.SHUT_RDWR)
+
+
+def _relay_in_greenlets(a: Any, b: Any, idle_timeout: float | None,
+                        linger: float) -> tuple[int, int]:
+    """:func:`relay_bytes` under gevent or eventlet: a greenlet per direction.
+
+    ``threading.Thread`` is a greenlet once monkey-patched; the direction
+    ``a`` to ``b`` runs in the caller's own greenlet.
+    """
+    a.settimeout(idle_timeout)  # how a quiet direction wakes up to check the other
+    b.settimeout(idle_timeout)
+    pair = _Pair(a, b, idle_timeout, linger)
+    other = threading.Thread(target=pair.down.run, daemon=True, name="wsgiproxy tunnel")
+    other.start()
+    try:
+        pair.up.run()
+    finally:
+        other.join(pair.linger)
+        if other.is_alive():
+            pair.end()
+            other.join()
+    return pair.up.moved, pair.down.moved
 
 
 class _Waiter:
