@@ -25,9 +25,12 @@ LAYERS = [
     # classes of keys under their old path and fills in the clock and nonce.
     ("keys and stores", ["wsgiproxy.keys", "wsgiproxy.redisstore", "wsgiproxy.protocol"]),
     ("HTTP/1.1", ["wsgiproxy.http11"]),
-    ("transport", ["wsgiproxy.connection", "wsgiproxy.transport", "wsgiproxy.httplib2transport",
-                   "wsgiproxy.httplib2transport.*"]),
-    ("WSGI glue", ["wsgiproxy.responses", "wsgiproxy.forwarding", "wsgiproxy.exactproxy",
+    # tunnel: the byte relay of a switched (101) connection, sockets only.
+    ("transport", ["wsgiproxy.connection", "wsgiproxy.tunnel", "wsgiproxy.transport",
+                   "wsgiproxy.httplib2transport", "wsgiproxy.httplib2transport.*"]),
+    # upgrade: which WSGI server hands over the client's socket, the tunnel limit.
+    ("WSGI glue", ["wsgiproxy.responses", "wsgiproxy.upgrade", "wsgiproxy.forwarding",
+                   "wsgiproxy.exactproxy",
                    "wsgiproxy.balancer",
                    "wsgiproxy.app", "wsgiproxy.middleware", "wsgiproxy.middleware.*",
                    "wsgiproxy.spawn", "wsgiproxy.spawn.*", "wsgiproxy.sampleapp"]),

@@ -152,7 +152,8 @@ COMPONENTS = {
     "RedisNonceStore options": (RedisNonceStore, (), None),
     "SecretKeys options": (SecretKeys, (), None),
     "SpawningApplication options": (SpawningApplication, (), wsgiapp.SPAWN_OPTIONS),
-    "ExactProxy options": (ExactProxy, (), wsgiapp.TRANSPORT_OPTIONS),
+    "ExactProxy options": (ExactProxy, (), {**wsgiapp.TRANSPORT_OPTIONS,
+                                            **wsgiapp.TUNNEL_OPTIONS}),
     "demo_user filter options": (make_demo_user_filter, ("app", "global_conf"), None),
 }
 
@@ -201,10 +202,12 @@ def ini_names(tables, *titles):
 def test_every_ini_option_table_is_documented(tables):
     """Each ``*_OPTIONS`` table of wsgiapp.py: every key on the page, for its component."""
     app = ini_names(tables, "WSGIProxyApp options")
-    transport = ini_names(tables, "Transport options", "httplib2 transport options",
-                          "ExactProxy options")
+    exact = ini_names(tables, "ExactProxy options")
+    transport = (ini_names(tables, "Transport options", "httplib2 transport options")
+                 | (exact & set(wsgiapp.TRANSPORT_OPTIONS)))
     expected = {
         "TRANSPORT_OPTIONS": transport,
+        "TUNNEL_OPTIONS": exact - transport,
         "APP_OPTIONS": app | transport,
         "MIDDLEWARE_OPTIONS": ini_names(tables, "WSGIProxyMiddleware options"),
         # "every option of egg:WSGIProxy#main except href", as the page says.

@@ -8,6 +8,7 @@ backend turns them back into the original environ.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -30,8 +31,10 @@ from .forwarding import (
     request_path,
     safe_target,
     send,
+    send_upgrade,
 )
 from .transport import Transport, make_transport
+from .upgrade import Tunnels, requested_protocols
 
 __all__ = ["WSGIProxyApp", "BodyTooLarge"]
 
@@ -122,6 +125,12 @@ class WSGIProxyApp:
         with several backends, how one is chosen and when a request goes on
         to the next (:class:`~wsgiproxy.balancer.Balancer`; unused with one
         backend).
+    :param max_tunnels: WebSocket (``Upgrade``) tunnels open at once in this
+        process, at most (503 past it; 0: tunnels off, 501).  Tunnels need a
+        WSGI server that hands over the client's socket (:doc:`websockets`).
+    :param websocket_idle_timeout: close a tunnel after this many seconds
+        without a byte either way (``None``: never; ``read_timeout`` does
+        not apply to tunnels).
     :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
         :class:`~wsgiproxy.transport.Transport` instance; the remaining
         keyword arguments (``connect_timeout``, ``read_timeout``,
@@ -143,6 +152,7 @@ class WSGIProxyApp:
                  balance: str = "round_robin", max_fails: int = 1, fail_timeout: float = 10.0,
                  next_upstream: str = "error timeout", next_upstream_tries: int = 0,
                  next_upstream_timeout: float = 0.0, retry_budget: float = 20.0,
+                 max_tunnels: int = 1000, websocket_idle_timeout: float | None = None,
                  transport: Transport | str = "http",
                  **transport_options: Any) -> None:
         hrefs = [href] if isinstance(href, str) else list(href)
@@ -193,6 +203,8 @@ class WSGIProxyApp:
             "%s://%s%s" % (self.scheme, one.netloc.lower(), self.path), "%s://%s%s" % (
                 self.scheme, protocol.join_host(one.hostname, _port(one), self.scheme),
                 self.path))})
+        #: The WebSocket tunnels: how many, how idle (:class:`~wsgiproxy.upgrade.Tunnels`).
+        self.tunnels = Tunnels(max_tunnels, websocket_idle_timeout)
         #: Several backends: the :class:`~wsgiproxy.balancer.Balancer`; one: ``None``.
         self.balancer: Balancer | None = None
         parse_next_upstream(next_upstream)  # a wrong value fails even with one backend
@@ -220,7 +232,12 @@ class WSGIProxyApp:
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
         try:
             request = self.request_for(environ, url_scheme, client_host)
-            if self.balancer is None:
+            if "HTTP_UPGRADE" in environ and (protocols := requested_protocols(environ)):
+                response, body = self.tunnels.open(
+                    environ, functools.partial(self._send_upgrade, request, protocols))
+                if response.status == 101:
+                    return self.tunnels.run(environ, start_response, response, body)
+            elif self.balancer is None:
                 response, body = send(self.transport, self.scheme, self.host, self.port, request)
             else:
                 response, body = self.balancer.send(self.transport, self.scheme, request)
@@ -234,6 +251,13 @@ class WSGIProxyApp:
             headers = self.cookie_rewriter.rewrite_headers(
                 response.headers if headers is None else headers)
         return relay(start_response, response, body, headers)
+
+    def _send_upgrade(self, request: OutgoingRequest,
+                      protocols: str) -> tuple[Any, Iterable[bytes]]:
+        sender = functools.partial(send_upgrade, protocols=protocols)
+        if self.balancer is None:
+            return sender(self.transport, self.scheme, self.host, self.port, request)
+        return self.balancer.send(self.transport, self.scheme, request, sender)
 
     def request_for(self, environ: Environ, url_scheme: str,
                     client_host: str) -> OutgoingRequest:

@@ -56,6 +56,11 @@ __all__ = ["Backend", "Balancer", "BALANCE_METHODS", "NEXT_UPSTREAM_TOKENS",
 
 log = logging.getLogger("wsgiproxy.balancer")
 
+#: What sends a request to one backend: ``(transport, scheme, host, port, request)``
+#: to ``(response, body)``, as :func:`~wsgiproxy.forwarding.send`.
+Sender = Callable[["Transport", str, str, int, "OutgoingRequest"],
+                  "tuple[Response, Iterable[bytes]]"]
+
 BALANCE_METHODS = ("round_robin", "least_conn")
 
 #: The answers ``next_upstream`` may name, and those that count as a backend's failure.
@@ -197,13 +202,16 @@ class Balancer:
 
     # -- sending ------------------------------------------------------------
 
-    def send(self, transport: Transport, scheme: str,
-             request: OutgoingRequest) -> tuple[Response, Iterable[bytes]]:
+    def send(self, transport: Transport, scheme: str, request: OutgoingRequest,
+             sender: Sender = send) -> tuple[Response, Iterable[bytes]]:
         """Send ``request`` to a backend, and on to others while that is allowed and safe.
 
         Returns the response and its WSGI body, as
         :func:`~wsgiproxy.forwarding.send` does (the body must be closed: the
         request counts as in flight until then); raises the last failure.
+        ``sender`` sends to one backend (:func:`~wsgiproxy.forwarding.send`;
+        an upgrade request's is :func:`~wsgiproxy.forwarding.send_upgrade`
+        with its protocols).
         """
         body = request[3]
         resendable = (self.non_idempotent or request[0] in IDEMPOTENT_METHODS,
@@ -221,8 +229,8 @@ class Balancer:
             while True:
                 tried.append(backend)
                 try:
-                    response, answer = send(transport, scheme, backend.host, backend.port,
-                                            request)
+                    response, answer = sender(transport, scheme, backend.host, backend.port,
+                                              request)
                 except BackendError as exc:
                     kind = _failure_kind(exc)
                     self._attempt_done(backend, retry, kind is not None, exc, True)

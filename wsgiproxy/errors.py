@@ -22,6 +22,7 @@ __all__ = [
     "ResponseTooLarge", "RequestTooLarge",
     "ServiceUnavailable", "NonceStoreFull", "NonceStoreUnavailable",
     "StartFailed", "ShuttingDown",
+    "UpgradeNotSupported", "TooManyTunnels",
 ]
 
 Headers = Sequence["tuple[str, str]"]
@@ -105,6 +106,17 @@ class MethodNotAllowed(WSGIProxyError):
     """The method is not among those forwarded; a 405 with ``Allow``."""
 
     status = 405
+
+
+class UpgradeNotSupported(WSGIProxyError):
+    """An ``Upgrade`` (WebSocket) request that cannot become a tunnel here (a 501).
+
+    The WSGI server does not hand the client's socket to the application
+    (waitress, mod_wsgi), the transport cannot tunnel, or tunnels are off.
+    Nothing was sent to the backend.
+    """
+
+    status = 501
 
 
 # -- the backend ------------------------------------------------------------
@@ -220,3 +232,11 @@ def __getattr__(name: str) -> Any:
         from . import responses
         return getattr(responses, name)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+class TooManyTunnels(ServiceUnavailable):
+    """As many tunnels (WebSocket sessions) are open as ``max_tunnels`` allows (a 503)."""
+
+    def __init__(self, message: str = "too many open tunnels", retry_after: float = 5,
+                 **kwargs: Any) -> None:
+        super().__init__(message, retry_after, **kwargs)

@@ -14,16 +14,18 @@ from typing import Any
 
 from .errors import InvalidRequest, WSGIProxyError
 from .forwarding import (
-        environ_headers,
+    environ_headers,
     failure_answer,
     outgoing_request,
     relay,
     request_path,
     safe_target,
     send,
+    send_upgrade,
 )
 from .protocol import join_host
 from .transport import Transport, make_transport
+from .upgrade import Tunnels, requested_protocols
 
 __all__ = ["ExactProxy", "proxy_exact_request", "filter_paste_httpserver_proxy",
            "filter_paste_httpserver_proxy_environ"]
@@ -38,9 +40,14 @@ class ExactProxy:
         an :class:`~wsgiproxy.transport.HTTPTransport` built from
         ``transport_options`` (``connect_timeout``, ``read_timeout``,
         ``pool_size``, ``ca_certs``, ``verify``...).
+    :param max_tunnels, websocket_idle_timeout: WebSocket (``Upgrade``)
+        tunnels, as for :class:`~wsgiproxy.app.WSGIProxyApp`.
     """
 
-    def __init__(self, transport: Transport | str | None = None, **transport_options: Any) -> None:
+    def __init__(self, transport: Transport | str | None = None, max_tunnels: int = 1000,
+                 websocket_idle_timeout: float | None = None,
+                 **transport_options: Any) -> None:
+        self.tunnels = Tunnels(max_tunnels, websocket_idle_timeout)
         self.transport: Transport
         if transport is None or isinstance(transport, str):
             self.transport = make_transport(transport or "http", **transport_options)
@@ -65,7 +72,13 @@ class ExactProxy:
             if query:
                 target += "?" + safe_target(query)
             request = outgoing_request(environ, target, headers)
-            response, body = send(self.transport, scheme, host, port, request)
+            if "HTTP_UPGRADE" in environ and (protocols := requested_protocols(environ)):
+                response, body = self.tunnels.open(environ, lambda: send_upgrade(
+                    self.transport, scheme, host, port, request, protocols))
+                if response.status == 101:
+                    return self.tunnels.run(environ, start_response, response, body)
+            else:
+                response, body = send(self.transport, scheme, host, port, request)
         except WSGIProxyError as exc:
             return failure_answer(environ, start_response, exc)
         return relay(start_response, response, body)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .transport import Response, Transport
 
 __all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path",
-           "OutgoingRequest", "outgoing_request", "send", "relay", "failure_answer",
+           "OutgoingRequest", "outgoing_request", "send", "send_upgrade", "relay",
+           "failure_answer",
            "quote_path", "safe_target", "StreamedBody"]
 
 Environ = dict[str, Any]
@@ -70,6 +71,8 @@ class EnvironHeaders:
             name = key[5:].replace("_", "-").title()
             if name.lower() in UNFORWARDED_REQUEST_HEADERS:
                 name = None
+            elif name.startswith("Sec-Websocket-"):  # RFC 6455's spelling
+                name = "Sec-WebSocket-" + name[14:]
         if len(self._names) < _KEYS_MAX and len(key) <= _KEY_LENGTH_MAX:
             self._names[key] = name
         return name
@@ -208,13 +211,37 @@ def send(transport: Transport, scheme: str, host: str, port: int | str,
     body = response.body
     if body is not None:
         return response, [body] if body else []
+    return response, _streamed_body(response)
+
+
+def send_upgrade(transport: Transport, scheme: str, host: str, port: int | str,
+                 request: OutgoingRequest, protocols: str) -> tuple[Response, Iterable[bytes]]:
+    """:func:`send` for a request that asks to switch to ``protocols`` (``Upgrade``).
+
+    A ``101`` answer's body is its :class:`~wsgiproxy.tunnel.Tunnel` (closing it
+    closes the backend connection); any other answer is returned as
+    :func:`send` returns it.
+    """
+    method, target, headers, body, length = request
+    response = transport.open_tunnel(scheme, host, port, method, target, headers, protocols,
+                                     body, length)
+    if response.status == 101:
+        return response, response.tunnel  # type: ignore[attr-defined]
+    body = response.body
+    if body is not None:
+        return response, [body] if body else []
+    return response, _streamed_body(response)
+
+
+def _streamed_body(response: Response) -> StreamedBody:
+    """The body of a response still being received, its first piece fetched already."""
     chunks = iter(response)
     try:
         first = next(chunks, b"")
     except BaseException:
         response.close()
         raise
-    return response, StreamedBody(first, chunks, response)
+    return StreamedBody(first, chunks, response)
 
 
 def relay(start_response: Any, response: Response, body: Iterable[bytes],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
-from .abnf import is_token, split_comma_list
+from .abnf import TOKEN, is_token, split_comma_list
 from .errors import BadBackendResponse, InvalidRequest
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "parse_response_head",
     "request_head",
     "trailer_line_ok",
+    "upgrade_protocols",
+    "with_upgrade",
 ]
 
 #: Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones); never forwarded.
@@ -214,6 +216,41 @@ def request_head(method: str, target: str, headers: Sequence[tuple[str, str]],
         return text.encode("latin-1")
     except UnicodeEncodeError:
         raise InvalidRequest("a header value is not latin-1 text") from None
+
+
+# ``Upgrade = #protocol``, ``protocol = protocol-name ["/" protocol-version]`` (RFC 9110 7.8).
+_PROTOCOL = TOKEN + "(?:/" + TOKEN + ")?"
+_UPGRADE_LIST = re.compile("%s(?:[ \t]*,[ \t]*%s)*\\Z" % (_PROTOCOL, _PROTOCOL)).match
+
+
+def upgrade_protocols(upgrade: str | None, connection: str | None) -> str | None:
+    """The protocols a request asks to switch to, or ``None`` when it asks for no switch.
+
+    An ``Upgrade`` counts only with the ``upgrade`` token in ``Connection``
+    (RFC 9110 section 7.8); otherwise it is an ordinary hop-by-hop header,
+    dropped.  The request's HTTP version is not checked: some WSGI servers
+    (eventlet's) put their own in ``SERVER_PROTOCOL``, and an HTTP/1.0
+    client does not send ``Connection: upgrade``.
+
+    :raises InvalidRequest: for an ``Upgrade`` value that is not a protocol list.
+    """
+    if not upgrade or not connection:
+        return None
+    if "upgrade" not in connection_tokens(connection):
+        return None
+    protocols = upgrade.strip(" \t")
+    if not _UPGRADE_LIST(protocols):
+        raise InvalidRequest("invalid Upgrade header %r" % upgrade[:100])
+    return protocols
+
+
+def with_upgrade(head: bytes, protocols: str) -> bytes:
+    """A request head from :func:`request_head` that asks the backend to switch to ``protocols``.
+
+    ``protocols`` comes from :func:`upgrade_protocols` (already checked).
+    """
+    return b"%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (head[:-2],
+                                                                protocols.encode("ascii"))
 
 
 # -- responses -----------------------------------------------------------------------

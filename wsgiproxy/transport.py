@@ -50,6 +50,7 @@ from .errors import (
     BadBackendResponse,
     InvalidRequest,
     RequestBodyError,
+    UpgradeNotSupported,
 )
 from .http11 import (
     BODY_METHODS,
@@ -66,7 +67,9 @@ from .http11 import (
     connection_tokens,
     parse_response_head,
     request_head,
+    with_upgrade,
 )
+from .tunnel import Tunnel
 
 __all__ = [
     "BODY_METHODS",
@@ -82,6 +85,7 @@ __all__ = [
     "InvalidRequest",
     "RequestBodyError",
     "Response",
+    "SwitchedResponse",
     "Transport",
     "connection_tokens",
     "forget_connections_after_fork",
@@ -156,6 +160,21 @@ class Transport:
         """Send one request to ``scheme://host:port`` and return its :class:`Response`."""
         raise NotImplementedError
 
+    def open_tunnel(self, scheme: str, host: str, port: int | str, method: str, target: str,
+                    headers: Sequence[tuple[str, str]], protocols: str, body: Body = None,
+                    body_length: int | None = None) -> Response:
+        """Send an ``Upgrade: protocols`` request on a connection of its own.
+
+        A ``101`` answer is a :class:`SwitchedResponse` carrying the
+        :class:`~wsgiproxy.tunnel.Tunnel`; any other answer is an ordinary
+        response, and its connection is never pooled.
+
+        :raises UpgradeNotSupported: (501) from transports that cannot tunnel.
+        """
+        raise UpgradeNotSupported("the %s transport cannot carry an Upgrade (WebSocket) "
+                                  "request; use the default http transport"
+                                  % type(self).__name__)
+
     def close(self) -> None:
         """Close idle connections; the transport stays usable."""
 
@@ -205,6 +224,20 @@ class Response:
     def close(self) -> None:
         if self._reader is not None:
             self._reader.abort()
+
+
+class SwitchedResponse(Response):
+    """A ``101 Switching Protocols`` answer to an upgrade request, with its ``tunnel``."""
+
+    __slots__ = ("tunnel",)
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
+                 tunnel: Tunnel) -> None:
+        super().__init__(status, reason, headers, b"")
+        self.tunnel = tunnel
+
+    def close(self) -> None:
+        self.tunnel.close()
 
 
 def make_ssl_context(ca_certs: str | None = None, verify: bool = True,
@@ -392,8 +425,30 @@ class HTTPTransport(Transport):
             raise BackendUnavailable("connection closed without a response (%s)" % exc,
                                      backend) from None
 
+    def open_tunnel(self, scheme: str, host: str, port: int | str, method: str, target: str,
+                    headers: Sequence[tuple[str, str]], protocols: str, body: Body = None,
+                    body_length: int | None = None) -> Response:
+        """Send an upgrade request on a new connection (see :meth:`Transport.open_tunnel`)."""
+        try:
+            key, backend = self._backends[scheme, host, port]
+        except KeyError:
+            key, backend = self._backend(scheme, host, port)
+        if isinstance(body, (bytes, bytearray)):
+            body_length = len(body)
+        elif body is None:
+            body_length = 0
+        head = with_upgrade(request_head(method, target, headers, body_length,
+                                         body is not None and body_length is None), protocols)
+        conn = self._connect(key, backend)  # its own: a tunnel never returns to the pool
+        try:
+            return self._exchange(conn, method, head, body, body_length, backend, True)
+        except Stale as exc:
+            conn.close()
+            raise BackendUnavailable("connection closed without a response (%s)" % exc,
+                                     backend) from None
+
     def _exchange(self, conn: Connection, method: str, head: bytes, body: Body,
-                  body_length: int | None, backend: str) -> Response:
+                  body_length: int | None, backend: str, upgrade: bool = False) -> Response:
         sock = conn.sock
         try:
             try:
@@ -412,7 +467,7 @@ class HTTPTransport(Transport):
                 except BackendError:
                     raise BackendUnavailable("connection lost sending the request body: %s"
                                              % (exc.strerror or exc), backend) from None
-            return self._read_response(conn, method, backend, reusable=True)
+            return self._read_response(conn, method, backend, not upgrade, upgrade)
         except TIMEOUT_ERRORS:
             conn.close()
             raise BackendTimeout("timed out after %gs waiting for the backend"
@@ -457,12 +512,15 @@ class HTTPTransport(Transport):
             buf += data
 
     def _read_response(self, conn: Connection, method: str, backend: str,
-                       reusable: bool) -> Response:
+                       reusable: bool, upgrade: bool = False) -> Response:
         for _ in range(MAX_INTERIM):
             head = self._read_head(conn, backend)
             version, status, reason, headers, framing = parse_response_head(head, backend)
             if status >= 200:
                 break
+            if status == 101 and upgrade:  # switched: the head goes to the client as it is
+                return SwitchedResponse(status, reason, headers,
+                                        Tunnel(conn, head + b"\r\n\r\n", backend))
             check_interim(status, backend)  # 100 Continue, 103 Early Hints...: dropped
             if not body_framing(method, status, version, *framing)[2]:
                 reusable = False  # e.g. a 1xx announcing a body: bytes may follow

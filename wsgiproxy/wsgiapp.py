@@ -60,11 +60,18 @@ TRANSPORT_OPTIONS = {
     "max_request_body": _optional(parse_size),
 }
 
+#: WebSocket (Upgrade) tunnels: the app's and the exact proxy's (docs/websockets.rst).
+TUNNEL_OPTIONS = {
+    "max_tunnels": asint,
+    "websocket_idle_timeout": _optional(float),
+}
+
 # Options whose value is never repeated in an error message (it holds a password).
 _SECRET_OPTIONS = frozenset(["credentials"])
 
 APP_OPTIONS = {
     **TRANSPORT_OPTIONS,
+    **TUNNEL_OPTIONS,
     "href": hrefs,
     "secret_file": str,
     "string_keys": aslist,
@@ -207,7 +214,8 @@ def make_middleware(app: Any, global_conf: Mapping[str, str] | None, **settings:
 def make_real_proxy(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#real_proxy``: the exact proxy behind ``paste.httpserver``'s proxy keys."""
     from .exactproxy import ExactProxy, filter_paste_httpserver_proxy, proxy_exact_request
-    options = convert(settings, TRANSPORT_OPTIONS, "egg:WSGIProxy#real_proxy")
+    options = convert(settings, {**TRANSPORT_OPTIONS, **TUNNEL_OPTIONS},
+                      "egg:WSGIProxy#real_proxy")
     proxy = ExactProxy(**options) if options else proxy_exact_request
     return filter_paste_httpserver_proxy(proxy)
 
