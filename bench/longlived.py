@@ -32,8 +32,18 @@ script raises RLIMIT_NOFILE to the hard limit for itself and every child
 (nginx gets worker_rlimit_nofile); a proxied session needs two fds in the
 worker, so the hard limit bounds what one worker can hold.
 
-Prints tables (median (min-max) of --runs runs) and writes
+WSGIProxyApp runs with its defaults, except max_tunnels (default 1,000),
+raised to N for N > 1,000 WebSocket sessions: the worker is measured, not
+the cap.  The peers run from run.py's virtualenvs (bench/.venvs/), to which
+this script adds gevent (the project's version) and packaging.
+
+Prints tables (median (min-max) of --runs runs; a subject none of whose
+sessions completed gets no further runs) and writes
 bench/results/longlived-STAMP.json, longlived-latest.json and .txt.
+--py-spy PATH also samples each worker with py-spy and writes a self/total
+table per run (results/longlived-profile-*.txt); --gunicorn-arg passes an
+argument to every gunicorn (e.g. --gunicorn-arg=--config=hooks.py for an
+experiment).
 """
 import argparse
 import datetime
@@ -110,7 +120,8 @@ class Front:
                 "--worker-connections", str(2 * self.n + 200),
                 "-b", "%s:%d" % (R.LOOPBACK, self.port), "--backlog", "4096",
                 "--timeout", "120", "--graceful-timeout", "3", "--keep-alive", "5",
-                "--log-level", "warning", "--chdir", HERE, "wsgi_subject:app"]
+                "--log-level", "warning", "--chdir", HERE] + self.options.pop("gunicorn", [])
+        argv.append("wsgi_subject:app")
         extra = {"BENCH_SUBJECT": self.name,
                  "BENCH_BACKEND": "%s:%d" % (R.LOOPBACK, self.backend_port),
                  "BENCH_OPTIONS": json.dumps(self.options)}
@@ -311,12 +322,60 @@ def run_client(scenario, port, n, cfg):
         return {"error": "client failed: %s" % err.decode(errors="replace")[-400:]}
 
 
+def start_py_spy(py_spy, pid):
+    """py-spy sampling the worker (100 Hz, without pausing it) until stop_py_spy."""
+    out = tempfile.mktemp(prefix="longlived-spy-", suffix=".txt")
+    proc = R.PROCS.start([py_spy, "record", "--nonblocking", "-r", "100", "-f", "raw",
+                          "-p", str(pid), "-o", out], log_name="longlived-py-spy.log")
+    proc.output = out
+    return proc
+
+
+def stop_py_spy(proc, tag, top=25):
+    """Stop py-spy; write its collapsed stacks and a self/total table to results/;
+    returns the table's path."""
+    try:
+        os.kill(proc.pid, signal.SIGINT)  # py-spy writes its file on SIGINT
+        proc.wait(60)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    R.PROCS.stop(proc)
+    self_n, total_n, samples = {}, {}, 0
+    try:
+        with open(proc.output) as f:
+            for line in f:
+                stack, _, count = line.rstrip("\n").rpartition(" ")
+                if not stack:
+                    continue
+                frames, n = stack.split(";"), int(count)
+                samples += n
+                self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+                for frame in set(frames):
+                    total_n[frame] = total_n.get(frame, 0) + n
+        raw = os.path.join(R.RESULTS, "longlived-profile-%s.stacks" % tag)
+        shutil.move(proc.output, raw)
+    except (OSError, ValueError) as exc:
+        return "py-spy gave nothing: %s" % exc
+    path = os.path.join(R.RESULTS, "longlived-profile-%s.txt" % tag)
+    with open(path, "w") as f:
+        f.write("py-spy, %d samples at 100 Hz of the worker (%s); collapsed stacks: %s\n"
+                % (samples, tag, raw))
+        for title, table in (("self", self_n), ("total (self + callees)", total_n)):
+            f.write("\n%% of samples, %s:\n" % title)
+            for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+                f.write("%6.1f%%  %s\n" % (100.0 * n / max(samples, 1), frame))
+    return path
+
+
 # ---------------------------------------------------------------- one measurement
 
 
 def measure(name, scenario, n, backend_port, cfg):
     """One run: a fresh front, the prober, the N sessions; returns the record."""
-    front = Front(name, backend_port, n, subject_options(name, n))
+    options = subject_options(name, scenario, n)
+    if cfg.gunicorn_arg:
+        options["gunicorn"] = list(cfg.gunicorn_arg)
+    front = Front(name, backend_port, n, options)
     try:
         front.start()
         check = run_check(front.port)
@@ -326,12 +385,15 @@ def measure(name, scenario, n, backend_port, cfg):
         watch = WorkerWatch(pid) if pid else None
         if watch:
             watch.start()
+        spy = start_py_spy(cfg.py_spy, pid) if cfg.py_spy and pid else None
         prober = start_prober(front.port)
         t0 = time.monotonic()
         client = run_client(scenario, front.port, n, cfg)
         wall = time.monotonic() - t0
         probe = stop_prober(prober)
         rec = {"client": client, "get": probe, "wall_s": wall}
+        if spy:
+            rec["profile"] = stop_py_spy(spy, "%s-%s-%d" % (name, scenario, n))
         if watch:
             rec["worker"] = watch.finish()
             rec["worker"]["replaced"] = front.worker_pid() not in (pid, None)
@@ -356,8 +418,11 @@ def run_check(port):
         return "%s: %s" % (type(exc).__name__, exc)
 
 
-def subject_options(name, n):
-    """Keyword arguments for the subject's constructor (WSGIProxyApp: none, defaults)."""
+def subject_options(name, scenario, n):
+    """Extra WSGIProxyApp arguments: its defaults, but max_tunnels (default 1,000) raised
+    to N for N WebSocket sessions, so that the worker, not the cap, is what is measured."""
+    if scenario == "websocket" and name.startswith("wsgiproxy-app") and n > 1000:
+        return {"max_tunnels": n}
     return {}
 
 
@@ -561,6 +626,10 @@ def argument_parser():
     ap.add_argument("--size", type=int, default=256, help="bytes per piece / message")
     ap.add_argument("--deadline", type=float, default=60.0,
                     help="seconds a run may take before its sessions count as failed")
+    ap.add_argument("--py-spy", metavar="PATH",
+                    help="profile each worker with this py-spy binary (results/longlived-profile-*)")
+    ap.add_argument("--gunicorn-arg", action="append", metavar="ARG",
+                    help="an extra argument for every gunicorn front (repeat; e.g. -c=conf.py)")
     ap.add_argument("--no-setup", action="store_true", help="skip the virtualenv checks")
     ap.add_argument("--results", default=R.RESULTS, help="directory for the results")
     return ap
@@ -621,8 +690,9 @@ def main(argv=None):
                         rec = measure(name, scenario, n, backend_port, cfg)
                         records[name].append(rec)
                         log("%s N=%d run %d %-20s %s" % (scenario, n, rnd + 1, name, one_line(rec)))
-                        if "error" in rec or not rec.get("client", {}).get("ok"):
-                            active.remove(name)  # nothing held: another run will not differ
+                        done = rec.get("client", {}).get("outcomes", {})
+                        if not (done.get("ok") or done.get("buffered")):
+                            active.remove(name)  # nothing completed: another run will not differ
                 res["runs"][key] = records
                 res["results"][key] = entry = {"scenario": scenario, "n": n, "subjects": {
                     name: summarize(recs) for name, recs in records.items()}}
