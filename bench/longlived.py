@@ -12,7 +12,9 @@ What it measures, for each N, scenario and subject (a fresh server per run):
   2N+200`` serving the subject (nginx: one worker process).  A stream counts
   as "ok" when every byte arrived intact (each piece names its stream) and
   streamed: its first and last pieces arrived at least half the backend's
-  4.5 s apart (a proxy that buffers the whole answer delivers them together).
+  4.5 s apart; "buffered" when intact but all within 0.45 s (the proxy waited
+  for the whole answer, or for a big read), "bunched" in between (late
+  pieces caught up: an overloaded worker).
 * websocket: N WebSocket echo sessions, arriving the same way, each sending
   10 masked text messages 0.5 s apart through the proxy, checking every
   echo, then closing (close frame both ways, then the proxy must close the
@@ -258,7 +260,7 @@ class WorkerWatch(threading.Thread):
         self.stop_event.set()
         self.join(5)
         out = {"rss_before_mib": self.rss_before / 1024.0, "fds_peak": self.fds_peak,
-               "cpu_busiest": self.busiest, "worker_died": self.gone}
+               "cpu_busiest_pct": 100.0 * self.busiest, "worker_died": self.gone}
         try:
             self.peak = max(self.peak, R.proc_status_kb(self.pid, "VmHWM") or 0)
             out["rss_after_mib"] = R.proc_status_kb(self.pid, "VmRSS") / 1024.0
@@ -459,7 +461,8 @@ def summarize(records):
                       ("rss_growth_mib", ("worker", "rss_growth_mib")),
                       ("rss_after_mib", ("worker", "rss_after_mib")),
                       ("kib_per_session", ("worker", "kib_per_session")),
-                      ("cpu_s", ("worker", "cpu_s")), ("cpu_busiest", ("worker", "cpu_busiest")),
+                      ("cpu_s", ("worker", "cpu_s")),
+                      ("cpu_busiest_pct", ("worker", "cpu_busiest_pct")),
                       ("fds_peak", ("worker", "fds_peak"))):
         s = med(good, *path)
         if s:
@@ -498,7 +501,7 @@ def what_happened(summary, n):
     """The outcomes in a few words: '1000 ok', '1000 buffered', '12 ok, 988 status 502'..."""
     if "outcomes" not in summary:
         return R.short_error({"error": "; ".join(str(e) for e in summary["errors"])}, 70)
-    parts = ["%g %s" % (v, k) for k, v in summary["outcomes"].items()]
+    parts = ["%g %s" % (v, k) for k, v in summary["outcomes"].items() if v]
     if summary.get("worker_died"):
         parts.append("WORKER DIED/REPLACED")
     if summary.get("log_signs"):
@@ -522,7 +525,10 @@ def report(res):
                                  meta["nofile"]),
            "median (min–max) of %d runs; sessions arrive over %.1f s, %d pieces of %d bytes "
            "%.1f s apart; plain GET /1k every 100 ms meanwhile" % (
-               p["runs"], p["ramp"], p["pieces"], p["size"], p["delay"])]
+               p["runs"], p["ramp"], p["pieces"], p["size"], p["delay"]),
+           ("open at once: sessions whose answer (stream head / 101) the client had and that "
+            "had not ended yet, at the busiest moment; RSS+: worker's peak RSS - RSS before; "
+            "CPU% 1s: the worker's busiest second")]
     for entry in res["results"].values():
         scenario, n = entry["scenario"], entry["n"]
         unit = "streams" if scenario == "streams" else "sessions"
@@ -541,15 +547,16 @@ def report(res):
             rows2.append([label(name), fmt(s.get("rss_before_mib"), "%.0f"),
                           fmt(s.get("rss_growth_mib"), "%.1f"), fmt(s.get("kib_per_session"), "%.1f"),
                           fmt(s.get("rss_after_mib"), "%.0f"), fmt(s.get("cpu_s"), "%.1f"),
+                          fmt(s.get("cpu_busiest_pct")),
                           fmt(s.get("fds_peak")), fmt(s.get("get_p50_ms"), "%.1f"),
                           fmt(s.get("get_p99_ms"), "%.0f"), fmt(s.get("get_max_ms"), "%.0f"),
                           str(s.get("get_errors", 0))])
-        out.append(R.table(["subject", "ok of %d" % n, "held at once", "total s",
+        out.append(R.table(["subject", "ok of %d" % n, "open at once", "total s",
                             "1st piece p50 ms" if scenario == "streams" else "echo p99 ms",
                             "what happened (sessions per outcome, median run)"], rows1))
         out.append("")
         out.append(R.table(["subject", "RSS MiB", "RSS+ MiB", "KiB/" + unit[:-1],
-                            "RSS end", "CPU s", "fds", "GET p50 ms", "p99", "max",
+                            "RSS end", "CPU s", "CPU% 1s", "fds", "GET p50 ms", "p99", "max",
                             "GET errors"], rows2))
     if res["targets"]:
         out.append("")
@@ -691,7 +698,7 @@ def main(argv=None):
                         records[name].append(rec)
                         log("%s N=%d run %d %-20s %s" % (scenario, n, rnd + 1, name, one_line(rec)))
                         done = rec.get("client", {}).get("outcomes", {})
-                        if not (done.get("ok") or done.get("buffered")):
+                        if not (done.get("ok") or done.get("buffered") or done.get("bunched")):
                             active.remove(name)  # nothing completed: another run will not differ
                 res["runs"][key] = records
                 res["results"][key] = entry = {"scenario": scenario, "n": n, "subjects": {

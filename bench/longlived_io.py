@@ -315,11 +315,16 @@ async def sse_session(sid, cfg, t_start, tally):
         tally.first_ms.append((times[0] - t0) * 1000)
         spread = times[-1] - times[0]
         tally.spread_s.append(spread)
-        # streamed: the pieces arrived about as far apart as the backend sent them
-        if spread >= 0.5 * (pieces - 1) * cfg.delay:
+        # streamed: the pieces arrived about as far apart as the backend sent them;
+        # buffered: all at once (the proxy waited for the whole body, or for a big read)
+        sent_over = (pieces - 1) * cfg.delay
+        if spread >= 0.5 * sent_over:
             tally.outcome("ok")
-        else:
+        elif spread < 0.1 * sent_over:
             tally.outcome("buffered", "intact, but all %d pieces within %.3f s" % (pieces, spread))
+        else:
+            tally.outcome("bunched", "intact, but the %d pieces sent over %.1f s came within "
+                          "%.2f s" % (pieces, sent_over, spread))
     except Exception as exc:
         tally.outcome(error_kind(exc, stage), "%s after %d body bytes" % (exc, got))
     finally:
