@@ -281,17 +281,47 @@ async def body_pieces(reader, status, headers):
             yield data
 
 
+class Session:
+    """What every session shares: its connection, the stage it is in (named in its
+    error), whether it counts as open, and its end, recorded once whatever happens."""
+
+    def __init__(self, tally, t_start):
+        self.tally, self.t_start = tally, t_start
+        self.loop = asyncio.get_running_loop()
+        self.t0 = self.loop.time()
+        self.stage, self.writer, self.is_open, self.got = "connecting", None, False, None
+
+    async def connect(self, port):
+        reader, self.writer = await asyncio.open_connection(LOOPBACK, port, limit=HEAD_LIMIT)
+        self.tally.connect_ms.append((self.loop.time() - self.t0) * 1000)
+        return reader, self.writer
+
+    def opened(self):
+        self.tally.opened()
+        self.is_open = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, Exception):
+            detail = str(exc) if self.got is None else "%s after %d body bytes" % (exc, self.got)
+            self.tally.outcome(error_kind(exc, self.stage), detail)
+        if self.is_open:
+            self.tally.open_now -= 1
+        self.tally.done_at.append(self.loop.time() - self.t_start)
+        if self.writer is not None:
+            self.writer.close()
+        return isinstance(exc, Exception)  # recorded; a cancellation goes on
+
+
 async def sse_session(sid, cfg, t_start, tally):
     """One slow stream; records its outcome in tally."""
-    loop = asyncio.get_running_loop()
     size, pieces = cfg.size, cfg.pieces
     expected = b"".join(piece(sid, k, size) for k in range(pieces))
-    stage, writer, got, is_open = "connecting", None, 0, False
-    t0 = loop.time()
-    try:
-        reader, writer = await asyncio.open_connection(LOOPBACK, cfg.port, limit=HEAD_LIMIT)
-        tally.connect_ms.append((loop.time() - t0) * 1000)
-        stage = "before the head"
+    with Session(tally, t_start) as s:
+        reader, writer = await s.connect(cfg.port)
+        s.stage = "before the head"
         writer.write(b"GET /sse?id=%d&pieces=%d&delay=%s&size=%d HTTP/1.1\r\nHost: %s:%d\r\n"
                      b"Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
                      % (sid, pieces, str(cfg.delay).encode(), size, LOOPBACK.encode(), cfg.port))
@@ -299,20 +329,19 @@ async def sse_session(sid, cfg, t_start, tally):
         if status != 200:
             tally.outcome("status %d" % status)
             return
-        tally.opened()
-        is_open = True
-        stage = "in the body"
+        s.opened()
+        s.stage, s.got = "in the body", 0
         body, times = bytearray(), []
         async for data in body_pieces(reader, status, headers):
             body += data
-            got = len(body)
-            now = loop.time()
-            while len(times) < pieces and got >= (len(times) + 1) * size:
+            s.got = len(body)
+            now = s.loop.time()
+            while len(times) < pieces and s.got >= (len(times) + 1) * size:
                 times.append(now)
         if body != expected:
-            tally.outcome("corrupt body", "%d of %d bytes, differing" % (got, len(expected)))
+            tally.outcome("corrupt body", "%d of %d bytes, differing" % (s.got, len(expected)))
             return
-        tally.first_ms.append((times[0] - t0) * 1000)
+        tally.first_ms.append((times[0] - s.t0) * 1000)
         spread = times[-1] - times[0]
         tally.spread_s.append(spread)
         # streamed: the pieces arrived about as far apart as the backend sent them;
@@ -325,25 +354,13 @@ async def sse_session(sid, cfg, t_start, tally):
         else:
             tally.outcome("bunched", "intact, but the %d pieces sent over %.1f s came within "
                           "%.2f s" % (pieces, sent_over, spread))
-    except Exception as exc:
-        tally.outcome(error_kind(exc, stage), "%s after %d body bytes" % (exc, got))
-    finally:
-        if is_open:
-            tally.open_now -= 1
-        tally.done_at.append(loop.time() - t_start)
-        if writer is not None:
-            writer.close()
 
 
 async def ws_session(sid, cfg, t_start, tally):
     """One WebSocket echo session: handshake, cfg.pieces messages cfg.delay apart, close."""
-    loop = asyncio.get_running_loop()
-    stage, writer, is_open = "connecting", None, False
-    t0 = loop.time()
-    try:
-        reader, writer = await asyncio.open_connection(LOOPBACK, cfg.port, limit=HEAD_LIMIT)
-        tally.connect_ms.append((loop.time() - t0) * 1000)
-        stage = "in the handshake"
+    with Session(tally, t_start) as s:
+        reader, writer = await s.connect(cfg.port)
+        s.stage = "in the handshake"
         key = base64.b64encode(os.urandom(16))
         writer.write(b"GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13"
@@ -359,45 +376,36 @@ async def ws_session(sid, cfg, t_start, tally):
         if headers.get(b"sec-websocket-protocol") != WS_PROTOCOL:
             tally.outcome("subprotocol lost", repr(headers))
             return
-        tally.opened()
-        is_open = True
+        s.opened()
         for k in range(cfg.pieces):
             if k:
                 await asyncio.sleep(cfg.delay)
-            stage = "waiting for echo %d" % k
+            s.stage = "waiting for echo %d" % k
             data = message(sid, k, cfg.size)
-            t = loop.time()
+            t = s.loop.time()
             writer.write(ws_frame(0x80 | OP_TEXT, data, os.urandom(4)))
             b0, echo = await asyncio.wait_for(ws_read_frame(reader), cfg.echo_timeout)
-            now = loop.time()
+            now = s.loop.time()
             if k == 0:
-                tally.first_ms.append((now - t0) * 1000)
+                tally.first_ms.append((now - s.t0) * 1000)
             tally.rtt_ms.append((now - t) * 1000)
             if echo != data or b0 != 0x80 | OP_TEXT:
                 tally.outcome("echo mismatch", "%r for %r" % (echo[:40], data[:40]))
                 return
-        stage = "closing"
-        t = loop.time()
+        s.stage = "closing"
+        t = s.loop.time()
         writer.write(ws_frame(0x80 | OP_CLOSE, (1000).to_bytes(2, "big"), os.urandom(4)))
         b0, payload = await asyncio.wait_for(ws_read_frame(reader), cfg.echo_timeout)
         if b0 & 0x0F != OP_CLOSE or payload[:2] != (1000).to_bytes(2, "big"):
             tally.outcome("bad close frame", repr((b0, payload)))
             return
-        stage = "waiting for the connection to close"
+        s.stage = "waiting for the connection to close"
         rest = await asyncio.wait_for(reader.read(1), cfg.echo_timeout)
         if rest:
             tally.outcome("bytes after close", repr(rest))
             return
-        tally.close_ms.append((loop.time() - t) * 1000)
+        tally.close_ms.append((s.loop.time() - t) * 1000)
         tally.outcome("ok")
-    except Exception as exc:
-        tally.outcome(error_kind(exc, stage), str(exc))
-    finally:
-        if is_open:
-            tally.open_now -= 1
-        tally.done_at.append(loop.time() - t_start)
-        if writer is not None:
-            writer.close()
 
 
 def dist(values):
