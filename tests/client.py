@@ -2,7 +2,7 @@
 
 * :func:`request` (http.client) and :func:`send_raw` (bytes on a socket) ask a
   server on 127.0.0.1; :func:`parse_answer` reads a raw answer; both give an
-  :class:`Answer`.
+  :class:`Answer`.  :func:`read_to_eof` reads a socket to its end.
 * :func:`through` asks a proxy object directly (a webob request aimed at a port);
   :func:`call_wsgi` calls any WSGI application with a bare environ.
 * :func:`json_error` checks an error answer of ours in JSON (ask for it with
@@ -26,6 +26,7 @@ __all__ = [
     "get_json",
     "json_error",
     "parse_answer",
+    "read_to_eof",
     "request",
     "send_raw",
     "through",
@@ -91,12 +92,15 @@ def send_raw(port, data, ssl_context=None, server_hostname="127.0.0.1", shutdown
             sock.sendall(data)
             if shutdown:
                 sock.shutdown(socket.SHUT_WR)
-            out = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return out
-                out += chunk
+            return read_to_eof(sock)
+
+
+def read_to_eof(sock):
+    """Read ``sock`` until the peer closes (its timeout is the hang guard): what came."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
 
 
 class _Received:

@@ -1,6 +1,6 @@
 """Suite-wide guards (a run that executed no test, or passed none, is a failure) and the
 shared fixtures: echo, secret_file, h2proxy, ca, ca_file, tls_server, django_settings,
-redis_server.  Their helpers are in tests/servers.py and tests/client.py."""
+redis_server, piddir.  Their helpers are in tests/servers.py and tests/client.py."""
 
 import ssl
 
@@ -96,3 +96,11 @@ def redis_server(tmp_path):
     server = RedisServer(directory).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def piddir(tmp_path):
+    """The directory where tests/spawnchild.py writes each child's pid (``servers.pids_in``)."""
+    path = tmp_path / "pids"
+    path.mkdir()
+    return str(path)

@@ -41,6 +41,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 
 import pytest
 
@@ -49,8 +50,10 @@ from .docsnippets import snippet
 from .servers import (
     BIN,
     EXAMPLES,
+    OK,
     Gunicorn,
     Process,
+    RawServer,
     RedisServer,
     alive,
     capture_signed_request,
@@ -471,3 +474,30 @@ def test_spawn_under_one_gunicorn_worker(site):
         for pid in children:  # each child leads its own process group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+# -- gevent ------------------------------------------------------------------------------
+
+def test_gevent_workers_hold_more_requests_at_once_than_threads(site):
+    # In place of the load balancer: a backend that answers only once all the requests
+    # have arrived, which -w 4 -k gthread --threads 8 (32 at once) could never do.
+    count = 100
+    everyone = threading.Barrier(count, timeout=60)
+
+    def answer_when_all_arrived(conn):
+        if conn.read_request()[0] is not None:
+            everyone.wait()
+            conn.send(OK)
+
+    with RawServer(answer_when_all_arrived) as backend:
+        site.ports[9000] = backend.port
+        s = snippet("deployment-proxy-ini")
+        (site.examples / s.options["caption"]).write_text(site.subst(s.text))
+        [proxy] = site.console(snippet("deployment-gunicorn-gevent"))
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            answers = list(pool.map(lambda i: request(proxy.port, "/slow/%d" % i, timeout=90),
+                                    range(count)))
+        assert [(a.status, a.body) for a in answers] == [(200, b"ok")] * count
+        # Each went through the proxy, signed.
+        assert len(backend.requests) == count
+        assert all(b"\r\nx-wsgiproxy-signature: " in head.lower() for head, _ in backend.requests)

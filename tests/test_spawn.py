@@ -104,13 +104,6 @@ def fetch(port, path="/", timeout=20, headers=None):
 
 
 @pytest.fixture
-def piddir(tmp_path):
-    path = tmp_path / "pids"
-    path.mkdir()
-    return str(path)
-
-
-@pytest.fixture
 def child_script():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "spawnchild.py")
 

@@ -14,7 +14,7 @@ import threading
 
 from .client import request
 from .servers import pid_gone, wait_until
-from .test_spawn import child_script, get_json, in_flight, piddir, spawn  # noqa: F401 -- fixtures
+from .test_spawn import child_script, get_json, in_flight, spawn  # noqa: F401 -- fixtures
 
 
 def start_children(app, server, piddir, n, until):

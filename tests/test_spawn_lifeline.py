@@ -137,13 +137,6 @@ def in_flight(piddir):
     return [name for name in os.listdir(piddir) if name.startswith("inflight-")]
 
 
-@pytest.fixture
-def piddir(tmp_path):
-    path = tmp_path / "pids"
-    path.mkdir()
-    return str(path)
-
-
 def shell_script(piddir):
     return "sh -c %s" % shlex.quote(SHELL % (sys.executable, CHILD, piddir))
 

@@ -13,12 +13,14 @@ function layer per chunk.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import select
 import socket
 import ssl
 import struct
 import sys
+import types
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Protocol
 
@@ -59,19 +61,51 @@ BODY_RECV = 262144         # one recv() while streaming a body: fewer, larger pi
 UPLOAD_CHUNK = 4194304     # one read() of a streamed request body: WSGI servers'
                            # inputs (gunicorn's) cost per call, so read big pieces
 
-_HAVE_POLL = hasattr(select, "poll")
+
+def _stdlib_poll() -> Any:
+    """``select.poll`` as the standard library made it; None where there is none (Windows).
+
+    gevent's monkey-patching replaces it with a cooperative poll (a greenlet
+    switch and a watcher per call: twenty times slower for the zero timeout
+    of :func:`looks_alive`), and eventlet's removes it.  A zero-timeout poll
+    never blocks, so the real one is right under both; each library keeps
+    the original when it patched ``select`` before we were imported.
+    """
+    poll = getattr(select, "poll", None)
+    if isinstance(poll, types.BuiltinFunctionType):  # not patched
+        return poll
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("select"):
+        return gevent_monkey.get_original("select", "poll")
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    if eventlet_patcher is not None:
+        return getattr(eventlet_patcher.original("select"), "poll", None)
+    return poll
+
+
+_POLL = _stdlib_poll()
 
 # Plain-HTTP sockets are blocking, with the read timeout set in the kernel
 # (SO_RCVTIMEO/SO_SNDTIMEO): Python's own socket timeouts poll() before every
 # recv() and send(), one system call more each time.  A kernel timeout shows
 # as EAGAIN (BlockingIOError).  Elsewhere, and for TLS, Python's timeouts.
+# Only a socket of the standard library's own type blocks in the kernel:
+# gevent's and eventlet's sockets (what monkey-patching makes of
+# socket.socket) keep their descriptor non-blocking and wait in their hub,
+# where a kernel timeout never fires; they get Python-level timeouts, which
+# they implement in the hub (and raise as TimeoutError).
 _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
 TIMEOUT_ERRORS = (socket.timeout, BlockingIOError)
 
 
 def set_read_timeout(sock: socket.socket, seconds: float) -> None:
-    """Make every later ``recv()``/``send()`` on a plain socket wait at most ``seconds``."""
-    if not _KERNEL_TIMEOUTS:
+    """Make every later ``recv()``/``send()`` on a plain socket wait at most ``seconds``.
+
+    Called once per connection.  A kernel timeout on the standard library's
+    blocking sockets (Linux); ``sock.settimeout(seconds)`` anywhere else,
+    gevent's and eventlet's cooperative sockets included.
+    """
+    if not (_KERNEL_TIMEOUTS and isinstance(sock, _socket.socket)):
         sock.settimeout(seconds)
         return
     sock.settimeout(None)
@@ -116,16 +150,18 @@ def looks_alive(conn: Probed) -> bool:
     be read as the next request's response.  One poll() per request, on a
     poll object kept in ``conn.poller`` (cheaper than select(), and no limit
     on descriptor numbers); whoever replaces ``conn.sock`` resets it to ``None``.
+    The standard library's poll, also under gevent and eventlet (see
+    :func:`_stdlib_poll`).
     """
     sock = conn.sock
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return False
     try:
-        if not _HAVE_POLL:  # Windows
+        if _POLL is None:  # Windows
             return not select.select((sock,), (), (), 0)[0]
         poller = conn.poller
         if poller is None:
-            poller = conn.poller = select.poll()
+            poller = conn.poller = _POLL()
             poller.register(sock, select.POLLIN | select.POLLPRI)
         return not poller.poll(0)
     except (OSError, ValueError):

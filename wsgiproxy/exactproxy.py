@@ -9,6 +9,7 @@ differ).  It adds no ``X-Forwarded-*`` headers; that is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -73,8 +74,8 @@ class ExactProxy:
                 target += "?" + safe_target(query)
             request = outgoing_request(environ, target, headers)
             if "HTTP_UPGRADE" in environ and (protocols := requested_protocols(environ)):
-                response, body = self.tunnels.open(environ, lambda: send_upgrade(
-                    self.transport, scheme, host, port, request, protocols))
+                response, body = self.tunnels.open(environ, functools.partial(
+                    send_upgrade, self.transport, scheme, host, port, request, protocols))
                 if response.status == 101:
                     return self.tunnels.run(environ, start_response, response, body)
             else:

@@ -218,30 +218,29 @@ def request_head(method: str, target: str, headers: Sequence[tuple[str, str]],
         raise InvalidRequest("a header value is not latin-1 text") from None
 
 
-# ``Upgrade = #protocol``, ``protocol = protocol-name ["/" protocol-version]`` (RFC 9110 7.8).
-_PROTOCOL = TOKEN + "(?:/" + TOKEN + ")?"
-_UPGRADE_LIST = re.compile("%s(?:[ \t]*,[ \t]*%s)*\\Z" % (_PROTOCOL, _PROTOCOL)).match
+# ``protocol = protocol-name ["/" protocol-version]``, one element of ``Upgrade`` (RFC 9110 7.8).
+_PROTOCOL = re.compile("%s(?:/%s)?\\Z" % (TOKEN, TOKEN)).match
 
 
-def upgrade_protocols(upgrade: str | None, connection: str | None) -> str | None:
-    """The protocols a request asks to switch to, or ``None`` when it asks for no switch.
+def upgrade_protocols(upgrade: str | None, connection: str | None, version: str) -> str | None:
+    """The protocols a request asks to switch to (``"websocket"``), or ``None`` for no switch.
 
-    An ``Upgrade`` counts only with the ``upgrade`` token in ``Connection``
-    (RFC 9110 section 7.8); otherwise it is an ordinary hop-by-hop header,
-    dropped.  The request's HTTP version is not checked: some WSGI servers
-    (eventlet's) put their own in ``SERVER_PROTOCOL``, and an HTTP/1.0
-    client does not send ``Connection: upgrade``.
+    An ``Upgrade`` counts only with the ``upgrade`` token in ``Connection``,
+    and only in HTTP/1.1 (RFC 9110 section 7.8: not in HTTP/1.0; HTTP/2 has
+    no ``Upgrade``); otherwise it is an ordinary hop-by-hop header, dropped.
+    ``version`` is the request's protocol (``SERVER_PROTOCOL``).  Empty list
+    elements are dropped.
 
     :raises InvalidRequest: for an ``Upgrade`` value that is not a protocol list.
     """
-    if not upgrade or not connection:
+    if not upgrade or not connection or version != "HTTP/1.1":
         return None
     if "upgrade" not in connection_tokens(connection):
         return None
-    protocols = upgrade.strip(" \t")
-    if not _UPGRADE_LIST(protocols):
+    protocols = split_comma_list(upgrade)
+    if not protocols or not all(_PROTOCOL(p) for p in protocols) or '"' in upgrade:
         raise InvalidRequest("invalid Upgrade header %r" % upgrade[:100])
-    return protocols
+    return ", ".join(protocols)
 
 
 def with_upgrade(head: bytes, protocols: str) -> bytes:

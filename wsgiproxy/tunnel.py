@@ -132,7 +132,8 @@ def relay_bytes(a: Any, b: Any, idle_timeout: float | None = None,
 
     When one side closes (end of stream or reset), the other gets a
     half-close (``SHUT_WR``) and ``linger`` seconds to close too, its last
-    bytes still relayed; then the relay ends.  It also ends after
+    bytes still relayed; then the relay ends (at once when the other side is
+    a TLS socket, which cannot be half-closed).  It also ends after
     ``idle_timeout`` seconds without a byte in either direction (``None``:
     no limit), and when a send fails or blocks that long.  Neither socket is
     closed here.  Returns the bytes moved ``(a to b, b to a)``.
@@ -163,7 +164,9 @@ def relay_bytes(a: Any, b: Any, idle_timeout: float | None = None,
             # src ended: pass the end on, and give the other side a moment to finish.
             del peer[fd]
             wait.forget(fd)
-            if not peer or dst.fileno() not in peer:
+            if not peer or dst.fileno() not in peer or isinstance(dst, ssl.SSLSocket):
+                # (A TLS socket cannot be half-closed: shutdown() drops its TLS
+                # state, and what it received next would be read as plain bytes.)
                 peer.clear()
                 break
             _shutdown(dst, socket.SHUT_WR)

@@ -87,7 +87,11 @@ def requested_protocols(environ: Environ) -> str | None:
 
     :raises InvalidRequest: for a malformed ``Upgrade`` header.
     """
-    protocols = upgrade_protocols(environ.get("HTTP_UPGRADE"), environ.get("HTTP_CONNECTION"))
+    version = environ.get("SERVER_PROTOCOL", "")
+    if "eventlet.input" in environ:  # eventlet.wsgi says HTTP/1.0 whatever the request said
+        version = "HTTP/1.1"
+    protocols = upgrade_protocols(environ.get("HTTP_UPGRADE"), environ.get("HTTP_CONNECTION"),
+                                  version)
     if protocols is not None and protocols.lower() == "h2c" and client_socket(environ) is None:
         return None
     return protocols

@@ -41,6 +41,7 @@ import functools
 import logging
 import os
 import queue
+import selectors
 import signal
 import subprocess
 import sys
@@ -76,6 +77,7 @@ class _Launcher:
             queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.ident: int | None = None  # the thread's (the greenlet's, under gevent)
 
     def call(self, job: Callable[[], _T]) -> _T:
         """Run ``job()`` in the launcher thread; its result, or its exception raised here."""
@@ -96,6 +98,7 @@ class _Launcher:
         raise value
 
     def _run(self) -> None:
+        self.ident = threading.get_ident()
         while True:
             job, outcome, done = self._jobs.get()
             try:
@@ -136,9 +139,8 @@ class _Tether:
             os.close(errors)
             raise
         finally:
-            os.close(errors_w)
-        with open(errors, "rb") as f:  # end of file when the program runs (close on exec)
-            reported = f.read()
+            _close_now(errors_w)
+        reported = _read_to_end(errors)  # end of file when the program runs (close on exec)
         if reported:
             proc.wait()
             for stream in (proc.stdout, proc.stderr):
@@ -210,10 +212,7 @@ class _Tether:
     def _close_lifeline(self) -> None:
         if self.lifeline is not None:
             fd, self.lifeline = self.lifeline, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            _close_now(fd)  # the watchdog waits for this end of file
 
     def shutdown(self, wait: float) -> None:
         with self.lock:
@@ -224,6 +223,36 @@ class _Tether:
                 watchdog.wait(wait)
             except subprocess.TimeoutExpired:
                 pass  # still stopping a child someone left registered; it ends on its own
+
+
+def _close_now(fd: int) -> None:
+    """Close ``fd`` at once; errors are ignored.
+
+    gevent's ``os.close`` closes a pipe only when its hub next runs, which
+    may be seconds away (its next timer), while the other end waits for our
+    end of file.  ``os.closerange`` is not patched.
+    """
+    os.closerange(fd, fd + 1)
+
+
+def _read_to_end(fd: int) -> bytes:
+    """What is written on the pipe ``fd`` until its last write end is closed; closes ``fd``.
+
+    It waits in a selector, which gevent's and eventlet's monkey-patching
+    make cooperative: a plain read would stop every greenlet meanwhile.
+    """
+    data = b""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while True:
+                selector.select()
+                piece = os.read(fd, 512)
+                if not piece:
+                    return data
+                data += piece
+    finally:
+        os.close(fd)
 
 
 def _runnable() -> bool:
@@ -280,8 +309,16 @@ def shutdown(wait: float = SHUTDOWN_WAIT) -> None:
 
 
 def after_fork() -> None:
-    """In a forked process: close the parent's lifeline and start with no tether of our own."""
+    """In a forked process: close the parent's lifeline and start with no tether of our own.
+
+    Not in a child the launcher forks: that one is about to run a program,
+    with the lifeline among the descriptors it must keep.  (The standard
+    library's :class:`subprocess.Popen` forks without running this; gevent's
+    forks in Python, which does.)
+    """
     global _tether
+    if threading.get_ident() == _tether.launcher.ident:
+        return
     _tether._close_lifeline()
     _tether = _Tether()
 

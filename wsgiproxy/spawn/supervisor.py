@@ -33,6 +33,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -466,6 +467,35 @@ def _stop_all(only_signal_handlers: bool = False) -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    spawn = _event_loop_spawn()
+    if spawn is not None:
+        # gevent and eventlet run a signal handler in their hub when it
+        # arrives while the hub waits, and nothing may wait there: stopping
+        # the children (and then what the signal would have done) happens
+        # in a greenlet of its own.
+        spawn(_stop_then_chain, signum, frame)
+        return
+    _stop_then_chain(signum, frame)
+
+
+def _event_loop_spawn() -> Callable[..., Any] | None:
+    """gevent's or eventlet's ``spawn`` when this code runs in the hub of the one that
+    patched threading; else None."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
+        hub = sys.modules["gevent.hub"]  # imported by the patching
+        if isinstance(hub.getcurrent(), hub.Hub):
+            return sys.modules["gevent"].spawn  # type: ignore[no-any-return]
+        return None
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    if eventlet_patcher is not None and eventlet_patcher.is_monkey_patched("thread"):
+        hubs = sys.modules["eventlet.hubs"]
+        if hubs.get_hub().greenlet is sys.modules["greenlet"].getcurrent():
+            return sys.modules["eventlet"].spawn  # type: ignore[no-any-return]
+    return None
+
+
+def _stop_then_chain(signum: int, frame: Any) -> None:
     _stop_all(only_signal_handlers=True)
     previous = _signal_state["previous"]
     if callable(previous):
@@ -479,10 +509,12 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _install_sigterm_handler() -> None:
-    if _signal_state["installed"] or threading.current_thread() is not threading.main_thread():
+    if _signal_state["installed"]:
         return
     try:
         previous = signal.getsignal(signal.SIGTERM)
+        # ValueError outside the main thread.  (Asking threading instead is
+        # wrong under eventlet: its main greenlet is not main_thread().)
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):
         return
