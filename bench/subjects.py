@@ -106,13 +106,16 @@ class MissingSubject(Exception):
     """The subject's code is not importable (e.g. not written yet)."""
 
 
-def make_app(name, backend_host, backend_port, secret_file=None, under_server=False):
+def make_app(name, backend_host, backend_port, secret_file=None, under_server=False,
+             options=None):
     """Return the WSGI app of subject *name* proxying to the backend.
 
     under_server: the app runs behind a real WSGI server, whose environ has
     the server's own SERVER_NAME/PORT; proxy_exact_request is then wrapped to
     point SERVER_NAME/SERVER_PORT at the backend (two dict stores).
+    options: extra keyword arguments for WSGIProxyApp (longlived.py: max_tunnels).
     """
+    options = options or {}
     href = "http://%s:%d" % (backend_host, backend_port)
     if name == "gunicorn-bare":
         return bare_app
@@ -130,12 +133,12 @@ def make_app(name, backend_host, backend_port, secret_file=None, under_server=Fa
             return exact
         if name == "wsgiproxy-app":
             from wsgiproxy.app import WSGIProxyApp
-            return WSGIProxyApp(href)
+            return WSGIProxyApp(href, **options)
         if name == "wsgiproxy-app-signed":
             from wsgiproxy.app import WSGIProxyApp
             if not secret_file:
                 raise MissingSubject("no secret file given")
-            return WSGIProxyApp(href, secret_file=secret_file)
+            return WSGIProxyApp(href, secret_file=secret_file, **options)
         if name == "paste":
             from paste.proxy import Proxy  # type: ignore[import-untyped]
             return Proxy(href)

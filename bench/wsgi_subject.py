@@ -4,7 +4,9 @@ Configured by the environment (set by run.py):
   BENCH_SUBJECT      subject name (see subjects.SUBJECTS)
   BENCH_BACKEND      HOST:PORT of the backend
   BENCH_SECRET_FILE  secret file for the signed subject
+  BENCH_OPTIONS      JSON object: extra WSGIProxyApp arguments (longlived.py)
 """
+import json
 import os
 import sys
 
@@ -16,4 +18,5 @@ app = subjects.make_app(
     os.environ["BENCH_SUBJECT"], _host, int(_port),
     secret_file=os.environ.get("BENCH_SECRET_FILE") or None,
     under_server=True,
+    options=json.loads(os.environ.get("BENCH_OPTIONS") or "{}"),
 )
