@@ -333,7 +333,7 @@ class HTTPTransport(Transport):
         # Every failure here is before the request's first byte: ``unsent``.
         scheme, host, port = key
         try:
-            sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+            sock = _open(host, port, self.connect_timeout)
         except socket.gaierror as exc:
             raise BackendUnavailable("unknown host %r (%s)" % (host, exc.strerror), backend,
                                      unsent=True) from None
@@ -547,6 +547,38 @@ class HTTPTransport(Transport):
                 return Response(status, reason, headers, buf)
         reader = BodyReader(self, conn, mode, length, keep_alive, backend)
         return Response(status, reason, headers, None, reader)
+
+
+def _ip_family(host: str) -> int | None:
+    """``AF_INET``/``AF_INET6`` for an IP address literal, ``None`` for a name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
+
+
+def _open(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to ``host:port``: an IP literal without a name lookup.
+
+    ``socket.create_connection`` resolves even ``127.0.0.1``; under gevent
+    that is a trip through its resolver's thread pool for every new
+    connection (a quarter of a gevent worker's time when thousands of
+    streams start at once: bench/longlived.py).
+    """
+    family = _ip_family(host)
+    if family is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 _TRANSPORTS = {
