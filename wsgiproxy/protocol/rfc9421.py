@@ -189,7 +189,7 @@ def authority(host: str, scheme: str) -> str:
     """The ``@authority`` of a ``Host``: lower case, the scheme's default port removed."""
     host = host.lower()
     default = _DEFAULT_PORTS.get(scheme)
-    if default and host.endswith(default) and not host.endswith("]" + default[1:]):
+    if default and host.endswith(default):
         host = host[:-len(default)]
     return host
 
