@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from binascii import b2a_base64
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -38,6 +39,7 @@ from .signature import (
     _sender_signed_headers,
     _signed_headers,
     is_signed_header,
+    keyed_hmac,
 )
 from .structured import (
     StructuredFieldError,
@@ -104,7 +106,7 @@ def _hmac_signer(secret: bytes) -> Callable[[bytes], bytes]:
     """HMAC-SHA256 with ``secret``, its key schedule computed once per secret."""
     sign = _hmac_signers.get(secret)
     if sign is None:
-        keyed = hmac.new(secret, digestmod=hashlib.sha256)
+        keyed = keyed_hmac(secret)
 
         def sign(data: bytes) -> bytes:
             mac = keyed.copy()
@@ -264,14 +266,7 @@ def signature_params(covered: Sequence[Component],
 
 
 def _base_text(lines: list[str]) -> bytes:
-    text = "\n".join(lines)
-    if text.count("\n") != len(lines) - 1 or "\r" in text or "\0" in text:
-        raise ProtocolError("the signature base would contain CR, LF or NUL")
-    try:
-        return text.encode("ascii")
-    except UnicodeEncodeError:
-        raise ProtocolError("a signed value holds characters outside ASCII (RFC 9421 "
-                            "signs ASCII text)") from None
+    return _encoded("\n".join(lines), len(lines))
 
 
 def signature_base(message: Message, covered: Sequence[Component],
@@ -365,10 +360,13 @@ def _members(value: str, field: str) -> dict[str, Any]:
 # Signing and verifying requests
 
 def check_nonce(nonce: object) -> str:
-    """Return ``nonce`` if it can be one (16 to 256 printable ASCII characters); else ``ValueError``."""
+    """Return ``nonce`` if it can be one (16 to 256 printable ASCII characters, no ``"``
+    or ``\\``, so it is a string as it is); else ``ValueError``."""
     if (not isinstance(nonce, str) or not _NONCE_MIN <= len(nonce) <= _PARAM_MAX
-            or not nonce.isascii() or not nonce.isprintable()):
-        raise ValueError("a nonce must be 16 to 256 printable ASCII characters")
+            or not nonce.isascii() or not nonce.isprintable() or '"' in nonce
+            or "\\" in nonce):
+        raise ValueError("a nonce must be 16 to 256 printable ASCII characters, "
+                         "without \" or \\")
     return nonce
 
 
@@ -379,14 +377,31 @@ def content_digest(body: bytes) -> str:
     return "sha-256=:%s:" % base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
 
 
+# key id -> the key id as a structured string; the few configured keys, bounded anyway.
+_quoted_ids: dict[str, str] = {}
+
+
 def _params(created: int, window: float, nonce: str, key_id: str, alg: str) -> str:
-    return ';created=%d;expires=%d;nonce=%s;keyid=%s;alg="%s";tag="%s"' % (
-        created, created + int(window), serialize_string(nonce), serialize_string(key_id), alg,
-        TAG)
+    """The signature's parameters (``nonce`` as :func:`check_nonce` admits it)."""
+    quoted = _quoted_ids.get(key_id)
+    if quoted is None:
+        quoted = serialize_string(key_id)
+        if len(_quoted_ids) < 64:
+            _quoted_ids[key_id] = quoted
+    return ';created=%d;expires=%d;nonce="%s";keyid=%s;alg="%s";tag="wsgiproxy"' % (
+        created, created + int(window), nonce, quoted, alg)
 
 
-def _signed_fields(signed: list[tuple[str, str]]) -> list[str]:
-    return ['"%s": %s' % pair for pair in signed]
+def _encoded(text: str, lines: int) -> bytes:
+    """``text`` (a signature base of ``lines`` lines) as bytes, refusing CR, LF, NUL and
+    anything outside ASCII in a value: one scan for all of them."""
+    if text.count("\n") != lines - 1 or "\r" in text or "\0" in text:
+        raise ProtocolError("the signature base would contain CR, LF or NUL")
+    try:
+        return text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ProtocolError("a signed value holds characters outside ASCII (RFC 9421 "
+                            "signs ASCII text)") from None
 
 
 def sign(keys: Signer, method: str, authority: str, path: str, query: str, headers: Headers,
@@ -404,23 +419,26 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     :param nonce: never used before with this key (:func:`check_nonce`, not called here).
     :param body: when given (bytes), covered through ``content-digest``.
     """
+    # On every signed request's path: strings are built in as few steps as possible
+    # (bench/signing_cost.py --format rfc9421 measures it).
     alg, key_id, signing = keys.signer()
     signed = _sender_signed_headers(headers)
-    names = ['"@method" "@authority" "@path" "@query"']
-    names += ['"%s"' % name for name, _ in signed]
-    lines = ['"@method": ' + method, '"@authority": ' + authority, '"@path": ' + (path or "/"),
-             '"@query": ?' + query]
-    lines += _signed_fields(signed)
+    covered = "".join([' "%s"' % pair[0] for pair in signed])
+    fields = "".join(['\n"%s": %s' % pair for pair in signed])
     added = []
     if body is not None:
         digest = content_digest(body)
         added.append((CONTENT_DIGEST, digest))
-        names.append('"content-digest"')
-        lines.append('"content-digest": ' + digest)
-    value = "(%s)%s" % (" ".join(names), _params(int(now), window, nonce, key_id, alg))
-    lines.append('"@signature-params": ' + value)
-    signature = base64.b64encode(signing(_base_text(lines))).decode("ascii")
-    added += [(SIGNATURE_INPUT, LABEL + "=" + value), (SIGNATURE, "%s=:%s:" % (LABEL, signature))]
+        covered += ' "content-digest"'
+        fields += '\n"content-digest": ' + digest
+    value = '("@method" "@authority" "@path" "@query"%s)%s' % (
+        covered, _params(int(now), window, nonce, key_id, alg))
+    base = _encoded('"@method": %s\n"@authority": %s\n"@path": %s\n"@query": ?%s%s\n'
+                    '"@signature-params": %s' % (method, authority, path or "/", query, fields,
+                                                 value),
+                    len(signed) + (6 if body is not None else 5))
+    signature = b2a_base64(signing(base), newline=False).decode("ascii")
+    added += [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % signature)]
     return added
 
 
