@@ -44,16 +44,10 @@ from typing import Any
 from ..errors import NonceStoreFull as NonceStoreFull  # not in __all__, as before
 from ..errors import ProtocolError, SignatureError
 from ..keys import DEFAULT_NONCE_CAPACITY as DEFAULT_NONCE_CAPACITY  # not in __all__, as before
-from ..keys import (
-    MemoryNonceStore,
-    NonceStore,
-    PrivateKey,
-    PublicKeys,
-    SecretKeys,
-    ed25519_key_id,
-    key_id_for,
-    new_nonce,
-)
+from ..keys import MemoryNonceStore, NonceStore, SecretKeys, key_id_for, new_nonce
+from ..keys import PrivateKey as PrivateKey  # not in __all__ (see RFC9421_NAMES)
+from ..keys import PublicKeys as PublicKeys
+from ..keys import ed25519_key_id as ed25519_key_id
 from . import rfc9421
 from . import signature as _signature
 from .forwarded import (
@@ -120,14 +114,17 @@ __all__ = [  # grouped as the reference in docs/protocol.rst
     "is_signed_header", "canonical_request", "sign_request", "verify_request",
     "parse_signature", "Signature",
     "SecretKeys", "key_id_for", "NonceStore", "MemoryNonceStore",
-    "sign_request_rfc9421", "verify_request_rfc9421", "PrivateKey", "PublicKeys",
-    "ed25519_key_id",
     "parse_forwarded", "format_forwarded", "forwarded_node", "parse_node",
     "nth_from_right", "TrustedNetworks", "LOOPBACK", "split_host", "join_host", "default_port",
     "FORWARDED_FOR", "FORWARDED_SERVER", "FORWARDED_SCHEME", "FORWARDED_SCRIPT_NAME",
     "TRAVERSAL_PATH", "TRAVERSAL_QUERY_STRING", "FORWARDED", "FORWARDED_PROTO", "FORWARDED_HOST",
     "FORWARDED_PORT", "FORWARDED_PREFIX", "SCRIPT_NAME_HEADER",
 ]
+
+# Importable from here, but not in __all__ (which stays the list of names the
+# package had before it was split): the RFC 9421 edge and the Ed25519 key classes.
+RFC9421_NAMES = ("sign_request_rfc9421", "verify_request_rfc9421", "rfc9421", "PrivateKey",
+                 "PublicKeys", "ed25519_key_id")
 
 Keys = KeySource | bytes | str
 
