@@ -273,7 +273,19 @@ def _verify_function(key: Any) -> Callable[[bytes, bytes], bool]:
     return verify
 
 
-class PrivateKey(_KeyFile):
+class _PemFile(_KeyFile):
+    """A PEM key file, which can also be made from bytes (:meth:`from_pem`)."""
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> Any:
+        """Keys from PEM bytes, in memory; for tests and programmatic use."""
+        self = cls.__new__(cls)
+        self.path = None
+        self._in_memory(self._parse(data))
+        return self
+
+
+class PrivateKey(_PemFile):
     """An Ed25519 private key that signs (``WSGIProxyApp(private_key_file=...)``,
     the middleware's ``response_key_file``).
 
@@ -288,14 +300,6 @@ class PrivateKey(_KeyFile):
     """
 
     what = "private key file"
-
-    @classmethod
-    def from_pem(cls, data: bytes) -> PrivateKey:
-        """A key from PEM bytes, in memory; for tests and programmatic use."""
-        self = cls.__new__(cls)
-        self.path = None
-        self._in_memory(self._parse(data))
-        return self
 
     def _parse(self, data: bytes) -> Any:
         _, serialization, ed25519 = _cryptography()
@@ -334,7 +338,7 @@ class PrivateKey(_KeyFile):
         return "<PrivateKey %s: %s>" % (self.path or "in memory", self.key_id)
 
 
-class PublicKeys(_KeyFile):
+class PublicKeys(_PemFile):
     """Ed25519 public keys that verify (the middleware's ``public_key_file``,
     ``WSGIProxyApp(response_public_key_file=...)``).
 
@@ -351,14 +355,6 @@ class PublicKeys(_KeyFile):
 
     what = "public key file"
     private = False
-
-    @classmethod
-    def from_pem(cls, data: bytes) -> PublicKeys:
-        """Keys from PEM bytes, in memory; for tests and programmatic use."""
-        self = cls.__new__(cls)
-        self.path = None
-        self._in_memory(self._parse(data))
-        return self
 
     def _parse(self, data: bytes) -> Any:
         _, serialization, ed25519 = _cryptography()
