@@ -58,11 +58,10 @@ _end_to_end_headers = EnvironHeaders(
     DEFAULT_SKIP | {protocol.environ_key(protocol.FORWARDED),
                     protocol.environ_key(protocol.SCRIPT_NAME_HEADER)},
     (protocol.environ_key(protocol.HEADER_PREFIX), "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
-# Signing with RFC 9421, the client's own Signature and Signature-Input are dropped too:
-# the backend must see only the proxy's.
-_end_to_end_headers_rfc9421 = EnvironHeaders(
-    _end_to_end_headers.skip | {"HTTP_SIGNATURE", "HTTP_SIGNATURE_INPUT"},
-    _end_to_end_headers.skip_prefixes)
+# Signing with RFC 9421, the client's own Signature and Signature-Input are dropped too
+# (in _sign: the backend must see only the proxy's).
+_CLIENT_SIGNATURE_KEYS = ("HTTP_SIGNATURE", "HTTP_SIGNATURE_INPUT")
+_CLIENT_SIGNATURES = frozenset(["signature", "signature-input"])
 SIGNATURE_FORMATS = ("v1", "rfc9421")
 _FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
 _FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
@@ -262,21 +261,22 @@ class WSGIProxyApp:
         if signature_format not in SIGNATURE_FORMATS:
             raise ValueError("signature_format must be v1 or rfc9421, not %r" % (signature_format,))
         self.signature_format = signature_format
-        self.private_key = protocol.PrivateKey(private_key_file) if private_key_file else None
-        #: What signs requests (SecretKeys for v1, an RFC 9421 Signer), or ``None``.
+        # (Few attributes: past 30, CPython 3.11 stops sharing the instance dict's keys
+        # and every ``self.x`` of the request path gets slower.)
+        private_key = protocol.PrivateKey(private_key_file) if private_key_file else None
+        #: What signs requests (SecretKeys for v1; an RFC 9421 Signer: HMACKeys, or
+        #: the PrivateKey of ``private_key_file``), or ``None``.
         self.signer: Any = self.secret_keys
-        self._headers_of = _end_to_end_headers
         if signature_format == "v1":
-            if self.private_key is not None:
+            if private_key is not None:
                 raise ValueError("private_key_file needs signature_format = rfc9421")
             return
-        if self.private_key is not None:
-            self.signer = self.private_key
+        if private_key is not None:
+            self.signer = private_key
         elif self.secret_keys is not None:
             self.signer = rfc9421.HMACKeys(self.secret_keys)
         else:
             raise ValueError("signature_format = rfc9421 needs secret_file or private_key_file")
-        self._headers_of = _end_to_end_headers_rfc9421
 
     def _init_response_checks(self, public_key_file: str | None) -> None:
         if self.signature_format != "rfc9421":
@@ -356,7 +356,7 @@ class WSGIProxyApp:
         if self.max_body_size is not None:
             self._check_body_size(environ)
 
-        headers = self._headers_of(environ)
+        headers = _end_to_end_headers(environ)
         script_name = environ.get("SCRIPT_NAME", "")
         remote = environ.get("REMOTE_ADDR", "")
 
@@ -403,7 +403,7 @@ class WSGIProxyApp:
         target = path + "?" + safe_target(query) if query else path
         request = outgoing_request(environ, target, headers, self.inline_body_max)
         if self.signer is not None:
-            self._sign(request, host_header, identity_at)
+            self._sign(request, host_header, identity_at, environ)
         return request
 
     def _forwarded(self, environ: Environ, remote: str, url_scheme: str, client_host: str) -> str:
@@ -429,7 +429,8 @@ class WSGIProxyApp:
         elif environ.get("HTTP_TRANSFER_ENCODING") and "wsgi.input" in environ:
             environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], limit)
 
-    def _sign(self, request: OutgoingRequest, host: str, identity_at: int) -> None:
+    def _sign(self, request: OutgoingRequest, host: str, identity_at: int,
+              environ: Environ) -> None:
         """Add the signature header(s) to the finished request.
 
         Only ``headers[identity_at:]`` can be signed ones: the client's own
@@ -445,11 +446,14 @@ class WSGIProxyApp:
                     self.signer, method, host, path, query, headers[identity_at:],
                     body=digest_body)))
                 return
-            if digest_body is not None and any(  # the client's: ours replaces it
-                    name.lower() == "content-digest" for name, _ in headers):
-                ours = len(headers) - identity_at  # the client's come before ours
-                headers[:] = [h for h in headers if h[0].lower() != "content-digest"]
-                identity_at = len(headers) - ours
+            dropped = _CLIENT_SIGNATURES if (_CLIENT_SIGNATURE_KEYS[0] in environ or
+                                             _CLIENT_SIGNATURE_KEYS[1] in environ) else None
+            if digest_body is not None:  # the client's Content-Digest: ours replaces it
+                dropped = (dropped or frozenset()) | {"content-digest"}
+            if dropped is not None:  # the client's headers come before ours
+                client = [h for h in headers[:identity_at] if h[0].lower() not in dropped]
+                headers[:identity_at] = client
+                identity_at = len(client)
             headers += protocol.sign_request_rfc9421(
                 self.signer, method, host, path, query, headers[identity_at:],
                 scheme=self.scheme, body=digest_body)
