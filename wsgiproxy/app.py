@@ -38,6 +38,7 @@ from .forwarding import (
     request_path,
     safe_target,
     send,
+    send_checked,
     send_upgrade,
 )
 from .protocol import rfc9421
@@ -308,7 +309,7 @@ class WSGIProxyApp:
                 if response.status == 101:
                     return self.tunnels.run(environ, start_response, response, body)
             elif self.response_keys is not None:
-                sender = functools.partial(send, check=functools.partial(
+                sender = functools.partial(send_checked, check=functools.partial(
                     self._response_problem, request))
                 if self.balancer is None:
                     response, body = sender(self.transport, self.scheme, self.host, self.port,

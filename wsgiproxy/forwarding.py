@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .transport import HTTPTransport, Response, ResponseCheck, Transport
 
 __all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path",
-           "OutgoingRequest", "outgoing_request", "send", "send_upgrade", "relay",
+           "OutgoingRequest", "outgoing_request", "send", "send_checked", "send_upgrade", "relay",
            "failure_answer",
            "quote_path", "safe_target", "StreamedBody"]
 
@@ -198,24 +198,34 @@ def outgoing_request(environ: Environ, target: str, headers: list[tuple[str, str
 
 
 def send(transport: Transport, scheme: str, host: str, port: int | str,
-         request: OutgoingRequest,
-         check: ResponseCheck | None = None) -> tuple[Response, Iterable[bytes]]:
+         request: OutgoingRequest) -> tuple[Response, Iterable[bytes]]:
     """Send ``request`` to ``scheme://host:port``; return the response and its WSGI body.
 
     A streamed body's first piece is fetched here, before anything is
     answered (a WSGI server sends nothing before it anyway), so a backend
     that fails before its first body byte still gets a clean 502/504: every
     :class:`~wsgiproxy.errors.WSGIProxyError` is raised before the answer starts.
-
-    :param check: a :data:`~wsgiproxy.transport.ResponseCheck` for a transport
-        whose ``checks_responses`` is true (the caller makes sure).
     """
     method, target, headers, body, length = request
-    if check is None:
-        response = transport.request(scheme, host, port, method, target, headers, body, length)
-    else:
-        response = cast("HTTPTransport", transport).request(
-            scheme, host, port, method, target, headers, body, length, check)
+    response = transport.request(scheme, host, port, method, target, headers, body, length)
+    body = response.body
+    if body is not None:
+        return response, [body] if body else []
+    return response, _streamed_body(response)
+
+
+def send_checked(transport: Transport, scheme: str, host: str, port: int | str,
+                 request: OutgoingRequest,
+                 check: ResponseCheck) -> tuple[Response, Iterable[bytes]]:
+    """:func:`send`, with ``check`` run on the response's head before its connection can go
+    back to the pool (``WSGIProxyApp(verify_responses=True)``).
+
+    :param check: a :data:`~wsgiproxy.transport.ResponseCheck`; the transport's
+        ``checks_responses`` must be true (the caller makes sure).
+    """
+    method, target, headers, body, length = request
+    response = cast("HTTPTransport", transport).request(
+        scheme, host, port, method, target, headers, body, length, check)
     body = response.body
     if body is not None:
         return response, [body] if body else []
