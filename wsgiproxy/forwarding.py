@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import BackendError, InvalidRequest, RequestBodyError, WSGIProxyError
@@ -19,10 +19,10 @@ from .responses import error_answer
 from .transport import NON_NOMINATING_TOKENS, UNFORWARDED_REQUEST_HEADERS, connection_tokens
 
 if TYPE_CHECKING:
-    from .transport import Response, Transport
+    from .transport import HTTPTransport, Response, ResponseCheck, Transport
 
 __all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path",
-           "OutgoingRequest", "outgoing_request", "send", "send_upgrade", "relay",
+           "OutgoingRequest", "outgoing_request", "send", "send_checked", "send_upgrade", "relay",
            "failure_answer",
            "quote_path", "safe_target", "StreamedBody"]
 
@@ -208,6 +208,24 @@ def send(transport: Transport, scheme: str, host: str, port: int | str,
     """
     method, target, headers, body, length = request
     response = transport.request(scheme, host, port, method, target, headers, body, length)
+    body = response.body
+    if body is not None:
+        return response, [body] if body else []
+    return response, _streamed_body(response)
+
+
+def send_checked(transport: Transport, scheme: str, host: str, port: int | str,
+                 request: OutgoingRequest,
+                 check: ResponseCheck) -> tuple[Response, Iterable[bytes]]:
+    """:func:`send`, with ``check`` run on the response's head before its connection can go
+    back to the pool (``WSGIProxyApp(verify_responses=True)``).
+
+    :param check: a :data:`~wsgiproxy.transport.ResponseCheck`; the transport's
+        ``checks_responses`` must be true (the caller makes sure).
+    """
+    method, target, headers, body, length = request
+    response = cast("HTTPTransport", transport).request(
+        scheme, host, port, method, target, headers, body, length, check)
     body = response.body
     if body is not None:
         return response, [body] if body else []
