@@ -38,6 +38,10 @@ TESTS_REQUIRE = [
     "websockets>=13",
     "flask-sock>=0.7",
     "simple-websocket>=1.0",
+    # RFC 9421 interoperability (tests/test_rfc9421_interop.py): an independent
+    # implementation to sign and verify against, and Ed25519 keys for the tests.
+    "http-message-signatures>=3.0,<4",
+    "cryptography>=42",
 ]
 
 setup(
