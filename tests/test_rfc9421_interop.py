@@ -8,12 +8,14 @@ published signature and signature base.
 """
 
 import base64
+import time
 
 import pytest
 
 from .interop.peers import (
     NodePeer,
     Request,
+    Response,
     ed25519_key,
     hmac_key,
     python_sign,
@@ -124,3 +126,31 @@ def test_each_peer_accepts_the_rfc_signature_and_refuses_it_altered(node, peer, 
     # The same signature over another Date is refused (every component is covered).
     message.headers["Date"] = "Tue, 20 Apr 2021 02:07:56 GMT"
     assert not verify(message)
+
+
+@pytest.mark.parametrize("signer", ["python", "node"])
+def test_the_peers_agree_on_a_response_bound_to_its_request(node, signer):
+    # Each peer signs a request and a response bound to it ("signature";req): the other
+    # accepts the response with that request, and not with another request.
+    key = hmac_key(b"a-secret-for-binding-0123456789", "binding")
+    sign = python_sign if signer == "python" else node.sign
+    verifiers = [lambda m: python_verify(m, key), lambda m: node.verify(m, key)]
+    params = {"created": int(time.time()), "expires": int(time.time()) + 300,
+              "nonce": "n" * 24, "tag": "wsgiproxy"}
+    requests = []
+    for path in ("/one", "/two"):
+        req = Request("GET", "http://backend:8080" + path, [("Host", "backend:8080")])
+        sign(req, key, label="wsgiproxy", components=["@method", "@path"], params=params)
+        requests.append(req)
+    res = Response(200, [("Content-Type", "text/plain")], requests[0])
+    base = sign(res, key, label="wsgiproxy",
+                components=["@status", "content-type", '"signature";req;key="wsgiproxy"'],
+                params=params)
+    assert base.startswith('"@status": 200\n"content-type": text/plain\n'
+                           '"signature";req;key="wsgiproxy": :')
+    for verify in verifiers:
+        verdict = verify(res)
+        assert verdict.ok and verdict.base == base, verdict
+        other = res.copy()
+        other.request = requests[1]
+        assert not verify(other)
