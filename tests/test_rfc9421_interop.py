@@ -8,19 +8,33 @@ published signature and signature base.
 """
 
 import base64
+import hashlib
+import re
+import secrets
 import time
+from typing import NamedTuple
 
 import pytest
 
+from wsgiproxy.app import WSGIProxyApp
+from wsgiproxy.middleware import WSGIProxyMiddleware
+
+from .client import json_error, parse_answer, request, send_raw
 from .interop.peers import (
+    Key,
     NodePeer,
     Request,
     Response,
     ed25519_key,
     hmac_key,
+    new_ed25519_pem,
     python_sign,
+    python_thumbprint,
     python_verify,
+    request_from_raw,
+    to_raw,
 )
+from .servers import TEST_SECRET, RawServer, WaitressServer, echo_app, with_environ, write_secret
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +66,8 @@ def rfc_request():
         ("Host", "example.com"),
         ("Date", "Tue, 20 Apr 2021 02:07:55 GMT"),
         ("Content-Type", "application/json"),
-        ("Content-Digest", "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu"
-                           "7BNNyealdVLvRwEmTHWXvJwew==:"),
+        ("Content-Digest", ("sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnr"
+                            "IiYllu7BNNyealdVLvRwEmTHWXvJwew==:")),
         ("Content-Length", "18"),
     ])
 
@@ -154,3 +168,419 @@ def test_the_peers_agree_on_a_response_bound_to_its_request(node, signer):
         other = res.copy()
         other.request = requests[1]
         assert not verify(other)
+
+
+# -- our side: keys, a signing proxy, a verifying backend ----------------------------------
+
+LABEL = TAG = "wsgiproxy"
+ALGORITHMS = ["hmac-sha256", "ed25519"]
+BODY = b'{"order": 17, "note": "caf\\u00e9"}'
+#: What a request of these tests carries besides the derived components: the identity
+#: headers (the client's address, host, scheme, SCRIPT_NAME, the traversal path of
+#: href, the protocol version) and one key header (REMOTE_USER), in lower case.
+IDENTITY = ["x-forwarded-for", "x-forwarded-server", "x-forwarded-scheme",
+            "x-forwarded-script-name", "x-traversal-path", "x-wsgiproxy-version",
+            "x-wsgiproxy-str-0"]
+DERIVED = ["@method", "@authority", "@path", "@query"]
+COVERED = DERIVED + IDENTITY + ["content-digest"]
+
+
+class Side(NamedTuple):
+    """One algorithm's keys: the :class:`Key` the peers use, and the options of
+    ``WSGIProxyApp`` (``sender``) and ``WSGIProxyMiddleware`` (``receiver``)."""
+
+    key: Key
+    sender: dict
+    receiver: dict
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rfc9421-keys")
+    secret = TEST_SECRET.encode()
+    secret_file = write_secret(directory)
+    private_pem = new_ed25519_pem()
+    ed = ed25519_key(private_pem, "")
+    ed = ed._replace(keyid=python_thumbprint(ed.public))
+    private_file, public_file = directory / "private.pem", directory / "public.pem"
+    private_file.write_bytes(private_pem)
+    private_file.chmod(0o600)
+    public_file.write_bytes(ed.public)
+    return {
+        # The documented keyid rule for a shared secret, computed here, not by wsgiproxy.
+        "hmac-sha256": Side(
+            hmac_key(secret, hashlib.sha256(b"wsgiproxy-key-id:" + secret).hexdigest()[:16]),
+            {"secret_file": secret_file}, {"secret_file": secret_file}),
+        "ed25519": Side(ed, {"private_key_file": str(private_file)},
+                        {"public_key_file": str(public_file)}),
+    }
+
+
+@pytest.fixture(scope="module", params=ALGORITHMS)
+def side(request, sides):
+    return sides[request.param]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """A raw backend that keeps each request as it arrived and answers 204."""
+    def answer(conn):
+        while True:
+            head, _ = conn.read_request()
+            if head is None:
+                return
+            conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    with RawServer(answer) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(side, backend):
+    """WSGIProxyApp signing RFC 9421 requests to ``backend`` (href path /backend), mounted
+    at /shop, with REMOTE_USER=alice passed as a key header and bodies covered."""
+    app = WSGIProxyApp("http://127.0.0.1:%d/backend" % backend.port, signature_format="rfc9421",
+                       string_keys=["REMOTE_USER"], sign_body_max=65536, **side.sender)
+    with WaitressServer(with_environ(app, REMOTE_USER="alice"), url_prefix="/shop") as server:
+        yield server
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def receiver(side):
+    """WSGIProxyMiddleware in front of the echo app, verifying with ``side``'s key."""
+    with WaitressServer(WSGIProxyMiddleware(echo_app, **side.receiver)) as server:
+        yield server
+
+
+def capture(proxy, backend, target="/shop/orders?color=red&size=10", method="POST", body=BODY):
+    """The request WSGIProxyApp sends for a client's ``method target`` with ``body``, as the
+    backend received it."""
+    before = len(backend.requests)
+    answer = request(proxy.port, target, method=method, body=body,
+                     headers={"Host": "www.example.com", "Content-Type": "application/json"})
+    assert answer.status == 204, answer
+    assert len(backend.requests) == before + 1
+    head, data = backend.requests[-1]
+    return request_from_raw(head, data)
+
+
+def deliver(receiver, message):
+    """Send ``message`` to the middleware (asking for JSON): the :class:`Answer`."""
+    return parse_answer(send_raw(receiver.port, to_raw(
+        message, ("Accept", "application/json"), ("Connection", "close"))))
+
+
+def accepted(answer):
+    assert answer.status == 200, (answer.status, answer.body[:500])
+    return answer.json()
+
+
+def refused(answer):
+    """The reason of a 403 from the middleware."""
+    return json_error(answer, 403)["message"]
+
+
+def signature_params(message):
+    """The inner list and parameters of ``message``'s ``wsgiproxy`` signature, as text."""
+    value = message.headers["Signature-Input"]
+    match = re.search(r'(?:^|,\s*)wsgiproxy=(\([^)]*\)[^,]*)', value)
+    assert match, value
+    return match.group(1)
+
+
+def covered(message):
+    return re.findall(r'"([^"]+)"', signature_params(message).split(")")[0])
+
+
+def param(message, name):
+    match = re.search(r';%s=("[^"]*"|[0-9]+)' % name, signature_params(message))
+    assert match, (name, message.headers["Signature-Input"])
+    return match.group(1).strip('"')
+
+
+# -- tampering: one change each, after signing -----------------------------------------------
+
+def _retarget(message, host=None, path=None, query=None):
+    scheme, rest = message.url.split("://", 1)
+    authority, _, target = rest.partition("/")
+    old_path, _, old_query = ("/" + target).partition("?")
+    authority = host or authority
+    path = old_path if path is None else path
+    query = old_query if query is None else query
+    message.url = "%s://%s%s%s" % (scheme, authority, path, "?" + query if query else "")
+    message.headers["Host"] = authority
+
+
+def _header(name, change):
+    def tamper(message):
+        message.headers[name] = change(message.headers[name])
+    return tamper
+
+
+def _signature_input(pattern, replacement):
+    def tamper(message):
+        for header in ("Signature-Input",) + (("Signature",) if pattern == "label" else ()):
+            old = message.headers[header]
+            new = (re.sub(r"(^|,\s*)wsgiproxy=", r"\1other=", old) if pattern == "label"
+                   else re.sub(pattern, replacement, old, count=1))
+            assert new != old, (pattern, old)
+            message.headers[header] = new
+    return tamper
+
+
+def _other_body(message):
+    """Another body of the same length, with the Content-Digest of the original kept."""
+    message.body = message.body.replace(b"17", b"99")
+
+
+def _other_body_and_digest(message):
+    """Another body, with its own (correct) Content-Digest."""
+    message.body = message.body.replace(b"17", b"99")
+    digest = base64.b64encode(hashlib.sha256(message.body).digest()).decode()
+    message.headers["Content-Digest"] = "sha-256=:%s:" % digest
+
+
+def _other_signature(message):
+    value = message.headers["Signature"]
+    i = value.index("wsgiproxy=:") + len("wsgiproxy=:")
+    message.headers["Signature"] = value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1:]
+
+
+def _other_alg(message):
+    alg = param(message, "alg")
+    _signature_input(';alg="%s"' % alg,
+                     ';alg="%s"' % ("ed25519" if alg == "hmac-sha256" else "hmac-sha256"))(message)
+
+
+TAMPERS = {
+    "method": lambda m: setattr(m, "method", "PUT"),
+    "authority": lambda m: _retarget(m, host="evil.example:8080"),
+    "path": lambda m: _retarget(m, path="/backend/admin"),
+    "query": lambda m: _retarget(m, query="color=blue&size=10"),
+    "x-forwarded-for": _header("X-Forwarded-For", lambda v: "10.9.8.7"),
+    "x-forwarded-server": _header("X-Forwarded-Server", lambda v: "evil.example"),
+    "x-forwarded-scheme": _header("X-Forwarded-Scheme",
+                                  lambda v: "http" if v == "https" else "https"),
+    "x-forwarded-script-name": _header("X-Forwarded-Script-Name", lambda v: "/admin"),
+    "x-traversal-path": _header("X-Traversal-Path", lambda v: "/back"),
+    "x-wsgiproxy-version": _header("X-WSGIProxy-Version", lambda v: "2"),
+    "x-wsgiproxy-str-0": _header("X-WSGIProxy-Str-0", lambda v: "REMOTE_USER mallory"),
+    "body": _other_body,
+    "content-digest": _other_body_and_digest,
+    "component dropped": _signature_input(r'\s*"x-forwarded-for"', ""),
+    "created": _signature_input(r";created=([0-9]+)", lambda m: ";created=%d" % (int(m[1]) - 1)),
+    "expires": _signature_input(r";expires=([0-9]+)", lambda m: ";expires=%d" % (int(m[1]) + 600)),
+    "nonce": _signature_input(r';nonce="(.)', lambda m: ';nonce="%s' % ("a" if m[1] != "a" else "b")),
+    "keyid": _signature_input(r';keyid="[^"]*"', ';keyid="0123456789abcdef"'),
+    "alg": _other_alg,
+    "tag": _signature_input(r';tag="wsgiproxy"', ';tag="other"'),
+    "label": _signature_input("label", None),
+    "signature": _other_signature,
+}
+
+
+def tampered(message, name):
+    copy = message.copy()
+    TAMPERS[name](copy)
+    if copy.body is not None and copy.headers["Content-Length"] != str(len(copy.body)):
+        copy.headers["Content-Length"] = str(len(copy.body))
+    return copy
+
+
+# -- requests signed by WSGIProxyApp, checked by the peers and by our middleware ------------
+
+def test_our_signature_input_has_the_documented_shape(side, proxy, backend):
+    message = capture(proxy, backend)
+    assert covered(message) == COVERED
+    params = dict(re.findall(r';([a-z]+)=("[^"]*"|[0-9]+)', signature_params(message)))
+    assert sorted(params) == ["alg", "created", "expires", "keyid", "nonce", "tag"], params
+    assert len(param(message, "nonce")) >= 16
+    assert param(message, "tag") == TAG
+    assert int(param(message, "expires")) == int(param(message, "created")) + 300
+    assert abs(int(param(message, "created")) - time.time()) < 60
+    # keyid: the documented rules, computed independently (see the sides fixture).
+    assert param(message, "keyid") == side.key.keyid
+    assert param(message, "alg") == side.key.alg
+
+
+def test_our_ed25519_keyid_is_the_rfc7638_thumbprint_node_computes(sides, node):
+    ed = sides["ed25519"].key
+    assert node.thumbprint(ed.public) == ed.keyid
+
+
+@pytest.mark.parametrize("target, method, body", [
+    ("/shop/orders?color=red&size=10", "POST", BODY),
+    ("/shop/orders", "GET", b""),
+    ("/shop/caf%C3%A9/a%2Fb?q=caf%C3%A9&empty=&x=a%20b", "GET", b""),
+    ("/shop/?", "DELETE", b""),
+])
+def test_our_signed_requests_verify_with_both_peers_and_our_middleware(
+        side, proxy, backend, receiver, node, target, method, body):
+    message = capture(proxy, backend, target, method, body)
+    required = DERIVED + ["x-forwarded-for", "x-forwarded-server", "x-wsgiproxy-version"]
+    by_python = python_verify(message, side.key, required=required)
+    by_node = node.verify(message, side.key, required=required,
+                          required_params=["created", "expires", "nonce", "keyid", "alg", "tag"])
+    assert by_python.ok, by_python
+    assert by_node.ok, by_node
+    # The same signature base, line for line, from both.
+    assert by_python.base == by_node.base
+    env = accepted(deliver(receiver, message))
+    assert env["REMOTE_USER"] == "alice"
+    assert env["HTTP_HOST"] == "www.example.com"
+    assert env["SCRIPT_NAME"] == "/shop"
+    assert env["REQUEST_METHOD"] == method
+    assert env["body"] == body.decode("latin-1")
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERS))
+def test_our_signed_request_tampered_is_refused_by_both_peers_and_our_middleware(
+        side, proxy, backend, receiver, node, tamper):
+    message = tampered(capture(proxy, backend), tamper)
+    by_python = python_verify(message, side.key)
+    by_node = node.verify(message, side.key)
+    assert not by_python, by_python
+    assert not by_node, by_node
+    refused(deliver(receiver, message))
+
+
+def test_our_signed_request_is_refused_when_replayed(side, proxy, backend, receiver):
+    message = capture(proxy, backend)
+    accepted(deliver(receiver, message))
+    assert "replay" in refused(deliver(receiver, message))
+
+
+# -- requests signed by the peers, checked by our middleware ---------------------------------
+
+def their_request(body=BODY):
+    """A request as another implementation of the protocol would send it to a backend:
+    the identity headers of docs/protocol.rst, and a body."""
+    return Request("POST", "http://backend.internal:8080/backend/orders?color=red&size=10", [
+        ("Host", "backend.internal:8080"),
+        ("Content-Type", "application/json"),
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("X-Forwarded-Server", "www.example.com"),
+        ("X-Forwarded-Scheme", "https"),
+        ("X-Forwarded-Script-Name", "/shop"),
+        ("X-Traversal-Path", "/backend"),
+        ("X-WSGIProxy-Version", "1"),
+        ("X-WSGIProxy-Str-0", "REMOTE_USER alice"),
+        ("Content-Length", str(len(body))),
+    ], body)
+
+
+def their_params(now=None, **changes):
+    now = int(time.time()) if now is None else now
+    params = {"created": now, "expires": now + 300, "nonce": secrets.token_hex(16), "tag": TAG}
+    params.update(changes)
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def their_sign(peer, node, message, key, components=tuple(COVERED), label=LABEL, **params):
+    """Sign ``message`` in place with the peer named ``peer``; the base it signed."""
+    sign = python_sign if peer == "python" else node.sign
+    return sign(message, key, label=label, components=list(components),
+                params=their_params(**params))
+
+
+PEERS = ["python", "node"]
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_requests_signed_by_each_peer_are_accepted_by_our_middleware(side, receiver, node, peer):
+    message = their_request()
+    their_sign(peer, node, message, side.key)
+    env = accepted(deliver(receiver, message))
+    assert env["REMOTE_ADDR"] == "203.0.113.7"
+    assert env["HTTP_HOST"] == "www.example.com"
+    assert env["wsgi.url_scheme"] == "https"
+    assert env["SCRIPT_NAME"] == "/shop"
+    assert env["PATH_INFO"] == "/orders"
+    assert env["QUERY_STRING"] == "color=red&size=10"
+    assert env["REMOTE_USER"] == "alice"
+    assert env["body"] == BODY.decode("latin-1")
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_a_peer_signed_request_without_a_body_or_query_is_accepted(side, receiver, node, peer):
+    message = their_request(body=b"")
+    message.method = "GET"
+    _retarget(message, query="")
+    del message.headers["Content-Length"]
+    message.body = None
+    their_sign(peer, node, message, side.key, components=DERIVED + IDENTITY)
+    env = accepted(deliver(receiver, message))
+    assert (env["REQUEST_METHOD"], env["QUERY_STRING"], env["REMOTE_USER"]) == ("GET", "", "alice")
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERS))
+@pytest.mark.parametrize("peer", PEERS)
+def test_requests_signed_by_each_peer_tampered_are_refused_by_our_middleware(
+        side, receiver, node, peer, tamper):
+    message = their_request()
+    their_sign(peer, node, message, side.key)
+    refused(deliver(receiver, tampered(message, tamper)))
+
+
+#: Signatures the peers make correctly (RFC 9421 lets a verifier accept them) that
+#: our middleware's policy refuses: what each one leaves out, or adds.
+POLICY = {
+    "@method not covered": dict(components=[c for c in COVERED if c != "@method"]),
+    "@authority not covered": dict(components=[c for c in COVERED if c != "@authority"]),
+    "@path not covered": dict(components=[c for c in COVERED if c != "@path"]),
+    "@query not covered": dict(components=[c for c in COVERED if c != "@query"]),
+    "x-forwarded-for not covered": dict(components=[c for c in COVERED if c != "x-forwarded-for"]),
+    "key header not covered": dict(components=[c for c in COVERED if c != "x-wsgiproxy-str-0"]),
+    "expired": dict(now=int(time.time()) - 1000),
+    "created in the future": dict(now=int(time.time()) + 1000),
+    "no expires": dict(expires=None),
+    "no nonce": dict(nonce=None),
+    "another tag": dict(tag="other"),
+    "another label": dict(label="other"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POLICY))
+@pytest.mark.parametrize("peer", PEERS)
+def test_our_middleware_refuses_what_its_policy_does_not_allow(side, receiver, node, peer, case):
+    message = their_request()
+    their_sign(peer, node, message, side.key, **POLICY[case])
+    refused(deliver(receiver, message))
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_an_uncovered_identity_header_is_refused_though_the_signature_is_valid(
+        side, receiver, node, peer):
+    message = their_request()
+    their_sign(peer, node, message, side.key)
+    message.headers["X-WSGIProxy-Str-1"] = "HTTP_X_ROLE admin"
+    # RFC 9421 lets a verifier accept it: the peers do.
+    assert python_verify(message, side.key)
+    assert node.verify(message, side.key)
+    refused(deliver(receiver, message))
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_a_second_signature_under_another_label_is_ignored(side, receiver, node, peer):
+    message = their_request()
+    their_sign(peer, node, message, side.key)
+    ours = message.headers["Signature-Input"], message.headers["Signature"]
+    del message.headers["Signature-Input"], message.headers["Signature"]
+    other = hmac_key(b"some-other-key-of-another-party", "other-party")
+    their_sign(peer, node, message, other, label="other", tag="other")
+    message.headers["Signature-Input"] = ours[0] + ", " + message.headers["Signature-Input"]
+    message.headers["Signature"] = ours[1] + ", " + message.headers["Signature"]
+    accepted(deliver(receiver, message))
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_a_peer_signed_request_replayed_or_under_an_unknown_key_is_refused(
+        side, sides, receiver, node, peer):
+    message = their_request()
+    their_sign(peer, node, message, side.key)
+    accepted(deliver(receiver, message))
+    assert "replay" in refused(deliver(receiver, message))
+    stranger = their_request()
+    their_sign(peer, node, stranger, side.key._replace(keyid="0123456789abcdef"))
+    refused(deliver(receiver, stranger))
