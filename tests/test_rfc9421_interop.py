@@ -584,3 +584,59 @@ def test_a_peer_signed_request_replayed_or_under_an_unknown_key_is_refused(
     stranger = their_request()
     their_sign(peer, node, stranger, side.key._replace(keyid="0123456789abcdef"))
     refused(deliver(receiver, stranger))
+
+
+#: Authorities and targets whose components need the RFC's normalisation rules
+#: (RFC 9421 section 2.2: the scheme's default port and the host's case go; percent
+#: escapes, dot segments and an empty query stay as sent).
+TARGETS = [
+    ("backend.internal:80", "/backend/orders?color=red"),
+    ("Backend.Internal:8080", "/backend/orders?color=red"),
+    ("[::1]:8080", "/backend/orders"),
+    ("backend.internal:8080", "/backend/caf%C3%A9/a%2Fb?q=caf%C3%A9&empty=&x=a%20b"),
+    ("backend.internal:8080", "/backend/a;v=1/b?"),
+    ("backend.internal:8080", "/backend/%7e%7E~?a=%7e&b=~&c=a+b"),
+    ("backend.internal:8080", "/backend/a/./b/../c"),
+    ("backend.internal:8080", "/backend/orders?q=/?:@!$'()*+,;="),
+    ("backend.internal:8080", "/backend/orders?a[]=1&b=[2]"),
+]
+
+#: Where a peer departs from RFC 9421 (found by these tests; each is expected to fail,
+#: strictly, so that a fixed release is noticed).
+DEVIATIONS = {
+    ("node", "/backend/a/./b/../c"):
+        "npm http-message-signatures 1.0.6 takes @path from a WHATWG URL, which removes "
+        "dot segments: it signs '/backend/a/c' for the path '/backend/a/./b/../c' as sent",
+    ("node", "/backend/orders?q=/?:@!$'()*+,;="):
+        "npm http-message-signatures 1.0.6 takes @query from a WHATWG URL, which "
+        "percent-encodes ' in the query of an http URL: '?q=/?:@!$%27()*+,;=' instead of "
+        "the query as sent",
+    ("python", "/backend/orders?a[]=1&b=[2]"):
+        "PyPI http-message-signatures 3.0.0 refuses a target outside RFC 3986 (raw [ and ] "
+        "in a query, as browsers send them): 'Invalid URL'",
+}
+
+
+def by_peer_and_target():
+    for peer in PEERS:
+        for host, target in TARGETS:
+            reason = DEVIATIONS.get((peer, target))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(peer, host, target, marks=marks, id="%s-%s%s" % (peer, host, target))
+
+
+@pytest.mark.parametrize("peer, host, target", list(by_peer_and_target()))
+def test_peer_signed_requests_for_unusual_targets_are_accepted(
+        side, receiver, node, peer, host, target):
+    message = their_request(body=b"")
+    message.method, message.body = "GET", None
+    del message.headers["Content-Length"]
+    message.url = "http://%s%s" % (host, target)
+    message.headers["Host"] = host
+    base = their_sign(peer, node, message, side.key, components=DERIVED + IDENTITY)
+    if ("node" if peer == "python" else "python", target) not in DEVIATIONS:
+        # The other peer agrees on the base.
+        other = (node.verify(message, side.key) if peer == "python"
+                 else python_verify(message, side.key))
+        assert other.ok and other.base == base, (other, base)
+    accepted(deliver(receiver, message))
