@@ -38,8 +38,8 @@ TESTS_REQUIRE = [
     "websockets>=13",
     "flask-sock>=0.7",
     "simple-websocket>=1.0",
-    # RFC 9421 interoperability (tests/test_rfc9421_interop.py): an independent
-    # implementation to sign and verify against, and Ed25519 keys for the tests.
+    # RFC 9421: Ed25519 keys (the ed25519 extra), and an independent implementation
+    # to sign and verify against (tests/test_rfc9421_interop.py).
     "http-message-signatures>=3.0,<4",
     "cryptography>=42",
 ]
@@ -75,6 +75,8 @@ setup(
     extras_require={
         "test": TESTS_REQUIRE,
         "redis": ["redis>=5"],
+        # Ed25519 keys for RFC 9421 signatures (private_key_file, public_key_file...).
+        "ed25519": ["cryptography>=42"],
     },
     entry_points={
         "paste.app_factory": [

@@ -19,8 +19,10 @@ LAYERS = [
     # protocol (X-WSGIProxy-* between proxy and middleware), and any layer may use it.
     ("ground", ["wsgiproxy", "wsgiproxy.errors", "wsgiproxy.abnf", "wsgiproxy.converters",
                 "wsgiproxy.cookies"]),
+    # structured: RFC 9651 fields; rfc9421: the standard signature format over them.
     ("wire protocol", ["wsgiproxy.protocol.headers", "wsgiproxy.protocol.signature",
-                       "wsgiproxy.protocol.forwarded"]),
+                       "wsgiproxy.protocol.forwarded", "wsgiproxy.protocol.structured",
+                       "wsgiproxy.protocol.rfc9421"]),
     # The protocol package's __init__ is its edge: it re-exports the stateful
     # classes of keys under their old path and fills in the clock and nonce.
     ("keys and stores", ["wsgiproxy.keys", "wsgiproxy.redisstore", "wsgiproxy.protocol"]),

@@ -7,7 +7,15 @@ import threading
 import pytest
 
 from wsgiproxy.errors import NonceStoreFull
-from wsgiproxy.keys import MemoryNonceStore, NonceStore, SecretKeys, key_id_for, new_nonce
+from wsgiproxy.keys import (
+    MemoryNonceStore,
+    NonceStore,
+    PrivateKey,
+    PublicKeys,
+    SecretKeys,
+    key_id_for,
+    new_nonce,
+)
 from wsgiproxy.protocol.signature import check_nonce
 
 # -- secret files -------------------------------------------------------------
@@ -106,6 +114,90 @@ def test_from_secrets():
         SecretKeys.from_secrets([])
     with pytest.raises(ValueError):
         SecretKeys.from_secrets([" "])
+
+
+# -- Ed25519 key files (RFC 9421) ------------------------------------------------
+
+def ed25519_pem():
+    """A fresh Ed25519 key pair as PEM: (private PKCS#8, public SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+def test_private_and_public_key_files(tmp_path, caplog):
+    private_pem, public_pem = ed25519_pem()
+    other_private, other_public = ed25519_pem()
+    (tmp_path / "key.pem").write_bytes(private_pem)
+    os.chmod(tmp_path / "key.pem", 0o644)
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"):
+        private = PrivateKey(str(tmp_path / "key.pem"))
+    assert "private key file" in caplog.text and "chmod 600" in caplog.text
+    (tmp_path / "public.pem").write_bytes(b"# the proxy, 2024\n" + public_pem
+                                          + b"\n# the next one\n" + other_public)
+    os.chmod(tmp_path / "public.pem", 0o644)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"):
+        public = PublicKeys(tmp_path / "public.pem")
+    assert caplog.text == ""  # public keys may be read by anyone
+    alg, key_id, sign = private.signer()
+    assert public.key_ids == [key_id, PrivateKey.from_pem(other_private).key_id]
+    assert public.verifier(key_id)[1](b"data", sign(b"data"))
+    assert not public.verifier(key_id)[1](b"other", sign(b"data"))
+    assert private.verifier(key_id)[1](b"data", sign(b"data"))
+    assert private.verifier("x") is None and public.verifier("x") is None
+    assert key_id in repr(private) and "BEGIN" not in repr(private)
+
+
+def test_key_files_reload(tmp_path):
+    first, first_public = ed25519_pem()
+    second, second_public = ed25519_pem()
+    path, public_path = tmp_path / "key.pem", tmp_path / "public.pem"
+    write(path, first.decode())
+    write(public_path, first_public.decode())
+    private = PrivateKey(str(path), check_interval=0)
+    public = PublicKeys(str(public_path), check_interval=0)
+    old_id = private.key_id
+    write(path, second.decode())
+    write(public_path, (first_public + second_public).decode())
+    assert private.key_id != old_id
+    assert public.key_ids == [old_id, private.key_id]
+    write(path, "half written")
+    assert private.key_id == PrivateKey.from_pem(second).key_id  # kept
+
+
+def test_bad_key_files(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    private_pem, public_pem = ed25519_pem()
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_public = ec_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ec_private = ec_key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+    encrypted = serialization.load_pem_private_key(private_pem, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"password"))
+    cases = [(PrivateKey, b"", "no PEM private key"), (PrivateKey, public_pem, "no PEM private"),
+             (PrivateKey, ec_private, "not an Ed25519 key"), (PrivateKey, encrypted, "encrypted"),
+             (PublicKeys, b"# nothing\n", "no PEM public key"),
+             (PublicKeys, public_pem + ec_public, "key 2 is not an Ed25519 key"),
+             (PublicKeys, private_pem, "not a PUBLIC KEY"),
+             (PublicKeys, public_pem.replace(b"MCow", b"MCox"), "not a valid public key")]
+    for n, (cls, data, message) in enumerate(cases):
+        path = tmp_path / ("key-%d.pem" % n)
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=message) as info:
+            cls(str(path))
+        assert str(path) in str(info.value)
+    with pytest.raises(ValueError, match="missing.pem"):
+        PublicKeys(str(tmp_path / "missing.pem"))
 
 
 # -- nonce stores -------------------------------------------------------------

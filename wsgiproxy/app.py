@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +19,13 @@ from urllib.parse import urlsplit
 from . import protocol
 from .balancer import Balancer, parse_next_upstream
 from .cookies import CookieRewriter, RuleInput
-from .errors import BodyTooLarge, InvalidRequest, MethodNotAllowed, WSGIProxyError
+from .errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    MessageSignatureError,
+    MethodNotAllowed,
+    WSGIProxyError,
+)
 from .forwarding import (
     DEFAULT_SKIP,
     INLINE_BODY_MAX,
@@ -33,6 +40,7 @@ from .forwarding import (
     send,
     send_upgrade,
 )
+from .protocol import rfc9421
 from .transport import Transport, make_transport
 from .upgrade import Tunnels, requested_protocols
 
@@ -50,6 +58,12 @@ _end_to_end_headers = EnvironHeaders(
     DEFAULT_SKIP | {protocol.environ_key(protocol.FORWARDED),
                     protocol.environ_key(protocol.SCRIPT_NAME_HEADER)},
     (protocol.environ_key(protocol.HEADER_PREFIX), "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
+# Signing with RFC 9421, the client's own Signature and Signature-Input are dropped too:
+# the backend must see only the proxy's.
+_end_to_end_headers_rfc9421 = EnvironHeaders(
+    _end_to_end_headers.skip | {"HTTP_SIGNATURE", "HTTP_SIGNATURE_INPUT"},
+    _end_to_end_headers.skip_prefixes)
+SIGNATURE_FORMATS = ("v1", "rfc9421")
 _FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
 _FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
 Environ = dict[str, Any]
@@ -94,12 +108,25 @@ class WSGIProxyApp:
         A list of such URLs, differing only in ``host:port``, makes several
         backends (:doc:`backends`); the ``Host`` sent is the first one's.
     :param secret_file: a file of shared secrets; requests are then signed
-        (``X-WSGIProxy-Signature``) so the middleware can trust them.
+        (``X-WSGIProxy-Signature``, or ``hmac-sha256`` with ``rfc9421``) so the
+        middleware can trust them.
+    :param signature_format: ``"v1"`` (``X-WSGIProxy-Signature``) or
+        ``"rfc9421"`` (``Signature-Input``/``Signature``, :doc:`protocol`).
+    :param private_key_file: an Ed25519 private key (PEM): requests are signed
+        ``ed25519`` with it (``rfc9421`` only; ``secret_file`` is then not
+        needed to sign).  Backends verify with the public key alone.
+    :param verify_responses: check that every response is signed by the
+        backend's middleware (``sign_responses``) and bound to the request it
+        answers, before anything is sent to the client: any other response
+        is a 502 and its connection is closed (``rfc9421`` and the default
+        ``http`` transport only).
+    :param response_public_key_file: the backend's Ed25519 public key(s) that
+        sign responses; without it, responses are checked with ``secret_file``.
     :param string_keys, unicode_keys, json_keys, pickle_keys: environ keys
         sent as ``X-WSGIProxy-Str-N`` / ``-Unicode-N`` / ``-Json-N`` /
         ``-Pickle-N`` headers (e.g. ``string_keys=["REMOTE_USER"]``).
         Pickled values are only unpickled by a middleware that verified the
-        signature, so ``pickle_keys`` needs ``secret_file``.
+        signature, so ``pickle_keys`` needs ``secret_file`` (or ``private_key_file``).
     :param preserve_host: send the client's Host instead of href's host.
     :param trusted_proxies: addresses/CIDR ranges of front proxies whose
         ``X-Forwarded-For`` is kept and appended to; from anyone else it is
@@ -116,7 +143,7 @@ class WSGIProxyApp:
     :param allowed_methods: methods to forward; others get 405.  ``None``:
         all methods.
     :param max_body_size: request bodies larger than this get 413.
-    :param sign_body_max: with ``secret_file``, bodies up to this many bytes
+    :param sign_body_max: when signing, bodies up to this many bytes
         (with a Content-Length) are covered by the signature (0: off).  Such
         bodies are read into memory before they are sent; larger ones stream
         unsigned.  The middleware reads at most its ``max_signed_body_size``
@@ -153,6 +180,8 @@ class WSGIProxyApp:
                  next_upstream: str = "error timeout", next_upstream_tries: int = 0,
                  next_upstream_timeout: float = 0.0, retry_budget: float = 20.0,
                  max_tunnels: int = 1000, websocket_idle_timeout: float | None = None,
+                 signature_format: str = "v1", private_key_file: str | None = None,
+                 verify_responses: bool = False, response_public_key_file: str | None = None,
                  transport: Transport | str = "http",
                  **transport_options: Any) -> None:
         hrefs = [href] if isinstance(href, str) else list(href)
@@ -175,14 +204,15 @@ class WSGIProxyApp:
                      tuple(pickle_keys))
         self.has_keys = any(self.keys)
         self.secret_keys = protocol.SecretKeys(secret_file) if secret_file else None
-        if pickle_keys and self.secret_keys is None:
-            raise ValueError("pickle_keys needs secret_file: the middleware only unpickles "
-                             "values from signed requests")
+        self._init_signing(signature_format, private_key_file)
+        if pickle_keys and self.signer is None:
+            raise ValueError("pickle_keys needs secret_file (or private_key_file): the "
+                             "middleware only unpickles values from signed requests")
         self.sign_body_max = int(sign_body_max or 0)
         # Bodies are read whole up to this size (the rest stream): as far as
         # the signature must cover them.
         self.inline_body_max = (max(INLINE_BODY_MAX, self.sign_body_max)
-                                if self.secret_keys is not None else INLINE_BODY_MAX)
+                                if self.signer is not None else INLINE_BODY_MAX)
         self.preserve_host = preserve_host
         self.trusted_proxies = protocol.TrustedNetworks(trusted_proxies) if trusted_proxies else None
         self.forwarded = forwarded
@@ -199,6 +229,12 @@ class WSGIProxyApp:
             self.transport = transport
         else:
             self.transport = make_transport(transport, **transport_options)
+        #: With ``verify_responses``: the keys that verify responses, else ``None``.
+        self.response_keys: rfc9421.Verifier | None = None
+        if verify_responses:
+            self._init_response_checks(response_public_key_file)
+        elif response_public_key_file:
+            raise ValueError("response_public_key_file needs verify_responses")
         self._location_prefixes = tuple({prefix for one in backends for prefix in (
             "%s://%s%s" % (self.scheme, one.netloc.lower(), self.path), "%s://%s%s" % (
                 self.scheme, protocol.join_host(one.hostname, _port(one), self.scheme),
@@ -222,6 +258,40 @@ class WSGIProxyApp:
     def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
 
+    def _init_signing(self, signature_format: str, private_key_file: str | None) -> None:
+        if signature_format not in SIGNATURE_FORMATS:
+            raise ValueError("signature_format must be v1 or rfc9421, not %r" % (signature_format,))
+        self.signature_format = signature_format
+        self.private_key = protocol.PrivateKey(private_key_file) if private_key_file else None
+        #: What signs requests (SecretKeys for v1, an RFC 9421 Signer), or ``None``.
+        self.signer: Any = self.secret_keys
+        self._headers_of = _end_to_end_headers
+        if signature_format == "v1":
+            if self.private_key is not None:
+                raise ValueError("private_key_file needs signature_format = rfc9421")
+            return
+        if self.private_key is not None:
+            self.signer = self.private_key
+        elif self.secret_keys is not None:
+            self.signer = rfc9421.HMACKeys(self.secret_keys)
+        else:
+            raise ValueError("signature_format = rfc9421 needs secret_file or private_key_file")
+        self._headers_of = _end_to_end_headers_rfc9421
+
+    def _init_response_checks(self, public_key_file: str | None) -> None:
+        if self.signature_format != "rfc9421":
+            raise ValueError("verify_responses needs signature_format = rfc9421: a response "
+                             "is bound to the request's RFC 9421 signature")
+        if not self.transport.checks_responses:
+            raise ValueError("verify_responses needs the http transport: it checks a response "
+                             "before its connection can be used again")
+        if public_key_file:
+            self.response_keys = protocol.PublicKeys(public_key_file)
+        elif self.secret_keys is not None:
+            self.response_keys = rfc9421.HMACKeys(self.secret_keys)
+        else:
+            raise ValueError("verify_responses needs response_public_key_file or secret_file")
+
     def close(self) -> None:
         """Close the transport's pooled connections."""
         self.transport.close()
@@ -237,6 +307,15 @@ class WSGIProxyApp:
                     environ, functools.partial(self._send_upgrade, request, protocols))
                 if response.status == 101:
                     return self.tunnels.run(environ, start_response, response, body)
+            elif self.response_keys is not None:
+                sender = functools.partial(send, check=functools.partial(
+                    self._response_problem, request))
+                if self.balancer is None:
+                    response, body = sender(self.transport, self.scheme, self.host, self.port,
+                                            request)
+                else:
+                    response, body = self.balancer.send(self.transport, self.scheme, request,
+                                                        sender)
             elif self.balancer is None:
                 response, body = send(self.transport, self.scheme, self.host, self.port, request)
             else:
@@ -277,7 +356,7 @@ class WSGIProxyApp:
         if self.max_body_size is not None:
             self._check_body_size(environ)
 
-        headers = _end_to_end_headers(environ)
+        headers = self._headers_of(environ)
         script_name = environ.get("SCRIPT_NAME", "")
         remote = environ.get("REMOTE_ADDR", "")
 
@@ -323,7 +402,7 @@ class WSGIProxyApp:
             query = query + "&" + self.query if query else self.query
         target = path + "?" + safe_target(query) if query else path
         request = outgoing_request(environ, target, headers, self.inline_body_max)
-        if self.secret_keys is not None:
+        if self.signer is not None:
             self._sign(request, host_header, identity_at)
         return request
 
@@ -351,23 +430,52 @@ class WSGIProxyApp:
             environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], limit)
 
     def _sign(self, request: OutgoingRequest, host: str, identity_at: int) -> None:
-        """Add the signature header to the finished request.
+        """Add the signature header(s) to the finished request.
 
         Only ``headers[identity_at:]`` can be signed ones: the client's own
         identity headers were dropped, so the rest need not be looked at.
         """
-        keys = self.secret_keys
-        assert keys is not None
         method, target, headers, body, _ = request
         path, _, query = target.partition("?")
         digest_body = (bytes(body) if isinstance(body, (bytes, bytearray))
                        and len(body) <= self.sign_body_max else None)
         try:
-            signature = protocol.sign_request(keys, method, host, path, query,
-                                              headers[identity_at:], body=digest_body)
+            if self.signature_format == "v1":
+                headers.append((protocol.SIGNATURE_HEADER, protocol.sign_request(
+                    self.signer, method, host, path, query, headers[identity_at:],
+                    body=digest_body)))
+                return
+            if digest_body is not None and any(  # the client's: ours replaces it
+                    name.lower() == "content-digest" for name, _ in headers):
+                ours = len(headers) - identity_at  # the client's come before ours
+                headers[:] = [h for h in headers if h[0].lower() != "content-digest"]
+                identity_at = len(headers) - ours
+            headers += protocol.sign_request_rfc9421(
+                self.signer, method, host, path, query, headers[identity_at:],
+                scheme=self.scheme, body=digest_body)
         except protocol.ProtocolError as exc:  # e.g. CR/LF or non-latin-1 text in the Host
             raise InvalidRequest("cannot sign this request: %s" % exc) from None
-        headers.append((protocol.SIGNATURE_HEADER, signature))
+
+    def _response_problem(self, request: OutgoingRequest, status: int,
+                          headers: list[tuple[str, str]]) -> str | None:
+        """Why a response cannot be accepted as the answer to ``request`` (None: it can).
+
+        The transport calls it before the response's connection can be reused.
+        """
+        assert self.response_keys is not None
+        method, target, request_headers, _, _ = request
+        path, _, query = target.partition("?")
+        fields: dict[str, str] = {}
+        for name, value in request_headers:
+            name = name.lower()
+            fields[name] = fields[name] + ", " + value if name in fields else value
+        sent = rfc9421.Message(method, rfc9421.authority(fields.get("host", ""), self.scheme),
+                               path, query, fields=fields)
+        try:
+            rfc9421.verify_response(self.response_keys, status, headers, sent, now=time.time())
+        except MessageSignatureError as exc:
+            return "refused response (verify_responses): %s" % exc
+        return None
 
     def _rewrite_locations(self, url_scheme: str, client_host: str, script_name: str,
                            headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = [
     "WSGIProxyError",
-    "ProtocolError", "SignatureError", "Forbidden",
+    "ProtocolError", "SignatureError", "MessageSignatureError", "Forbidden",
     "InvalidRequest", "RequestBodyError", "BodyTooLarge", "MethodNotAllowed",
     "BackendError", "BackendUnavailable", "BackendTimeout", "BadBackendResponse",
     "ResponseTooLarge", "RequestTooLarge",
@@ -82,6 +82,16 @@ class SignatureError(Forbidden):
         if detail:
             message += " (%s)" % detail
         super().__init__(message)
+
+
+class MessageSignatureError(SignatureError):
+    """An RFC 9421 signature (``Signature-Input``/``Signature``) that cannot be accepted.
+
+    The reasons are those of :class:`SignatureError`; the message names
+    ``Signature`` instead of ``X-WSGIProxy-Signature``.
+    """
+
+    header = "Signature"
 
 
 class InvalidRequest(WSGIProxyError, ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import BackendError, InvalidRequest, RequestBodyError, WSGIProxyError
@@ -19,7 +19,7 @@ from .responses import error_answer
 from .transport import NON_NOMINATING_TOKENS, UNFORWARDED_REQUEST_HEADERS, connection_tokens
 
 if TYPE_CHECKING:
-    from .transport import Response, Transport
+    from .transport import HTTPTransport, Response, ResponseCheck, Transport
 
 __all__ = ["EnvironHeaders", "environ_headers", "request_body", "request_path",
            "OutgoingRequest", "outgoing_request", "send", "send_upgrade", "relay",
@@ -198,16 +198,24 @@ def outgoing_request(environ: Environ, target: str, headers: list[tuple[str, str
 
 
 def send(transport: Transport, scheme: str, host: str, port: int | str,
-         request: OutgoingRequest) -> tuple[Response, Iterable[bytes]]:
+         request: OutgoingRequest,
+         check: ResponseCheck | None = None) -> tuple[Response, Iterable[bytes]]:
     """Send ``request`` to ``scheme://host:port``; return the response and its WSGI body.
 
     A streamed body's first piece is fetched here, before anything is
     answered (a WSGI server sends nothing before it anyway), so a backend
     that fails before its first body byte still gets a clean 502/504: every
     :class:`~wsgiproxy.errors.WSGIProxyError` is raised before the answer starts.
+
+    :param check: a :data:`~wsgiproxy.transport.ResponseCheck` for a transport
+        whose ``checks_responses`` is true (the caller makes sure).
     """
     method, target, headers, body, length = request
-    response = transport.request(scheme, host, port, method, target, headers, body, length)
+    if check is None:
+        response = transport.request(scheme, host, port, method, target, headers, body, length)
+    else:
+        response = cast("HTTPTransport", transport).request(
+            scheme, host, port, method, target, headers, body, length, check)
     body = response.body
     if body is not None:
         return response, [body] if body else []

@@ -5,33 +5,39 @@ reads the clock on its own or draws random numbers lives here:
 
 * :class:`SecretKeys`: the shared secrets of a secret file, re-read when the
   file changes (key rotation without downtime);
+* :class:`PrivateKey` and :class:`PublicKeys`: Ed25519 keys in PEM files for
+  RFC 9421 signatures (the ``cryptography`` package, imported when one is
+  used), re-read the same way;
 * :class:`NonceStore` (the interface) and :class:`MemoryNonceStore` (one
   process), which remember accepted nonces so a request cannot be replayed
   (:class:`~wsgiproxy.redisstore.RedisNonceStore` shares them in Redis);
 * :data:`new_nonce`: the process-wide source of nonces for signing.
 
-:func:`key_id_for` lives here too, although the key id is part of the wire
-format: :class:`SecretKeys` needs it, and :mod:`wsgiproxy.protocol` imports
+:func:`key_id_for` and :func:`ed25519_key_id` live here too, although key
+ids are part of the wire format: the key classes need them, and :mod:`wsgiproxy.protocol` imports
 this module (for its defaults and old import paths), never the other way
 round.  This module knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import heapq
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import NonceStoreFull
 
 __all__ = [
-    "DEFAULT_NONCE_CAPACITY", "MemoryNonceStore", "NonceStore", "SecretKeys", "key_id_for",
-    "new_nonce",
+    "DEFAULT_NONCE_CAPACITY", "MemoryNonceStore", "NonceStore", "PrivateKey", "PublicKeys",
+    "SecretKeys", "ed25519_key_id", "key_id_for", "new_nonce",
 ]
 
 # The logger these messages have always gone to (when this code lived in
@@ -46,6 +52,20 @@ DEFAULT_NONCE_CAPACITY = 500000
 def key_id_for(secret: bytes) -> str:
     """The public id of a secret: 16 hex characters of ``sha256(b"wsgiproxy-key-id:" + secret)``."""
     return hashlib.sha256(b"wsgiproxy-key-id:" + secret).hexdigest()[:16]
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def ed25519_key_id(public_key: bytes) -> str:
+    """The key id of an Ed25519 public key (its 32 raw bytes): the RFC 7638 JWK
+    thumbprint of the OKP key (RFC 8037), unpadded base64url of
+    ``sha256('{"crv":"Ed25519","kty":"OKP","x":"<base64url of the key>"}')``."""
+    if len(public_key) != 32:
+        raise ValueError("an Ed25519 public key has 32 bytes")
+    jwk = '{"crv":"Ed25519","kty":"OKP","x":"%s"}' % _b64url(public_key)
+    return _b64url(hashlib.sha256(jwk.encode("ascii")).digest())
 
 
 # ---------------------------------------------------------------------------
@@ -63,7 +83,89 @@ def _parse_secrets(data: bytes) -> KeyPairs:
     return [(key_id_for(secret), secret) for secret in secrets_]
 
 
-class SecretKeys:
+class _KeyFile:
+    """A key file, re-read when its mtime, size or inode changes (at most every
+    ``check_interval`` seconds).  Subclasses parse it (``_parse``) into a state
+    and say what it is (``what``) and whether it is private."""
+
+    what = "key file"
+    private = True
+    path: str | None
+    check_interval: float | None
+    _stat_key: tuple[int, int, int] | None
+
+    def __init__(self, path: str | os.PathLike[str], check_interval: float = 1.0) -> None:
+        self.path = os.fspath(path)
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._stat_failed = False
+        try:
+            self._state, self._stat_key = self._read()
+        except OSError as exc:
+            raise ValueError("cannot read %s %r: %s" % (self.what, self.path,
+                                                        exc.strerror or exc)) from None
+        self._next_check = time.monotonic() + check_interval
+
+    def _in_memory(self, state: Any) -> None:
+        self.path = None
+        self.check_interval = None
+        self._lock = threading.Lock()
+        self._stat_failed = False
+        self._stat_key = None
+        self._state = state
+        self._next_check = float("inf")
+
+    def _parse(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def _count(self) -> int:
+        return len(self._state[0])
+
+    def _read(self) -> tuple[Any, tuple[int, int, int]]:
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+        state = self._parse(data)
+        if self.private and st.st_mode & 0o077 and os.name == "posix":
+            log.warning("%s %s can be read by other users (mode %03o): whoever reads "
+                        "it can sign requests; chmod 600 it", self.what, self.path,
+                        st.st_mode & 0o777)
+        return state, (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        with self._lock:
+            if now < self._next_check:
+                return
+            assert self.check_interval is not None
+            self._next_check = now + self.check_interval
+            try:
+                st = os.stat(self.path)  # type: ignore[arg-type]
+            except OSError as exc:
+                if not self._stat_failed:
+                    log.warning("%s %s is not readable (%s); keeping the keys loaded "
+                                "before", self.what, self.path, exc.strerror or exc)
+                    self._stat_failed = True
+                return
+            self._stat_failed = False
+            stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stat_key == self._stat_key:
+                return
+            try:
+                self._state, self._stat_key = self._read()
+            except (OSError, ValueError) as exc:
+                self._stat_key = stat_key  # warn once per version of the file
+                log.warning("%s %s could not be reloaded (%s); keeping the %d key(s) "
+                            "loaded before", self.what, self.path,
+                            getattr(exc, "strerror", None) or exc, self._count())
+                return
+            log.info("%s %s reloaded: %d key(s)", self.what, self.path, self._count())
+
+
+class SecretKeys(_KeyFile):
     """The shared secrets of a secret file: the first signs, any of them verifies.
 
     Each non-empty line not starting with ``#`` is one secret (surrounding
@@ -80,20 +182,7 @@ class SecretKeys:
     :param check_interval: seconds between two looks at the file's metadata.
     """
 
-    path: str | None
-    check_interval: float | None
-
-    def __init__(self, path: str | os.PathLike[str], check_interval: float = 1.0) -> None:
-        self.path = os.fspath(path)
-        self.check_interval = check_interval
-        self._lock = threading.Lock()
-        self._stat_failed = False
-        try:
-            self._state, self._stat_key = self._read()
-        except OSError as exc:
-            raise ValueError("cannot read secret file %r: %s" % (self.path, exc.strerror or exc)) \
-                from None
-        self._next_check = time.monotonic() + check_interval
+    what = "secret file"
 
     @classmethod
     def from_secrets(cls, secrets: str | bytes | Iterable[str | bytes]) -> SecretKeys:
@@ -111,23 +200,14 @@ class SecretKeys:
         if not raw:
             raise ValueError("no secret given")
         self = cls.__new__(cls)
-        self.path = None
-        self.check_interval = None
-        self._lock = threading.Lock()
-        self._stat_failed = False
-        self._stat_key = None
-        self._state = cls._make_state([(key_id_for(s), s) for s in raw])
-        self._next_check = float("inf")
+        self._in_memory(cls._make_state([(key_id_for(s), s) for s in raw]))
         return self
 
     @staticmethod
     def _make_state(pairs: KeyPairs) -> tuple[KeyPairs, dict[str, bytes]]:
         return pairs, dict(pairs)
 
-    def _read(self):
-        with open(self.path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+    def _parse(self, data: bytes) -> tuple[KeyPairs, dict[str, bytes]]:
         pairs = _parse_secrets(data)
         if not pairs:
             raise ValueError("secret file %r holds no secret (only empty or # lines)" % self.path)
@@ -135,40 +215,7 @@ class SecretKeys:
             log.warning("secret file %s holds a secret shorter than 16 bytes; use a long random "
                         "one (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
                         self.path)
-        if st.st_mode & 0o077 and os.name == "posix":
-            log.warning("secret file %s can be read by other users (mode %03o): whoever reads "
-                        "it can sign requests; chmod 600 it", self.path, st.st_mode & 0o777)
-        return self._make_state(pairs), (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def _maybe_reload(self):
-        now = time.monotonic()
-        if now < self._next_check:
-            return
-        with self._lock:
-            if now < self._next_check:
-                return
-            self._next_check = now + self.check_interval
-            try:
-                st = os.stat(self.path)
-            except OSError as exc:
-                if not self._stat_failed:
-                    log.warning("secret file %s is not readable (%s); keeping the keys loaded "
-                                "before", self.path, exc.strerror or exc)
-                    self._stat_failed = True
-                return
-            self._stat_failed = False
-            stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stat_key == self._stat_key:
-                return
-            try:
-                self._state, self._stat_key = self._read()
-            except (OSError, ValueError) as exc:
-                self._stat_key = stat_key  # warn once per version of the file
-                log.warning("secret file %s could not be reloaded (%s); keeping the %d key(s) "
-                            "loaded before", self.path,
-                            getattr(exc, "strerror", None) or exc, len(self._state[0]))
-                return
-            log.info("secret file %s reloaded: %d key(s)", self.path, len(self._state[0]))
+        return self._make_state(pairs)
 
     def signing_key(self) -> tuple[str, bytes]:
         """``(key id, secret)`` of the key that signs: the first one."""
@@ -188,6 +235,164 @@ class SecretKeys:
 
     def __repr__(self) -> str:  # never the secrets
         return "<SecretKeys %s: %s>" % (self.path or "in memory", ", ".join(self.key_ids))
+
+
+# ---------------------------------------------------------------------------
+# Ed25519 keys (RFC 9421 signatures; the cryptography package, imported when used)
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+
+
+def _cryptography() -> Any:
+    """The parts of ``cryptography`` that Ed25519 keys need, or a ``ValueError`` saying how
+    to install it."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise ValueError("Ed25519 keys need the cryptography package: "
+                         "pip install 'WSGIProxy[ed25519]'") from None
+    return InvalidSignature, serialization, ed25519
+
+
+def _raw_public(key: Any) -> bytes:
+    _, serialization, _ = _cryptography()
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _verify_function(key: Any) -> Callable[[bytes, bytes], bool]:
+    invalid = _cryptography()[0]
+
+    def verify(data: bytes, signature: bytes) -> bool:
+        try:
+            key.verify(signature, data)
+        except invalid:
+            return False
+        return True
+    return verify
+
+
+class PrivateKey(_KeyFile):
+    """An Ed25519 private key that signs (``WSGIProxyApp(private_key_file=...)``,
+    the middleware's ``response_key_file``).
+
+    The file is PEM, PKCS#8 (``-----BEGIN PRIVATE KEY-----``), not encrypted,
+    as ``openssl genpkey -algorithm ed25519`` writes it.  Its key id is
+    :func:`ed25519_key_id` of its public key.  Re-read when it changes, as
+    :class:`SecretKeys` is; a file that is missing, unreadable or holds no
+    Ed25519 private key raises ``ValueError`` at construction.
+
+    :param path: the PEM file.
+    :param check_interval: seconds between two looks at the file's metadata.
+    """
+
+    what = "private key file"
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> PrivateKey:
+        """A key from PEM bytes, in memory; for tests and programmatic use."""
+        self = cls.__new__(cls)
+        self.path = None
+        self._in_memory(self._parse(data))
+        return self
+
+    def _parse(self, data: bytes) -> Any:
+        _, serialization, ed25519 = _cryptography()
+        name = self.path or "the PEM data"
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise ValueError("%s: encrypted private keys are not supported" % name) from None
+        except ValueError:
+            raise ValueError("%s holds no PEM private key" % name) from None
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError("%s: the private key is not an Ed25519 key" % name)  # noqa: TRY004
+        key_id = ed25519_key_id(_raw_public(key.public_key()))
+        return ("ed25519", key_id, key.sign), _verify_function(key.public_key())
+
+    def _count(self) -> int:
+        return 1
+
+    def signer(self) -> tuple[str, str, Callable[[bytes], bytes]]:
+        """``("ed25519", key id, sign)``: ``sign(data)`` returns 64 bytes."""
+        self._maybe_reload()
+        return self._state[0]
+
+    def verifier(self, key_id: str) -> tuple[str, Callable[[bytes, bytes], bool]] | None:
+        """``("ed25519", verify)`` when ``key_id`` is this key's, else None."""
+        self._maybe_reload()
+        signer, verify = self._state
+        return ("ed25519", verify) if key_id == signer[1] else None
+
+    @property
+    def key_id(self) -> str:
+        """The key id (public)."""
+        return self.signer()[1]
+
+    def __repr__(self) -> str:
+        return "<PrivateKey %s: %s>" % (self.path or "in memory", self.key_id)
+
+
+class PublicKeys(_KeyFile):
+    """Ed25519 public keys that verify (the middleware's ``public_key_file``,
+    ``WSGIProxyApp(response_public_key_file=...)``).
+
+    The file holds one or more PEM ``-----BEGIN PUBLIC KEY-----`` blocks
+    (SubjectPublicKeyInfo, as ``openssl pkey -pubout`` writes them); text
+    between blocks is ignored, so comments are allowed.  Any of them
+    verifies, under its :func:`ed25519_key_id`; several allow rotation.  A
+    file without one, or with a key that is not Ed25519, raises
+    ``ValueError`` at construction (later: logged, the keys before kept).
+
+    :param path: the PEM file.
+    :param check_interval: seconds between two looks at the file's metadata.
+    """
+
+    what = "public key file"
+    private = False
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> PublicKeys:
+        """Keys from PEM bytes, in memory; for tests and programmatic use."""
+        self = cls.__new__(cls)
+        self.path = None
+        self._in_memory(self._parse(data))
+        return self
+
+    def _parse(self, data: bytes) -> Any:
+        _, serialization, ed25519 = _cryptography()
+        name = self.path or "the PEM data"
+        keys: dict[str, Callable[[bytes, bytes], bool]] = {}
+        for n, match in enumerate(_PEM_BLOCK.finditer(data), 1):
+            if match.group(1) != b"PUBLIC KEY":
+                raise ValueError("%s: block %d is a %s, not a PUBLIC KEY"
+                                 % (name, n, match.group(1).decode("ascii")))
+            try:
+                key = serialization.load_pem_public_key(match.group())
+            except ValueError:
+                raise ValueError("%s: block %d is not a valid public key" % (name, n)) from None
+            if not isinstance(key, ed25519.Ed25519PublicKey):
+                raise ValueError("%s: key %d is not an Ed25519 key" % (name, n))  # noqa: TRY004
+            keys[ed25519_key_id(_raw_public(key))] = _verify_function(key)
+        if not keys:
+            raise ValueError("%s holds no PEM public key" % name)
+        return list(keys), keys
+
+    def verifier(self, key_id: str) -> tuple[str, Callable[[bytes, bytes], bool]] | None:
+        """``("ed25519", verify)`` of the key with this id, or None."""
+        self._maybe_reload()
+        verify = self._state[1].get(key_id)
+        return None if verify is None else ("ed25519", verify)
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The key ids, in the order of the file."""
+        self._maybe_reload()
+        return list(self._state[0])
+
+    def __repr__(self) -> str:
+        return "<PublicKeys %s: %s>" % (self.path or "in memory", ", ".join(self.key_ids))
 
 
 # ---------------------------------------------------------------------------

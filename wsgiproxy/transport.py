@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from .connection import (
@@ -85,6 +85,7 @@ __all__ = [
     "InvalidRequest",
     "RequestBodyError",
     "Response",
+    "ResponseCheck",
     "SwitchedResponse",
     "Transport",
     "connection_tokens",
@@ -101,6 +102,9 @@ _BACKENDS_MAX = 1024  # backend spellings an HTTPTransport remembers (see _backe
 
 #: A request body as transports take it: none, bytes, or a file-like object with ``read(n)``.
 Body = bytes | bytearray | BinaryIO | None
+#: A check of a final response's status and headers, made before its connection can go
+#: back to the pool: a reason to refuse it (a 502, the connection closed), or ``None``.
+ResponseCheck = Callable[[int, list[tuple[str, str]]], "str | None"]
 
 
 class Transport:
@@ -134,6 +138,8 @@ class Transport:
 
     #: False for transports that buffer whole bodies (e.g. httplib2).
     streaming = True
+    #: True for transports whose ``request()`` takes ``check`` (a :data:`ResponseCheck`).
+    checks_responses = False
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0,
                  pool_size: int = 10, idle_timeout: float = 50.0, ca_certs: str | None = None,
@@ -279,8 +285,12 @@ class HTTPTransport(Transport):
 
     It takes the options of :class:`Transport`; ``pool_size`` idle
     connections are kept per backend (scheme, host, port), more are closed
-    when released.
+    when released.  Its ``request()`` takes ``check`` (a :data:`ResponseCheck`):
+    a response it refuses is a :class:`BadBackendResponse` and its connection
+    is closed, never pooled (``WSGIProxyApp(verify_responses=True)``).
     """
+
+    checks_responses = True
 
     _idle: dict[tuple[str, str, int], list[Connection]]
     _backends: dict[tuple[str, str, int | str], tuple[tuple[str, str, int], str]]
@@ -388,9 +398,12 @@ class HTTPTransport(Transport):
 
     def request(self, scheme: str, host: str, port: int | str, method: str, target: str,
                 headers: Sequence[tuple[str, str]], body: Body = None,
-                body_length: int | None = None) -> Response:
+                body_length: int | None = None, check: ResponseCheck | None = None) -> Response:
         """Send one request; the :class:`Response` streams its body (iterate, then close).
 
+        :param check: called with the final response's status and headers
+            before anything else is done with it; a reason it returns makes
+            a :class:`BadBackendResponse`, and the connection is closed.
         :raises BackendError: (502/504) when the backend cannot be reached or
             answers badly; :class:`InvalidRequest` or :class:`RequestBodyError`
             (400) for a request that cannot be sent.
@@ -408,7 +421,7 @@ class HTTPTransport(Transport):
         conn = self._acquire(key)
         if conn is not None:
             try:
-                return self._exchange(conn, method, head, body, body_length, backend)
+                return self._exchange(conn, method, head, body, body_length, backend, False, check)
             except Stale as exc:
                 conn.close()
                 replayable = body is None or isinstance(body, (bytes, bytearray))
@@ -419,7 +432,7 @@ class HTTPTransport(Transport):
                 log.debug("%s: stale keep-alive connection (%s); retrying once", backend, exc)
         conn = self._connect(key, backend)
         try:
-            return self._exchange(conn, method, head, body, body_length, backend)
+            return self._exchange(conn, method, head, body, body_length, backend, False, check)
         except Stale as exc:
             conn.close()
             raise BackendUnavailable("connection closed without a response (%s)" % exc,
@@ -448,7 +461,8 @@ class HTTPTransport(Transport):
                                      backend) from None
 
     def _exchange(self, conn: Connection, method: str, head: bytes, body: Body,
-                  body_length: int | None, backend: str, upgrade: bool = False) -> Response:
+                  body_length: int | None, backend: str, upgrade: bool = False,
+                  check: ResponseCheck | None = None) -> Response:
         sock = conn.sock
         try:
             try:
@@ -463,11 +477,11 @@ class HTTPTransport(Transport):
                 # The backend may have answered early (413, 401) and stopped
                 # reading; read what it said, never reuse the connection.
                 try:
-                    return self._read_response(conn, method, backend, reusable=False)
+                    return self._read_response(conn, method, backend, False, False, check)
                 except BackendError:
                     raise BackendUnavailable("connection lost sending the request body: %s"
                                              % (exc.strerror or exc), backend) from None
-            return self._read_response(conn, method, backend, not upgrade, upgrade)
+            return self._read_response(conn, method, backend, not upgrade, upgrade, check)
         except TIMEOUT_ERRORS:
             conn.close()
             raise BackendTimeout("timed out after %gs waiting for the backend"
@@ -512,7 +526,8 @@ class HTTPTransport(Transport):
             buf += data
 
     def _read_response(self, conn: Connection, method: str, backend: str,
-                       reusable: bool, upgrade: bool = False) -> Response:
+                       reusable: bool, upgrade: bool = False,
+                       check: ResponseCheck | None = None) -> Response:
         for _ in range(MAX_INTERIM):
             head = self._read_head(conn, backend)
             version, status, reason, headers, framing = parse_response_head(head, backend)
@@ -526,6 +541,8 @@ class HTTPTransport(Transport):
                 reusable = False  # e.g. a 1xx announcing a body: bytes may follow
         else:
             raise BadBackendResponse("too many interim (1xx) responses", backend)
+        if check is not None and (problem := check(status, headers)):
+            raise BadBackendResponse(problem, backend)  # _exchange closes the connection
 
         length, chunked, conn_tokens = framing
         mode, length, keep_alive = body_framing(method, status, version, length, chunked,

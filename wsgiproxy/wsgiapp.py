@@ -87,6 +87,11 @@ APP_OPTIONS = {
     "allowed_methods": aslist,
     "max_body_size": _optional_int,
     "sign_body_max": asint,
+    # RFC 9421 signatures and bound responses (docs/protocol.rst).
+    "signature_format": str,
+    "private_key_file": str,
+    "verify_responses": asbool,
+    "response_public_key_file": str,
     # Several backends (docs/backends.rst).
     "balance": str,
     "max_fails": asint,
@@ -193,6 +198,10 @@ MIDDLEWARE_OPTIONS = {
     "require_body_digest": asbool,
     "max_signed_body_size": asint,
     "allow_pickle_from_trusted_ips": asbool,
+    "signature_formats": aslist,
+    "public_key_file": str,
+    "sign_responses": asbool,
+    "response_key_file": str,
 }
 
 

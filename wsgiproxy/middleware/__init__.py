@@ -5,13 +5,17 @@ The receiving end of ``WSGIProxyApp``, and a stricter cousin of Werkzeug's
 request goes through three pieces:
 
 :mod:`~wsgiproxy.middleware.verify`
-    checks the signature (and replays, through a nonce store that fails closed);
+    checks the signature, ``v1`` or RFC 9421 (and replays, through a nonce
+    store that fails closed);
 :mod:`~wsgiproxy.middleware.trust`
     decides who sent it and so which forwarded headers are believed, from a
     table in code; :func:`~wsgiproxy.middleware.verify.admit` refuses what
     that row refuses (pickles, unsigned requests);
 :mod:`~wsgiproxy.middleware.rewrite`
     rebuilds the environ from the believed headers and the forced values.
+
+With ``sign_responses``, :mod:`~wsgiproxy.middleware.bound` signs the
+answer, bound to the request's RFC 9421 signature.
 
 Parsing and signature checking live in :mod:`wsgiproxy.protocol`.  See
 ``docs/middleware.rst``; every option is described in
@@ -29,12 +33,16 @@ from ..protocol import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_NONCE_CAPACITY,
     DEFAULT_SIGNATURE_WINDOW,
+    PrivateKey,
+    PublicKeys,
     SecretKeys,
+    rfc9421,
 )
 from ..responses import error_answer
+from .bound import ResponseSigner
 from .rewrite import Rewriter, protocol_keys
 from .trust import Addresses, Trust
-from .verify import Verifier, admit, has_pickles, load_keys
+from .verify import SIGNATURE_FORMATS, Verifier, admit, has_pickles, load_keys, load_public_keys
 
 __all__ = ["WSGIProxyMiddleware"]
 
@@ -100,6 +108,16 @@ class WSGIProxyMiddleware:
     :param max_signed_body_size: largest signed body read into memory to check its digest.
     :param allow_pickle_from_trusted_ips: also unpickle from unsigned ``trust_ips``
         requests: anyone who can connect from them can run code here.
+    :param signature_formats: the signature formats accepted, ``v1`` and/or
+        ``rfc9421`` (both by default, so both sides can switch one at a time);
+        a signature in another format is ignored, as if there were none.
+    :param public_key_file: Ed25519 public keys (PEM, a path or a
+        :class:`~wsgiproxy.keys.PublicKeys`) that verify RFC 9421 signatures;
+        counts like ``secret_file`` (signatures are then required).
+    :param sign_responses: sign each answer to an RFC 9421-signed request,
+        bound to that request, for ``WSGIProxyApp(verify_responses=True)``.
+    :param response_key_file: the Ed25519 private key (PEM) that signs
+        responses; without it the first secret of ``secret_file`` does.
     """
 
     def __init__(self, app: WSGIApplication, secret_file: str | SecretKeys | None = None,
@@ -113,22 +131,49 @@ class WSGIProxyMiddleware:
                  nonce_cache_size: int = DEFAULT_NONCE_CAPACITY,
                  require_signature: bool | None = None, require_body_digest: bool = False,
                  max_signed_body_size: int = DEFAULT_MAX_SIGNED_BODY,
-                 allow_pickle_from_trusted_ips: bool = False) -> None:
+                 allow_pickle_from_trusted_ips: bool = False,
+                 signature_formats: str | Iterable[str] = SIGNATURE_FORMATS,
+                 public_key_file: str | PublicKeys | None = None,
+                 sign_responses: bool = False,
+                 response_key_file: str | PrivateKey | None = None) -> None:
         self.app = app
         keys = load_keys(secret_file)
-        self.trust = Trust(trust_ips, front_proxy_ips, secret=keys is not None,
+        public_keys = load_public_keys(public_key_file)
+        self.trust = Trust(trust_ips, front_proxy_ips,
+                           secret=keys is not None or public_keys is not None,
                            require_signature=require_signature,
                            allow_pickle_from_trusted_ips=allow_pickle_from_trusted_ips)
         self.rewriter = Rewriter(prefix, pop_prefix, scheme, host, domain, port, x_for=x_for,
                                  x_proto=x_proto, x_host=x_host, x_port=x_port,
                                  x_prefix=x_prefix, forwarded=forwarded)
-        self.verifier = Verifier(keys, signature_window=signature_window,
+        self.verifier = Verifier(keys, public_keys=public_keys,
+                                 signature_formats=signature_formats,
+                                 signature_window=signature_window,
                                  nonce_store=nonce_store, nonce_cache_size=nonce_cache_size,
                                  require_body_digest=require_body_digest,
                                  max_signed_body_size=max_signed_body_size)
+        #: With ``sign_responses``: what signs the answers, else ``None``.
+        self.response_signer: ResponseSigner | None = None
+        if sign_responses:
+            if "rfc9421" not in self.verifier.signature_formats:
+                raise ValueError("sign_responses needs rfc9421 in signature_formats: a response "
+                                 "is bound to the request's RFC 9421 signature")
+            if response_key_file is not None:
+                signer: rfc9421.Signer = (response_key_file
+                                          if isinstance(response_key_file, PrivateKey)
+                                          else PrivateKey(response_key_file))
+            elif keys is not None:
+                signer = rfc9421.HMACKeys(keys)
+            else:
+                raise ValueError("sign_responses needs response_key_file or secret_file")
+            self.response_signer = ResponseSigner(signer, signature_window)
+        elif response_key_file is not None:
+            raise ValueError("response_key_file needs sign_responses")
 
     # The options, as attributes of the middleware (each held by the piece that uses it).
     keys = _option("verifier", "keys")
+    public_keys = _option("verifier", "public_keys")
+    signature_formats = _option("verifier", "signature_formats")
     signature_window = _option("verifier", "signature_window")
     nonce_store = _option("verifier", "nonce_store")
     require_body_digest = _option("verifier", "require_body_digest")
@@ -155,7 +200,10 @@ class WSGIProxyMiddleware:
                  start_response: StartResponse) -> Iterable[bytes]:
         try:
             found = protocol_keys(environ)
-            key_id = self.verifier.key_id(environ)
+            signature = self.verifier.find(environ)
+            if self.response_signer is not None and signature and signature[0] == "rfc9421":
+                start_response = self.response_signer.bind(start_response, signature[1].binding)
+            key_id = self.verifier.verify(environ, signature)
             belief = self.trust.decide(environ.get("REMOTE_ADDR"), key_id is not None)
             admit(belief, has_pickles(environ, found))
             self.rewriter.rebuild(environ, belief, found, key_id)

@@ -10,12 +10,17 @@ configuration parsing.  The modules:
   headers and path headers;
 * :mod:`~wsgiproxy.protocol.signature`: the covered headers, the canonical
   request, signing and verifying, with the clock and the nonce as arguments;
+* :mod:`~wsgiproxy.protocol.rfc9421`: the same for RFC 9421 signatures
+  (``Signature-Input``/``Signature``), and bound responses;
+  :mod:`~wsgiproxy.protocol.structured` reads and writes the RFC 9651
+  structured fields they are made of;
 * :mod:`~wsgiproxy.protocol.forwarded`: ``Forwarded``/``X-Forwarded-*``,
   client addresses, trusted networks and hosts.
 
-This ``__init__`` is the package's edge: :func:`sign_request` and
-:func:`verify_request` read the clock and draw the nonce when the caller
-gives none, and the stateful parts (secret files, nonce stores:
+This ``__init__`` is the package's edge: :func:`sign_request`,
+:func:`verify_request` and their RFC 9421 counterparts
+(:func:`sign_request_rfc9421`, :func:`verify_request_rfc9421`) read the
+clock and draw the nonce when the caller gives none, and the stateful parts (secret files, nonce stores:
 :mod:`wsgiproxy.keys`) are re-exported so that the old import paths keep
 working.
 
@@ -34,11 +39,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import NonceStoreFull as NonceStoreFull  # not in __all__, as before
 from ..errors import ProtocolError, SignatureError
 from ..keys import DEFAULT_NONCE_CAPACITY as DEFAULT_NONCE_CAPACITY  # not in __all__, as before
-from ..keys import MemoryNonceStore, NonceStore, SecretKeys, key_id_for, new_nonce
+from ..keys import (
+    MemoryNonceStore,
+    NonceStore,
+    PrivateKey,
+    PublicKeys,
+    SecretKeys,
+    ed25519_key_id,
+    key_id_for,
+    new_nonce,
+)
+from . import rfc9421
 from . import signature as _signature
 from .forwarded import (
     LOOPBACK,
@@ -104,6 +120,8 @@ __all__ = [  # grouped as the reference in docs/protocol.rst
     "is_signed_header", "canonical_request", "sign_request", "verify_request",
     "parse_signature", "Signature",
     "SecretKeys", "key_id_for", "NonceStore", "MemoryNonceStore",
+    "sign_request_rfc9421", "verify_request_rfc9421", "PrivateKey", "PublicKeys",
+    "ed25519_key_id",
     "parse_forwarded", "format_forwarded", "forwarded_node", "parse_node",
     "nth_from_right", "TrustedNetworks", "LOOPBACK", "split_host", "join_host", "default_port",
     "FORWARDED_FOR", "FORWARDED_SERVER", "FORWARDED_SCHEME", "FORWARDED_SCRIPT_NAME",
@@ -155,3 +173,71 @@ def verify_request(keys: Keys, signature: str | None, method: str, host: str,
     return _signature.verify(_as_keys(keys), signature, method, host, path, query, headers,
                              now=time.time() if now is None else now, window=window,
                              nonce_store=nonce_store, body=body)
+
+
+# -- RFC 9421 -------------------------------------------------------------------------
+
+def _as_signer(keys: Any) -> rfc9421.Signer:
+    if isinstance(keys, (bytes, str)):
+        return rfc9421.HMACKeys(SecretKeys.from_secrets([keys]))
+    if hasattr(keys, "signer"):
+        return keys
+    return rfc9421.HMACKeys(keys)
+
+
+def _as_verifier(keys: Any) -> rfc9421.Verifier:
+    if isinstance(keys, (bytes, str)):
+        return rfc9421.HMACKeys(SecretKeys.from_secrets([keys]))
+    if hasattr(keys, "verifier"):
+        return keys
+    return rfc9421.HMACKeys(keys)
+
+
+def sign_request_rfc9421(keys: Any, method: str, host: str, path: str, query: str,
+                         headers: Headers, *, scheme: str = "http", body: bytes | None = None,
+                         now: float | None = None,
+                         nonce: str | None = None) -> list[tuple[str, str]]:
+    """The RFC 9421 headers that sign a request about to be sent (``Content-Digest``
+    with a body, ``Signature-Input``, ``Signature``): add them after ``headers``.
+
+    :func:`rfc9421.sign <wsgiproxy.protocol.rfc9421.sign>`, which says what
+    the arguments are, with these defaults:
+
+    :param keys: a :class:`PrivateKey` (``ed25519``), a :class:`SecretKeys`
+        (``hmac-sha256``, the first secret signs), one secret, or any
+        :class:`~wsgiproxy.protocol.rfc9421.Signer`.
+    :param host: the ``Host`` header sent; ``scheme`` (the backend's) tells its
+        default port, which ``@authority`` leaves out.
+    :param now: the time to sign with; by default the clock.
+    :param nonce: by default a fresh one; one given is checked
+        (:func:`~wsgiproxy.protocol.rfc9421.check_nonce`).
+    """
+    nonce = new_nonce() if nonce is None else rfc9421.check_nonce(nonce)
+    return rfc9421.sign(_as_signer(keys), method, rfc9421.authority(host, scheme), path, query,
+                        headers, now=time.time() if now is None else now, nonce=nonce,
+                        body=body)
+
+
+def verify_request_rfc9421(keys: Any, method: str, host: str, path: str, query: str,
+                           headers: Headers, *, scheme: str = "http", now: float | None = None,
+                           window: float = DEFAULT_SIGNATURE_WINDOW,
+                           nonce_store: NonceChecker | None = None,
+                           body: bytes | Callable[[], bytes | None] | None = None) -> str:
+    """Check a received request's RFC 9421 signature (label and tag ``wsgiproxy``,
+    read from ``headers``); return the id of the key that verified it.
+
+    :func:`rfc9421.verify <wsgiproxy.protocol.rfc9421.verify>`, which says
+    what the arguments are and in which order the checks run, with these
+    defaults:
+
+    :param keys: a :class:`PublicKeys`, a :class:`SecretKeys`, one secret, or
+        any :class:`~wsgiproxy.protocol.rfc9421.Verifier`
+        (:class:`~wsgiproxy.protocol.rfc9421.KeyChain` for several).
+    :param host: the ``Host`` received; ``scheme`` tells its default port.
+    :param now: the receiver's time; by default the clock.
+    """
+    fields = rfc9421._field_map(headers, {"signature-input", "signature"})
+    parsed = rfc9421.parse_signature(fields.get("signature-input"), fields.get("signature"))
+    return rfc9421.verify(_as_verifier(keys), parsed, method, rfc9421.authority(host, scheme),
+                          path, query, headers, now=time.time() if now is None else now,
+                          window=window, nonce_store=nonce_store, body=body)
