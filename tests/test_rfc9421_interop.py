@@ -18,7 +18,9 @@ from typing import NamedTuple
 import pytest
 
 from wsgiproxy.app import WSGIProxyApp
+from wsgiproxy.keys import PrivateKey, SecretKeys
 from wsgiproxy.middleware import WSGIProxyMiddleware
+from wsgiproxy.protocol import rfc9421
 
 from .client import json_error, parse_answer, request, send_raw
 from .interop.peers import (
@@ -33,6 +35,7 @@ from .interop.peers import (
     python_thumbprint,
     python_verify,
     request_from_raw,
+    response_from_raw,
     to_raw,
 )
 from .servers import TEST_SECRET, RawServer, WaitressServer, echo_app, with_environ, write_secret
@@ -551,6 +554,35 @@ def test_our_signed_request_tampered_is_refused_by_both_peers_and_our_middleware
     refused(deliver(receiver, message), TAMPER_REASONS.get(tamper, DIFFERS))
 
 
+def our_signer(side):
+    """What signs like ``side.sender`` in wsgiproxy's protocol layer."""
+    if side.key.alg == "ed25519":
+        return PrivateKey.from_pem(side.key.private)
+    return rfc9421.HMACKeys(SecretKeys.from_secrets([side.key.private.decode()]))
+
+
+def test_our_expired_signature_is_refused_by_both_peers_and_our_middleware(side, receiver, node):
+    # Signed by wsgiproxy's protocol layer 1000 s ago (expires: 700 s ago).
+    message = their_request()
+    headers = [pair for pair in message.headers.items() if pair[0] != "Content-Length"]
+    for name, value in rfc9421.sign(our_signer(side), "POST", "backend.internal:8080",
+                                    "/backend/orders", "color=red&size=10", headers,
+                                    now=time.time() - 1000, nonce=secrets.token_hex(16),
+                                    body=BODY):
+        message.headers[name] = value
+    assert not python_verify(message, side.key)
+    assert "xpire" in node.verify(message, side.key).reason
+    refused(deliver(receiver, message), "expired (")
+    # The same, signed now, is accepted by all three.
+    fresh = their_request()
+    for name, value in rfc9421.sign(our_signer(side), "POST", "backend.internal:8080",
+                                    "/backend/orders", "color=red&size=10", headers,
+                                    now=time.time(), nonce=secrets.token_hex(16), body=BODY):
+        fresh.headers[name] = value
+    assert python_verify(fresh, side.key) and node.verify(fresh, side.key)
+    accepted(deliver(receiver, fresh))
+
+
 def test_our_signed_request_is_refused_when_replayed(side, proxy, backend, receiver):
     message = capture(proxy, backend)
     accepted(deliver(receiver, message))
@@ -721,3 +753,134 @@ def test_peer_signed_requests_for_unusual_targets_are_accepted(
     base = their_sign(peer, node, message, side.key, components=DERIVED + IDENTITY)
     other_peer_agrees(node, peer, target, message, side.key, base)
     accepted(deliver(receiver, message))
+
+
+# -- bound responses (RFC 9421 section 2.4) ---------------------------------------------------
+
+BINDING = '"signature";req;key="wsgiproxy"'
+
+
+@pytest.fixture(scope="module")
+def responder(side):
+    """The middleware signing its answers (``sign_responses``), in front of the echo app."""
+    app = WSGIProxyMiddleware(echo_app, sign_responses=True, **side.receiver, **side.responder)
+    with WaitressServer(app) as server:
+        yield server
+
+
+def answered(responder, message):
+    """``message`` sent to ``responder``: the :class:`Response`, bound to ``message``."""
+    return response_from_raw(send_raw(responder.port, to_raw(message, ("Connection", "close"))),
+                             message)
+
+
+def response_verdicts(node, response, key):
+    """Both peers' verdicts on a response, requiring @status and the binding."""
+    return (python_verify(response, key, required=["@status", BINDING]),
+            node.verify(response, key, required=["@status", "signature"],
+                        required_params=["created", "keyid", "alg", "tag", "nonce"]))
+
+
+@pytest.mark.parametrize("origin", ["ours"] + PEERS)
+def test_our_signed_responses_verify_with_both_peers(side, proxy, backend, responder, node,
+                                                     origin):
+    # The request: signed by WSGIProxyApp, or by a peer.
+    if origin == "ours":
+        message = capture(proxy, backend)
+    else:
+        message = their_request()
+        their_sign(origin, node, message, side.key)
+    response = answered(responder, message)
+    assert response.status_code == 200
+    by_python, by_node = response_verdicts(node, response, side.response_key)
+    assert by_python.ok, by_python
+    assert by_node.ok, by_node
+    assert by_python.base == by_node.base
+    lines = by_python.base.split("\n")
+    member = re.search(r"wsgiproxy=(:[^:]*:)", message.headers["Signature"]).group(1)
+    assert lines[:3] == ['"@status": 200', '"content-type": application/json',
+                         "%s: %s" % (BINDING, member)]
+    assert len(lines) == 4 and lines[3].startswith('"@signature-params": ')
+    assert ';tag="wsgiproxy"' in lines[3] and ';keyid="%s"' % side.response_key.keyid in lines[3]
+
+
+def _bound_elsewhere(response, side, node):
+    """The response checked against another signed request (same path, another nonce)."""
+    other = their_request()
+    their_sign("python", node, other, side.key)
+    response.request = other
+
+
+RESPONSE_TAMPERS = {
+    "status": lambda r, side, node: setattr(r, "status_code", 201),
+    "content-type": lambda r, side, node: r.headers.__setitem__("Content-Type", "text/html"),
+    "another request": _bound_elsewhere,
+    "signature": lambda r, side, node: _other_signature(r),
+    "label": lambda r, side, node: _signature_input("label", None)(r),
+    "tag": lambda r, side, node: _signature_input(';tag="wsgiproxy"', ';tag="other"')(r),
+    "keyid": lambda r, side, node: _signature_input(r';keyid="[^"]*"', ';keyid="0123456789abcdef"')(r),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(RESPONSE_TAMPERS))
+def test_our_signed_response_tampered_or_bound_elsewhere_is_refused_by_both_peers(
+        side, proxy, backend, responder, node, tamper):
+    response = answered(responder, capture(proxy, backend))
+    RESPONSE_TAMPERS[tamper](response, side, node)
+    by_python, by_node = response_verdicts(node, response, side.response_key)
+    assert not by_python, by_python
+    assert not by_node, by_node
+
+
+# -- responses signed by the peers, checked by WSGIProxyApp(verify_responses=True) -----------
+
+def _peer_signed_answers(side, node):
+    """A backend whose answers a peer signs, bound to the request: ``/<peer>/<how>`` says
+    which peer, and how the answer departs from what was signed (``right``: it does not)."""
+    def app(environ, start_response):
+        _, peer, how = environ["PATH_INFO"].split("/")
+        request = Request(environ["REQUEST_METHOD"], "http://%s/" % environ["HTTP_HOST"],
+                          [("Signature", environ["HTTP_SIGNATURE"])])
+        if how == "elsewhere":
+            request.headers["Signature"] = "wsgiproxy=:%s:" % base64.b64encode(b"x" * 32).decode()
+        key = side.response_key
+        if how == "stranger":
+            key = (hmac_key(b"a-stranger-secret-0123456789", key.keyid) if key.alg == "hmac-sha256"
+                   else ed25519_key(new_ed25519_pem(), key.keyid))
+        response = Response(200, [("Content-Type", "text/plain")], request)
+        if how != "unsigned":
+            sign = python_sign if peer == "python" else node.sign
+            sign(response, key, label=LABEL, components=["@status", "content-type", BINDING],
+                 params=their_params())
+        status = "201 Created" if how == "status" else "200 OK"
+        if how == "content-type":
+            response.headers["Content-Type"] = "text/html"
+        start_response(status, response.headers.items() + [("Content-Length", "2")])
+        return [b"ok"]
+    return app
+
+
+@pytest.fixture(scope="module")
+def checking_proxy(side, node):
+    """WSGIProxyApp with ``verify_responses`` in front of :func:`_peer_signed_answers`."""
+    with WaitressServer(_peer_signed_answers(side, node)) as answers:
+        app = WSGIProxyApp(answers.url, signature_format="rfc9421", verify_responses=True,
+                           **side.sender, **side.response_checker)
+        with WaitressServer(app) as server:
+            yield server
+        app.close()
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_responses_signed_by_each_peer_are_accepted_by_our_proxy(side, checking_proxy, peer):
+    answer = request(checking_proxy.port, "/%s/right" % peer)
+    assert (answer.status, answer.body) == (200, b"ok"), answer
+
+
+@pytest.mark.parametrize("how", ["status", "content-type", "elsewhere", "stranger", "unsigned"])
+@pytest.mark.parametrize("peer", PEERS)
+def test_responses_signed_by_each_peer_wrongly_are_a_502(side, checking_proxy, peer, how):
+    answer = request(checking_proxy.port, "/%s/%s" % (peer, how), accept="application/json")
+    reason = "missing (the response is not signed)" if how == "unsigned" else DIFFERS
+    message = json_error(answer, 502)["message"]
+    assert "refused response (verify_responses): Signature: " + reason in message, message

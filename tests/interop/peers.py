@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives import serialization
@@ -301,12 +302,14 @@ class NodePeer:
         self.proc = subprocess.Popen(
             [node, SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=dict(os.environ, NODE_PATH=modules))
+        self.lock = threading.Lock()  # a backend's threads may share the process
 
     def run(self, job):
         """The result of one job (a dict); a job that failed in Node fails the test."""
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        with self.lock:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(10)
             raise AssertionError("node exited with %s: %s"
