@@ -10,7 +10,8 @@ writing PIDDIR/post-<ID>-<pid>, so a test counts where each POST ran;
 GET /stream?n=N&delay=S streams N lines.  $CHILD_MODE makes it misbehave:
 exit, fail-twice, never (never listens), ignore-term, squat (its port is
 taken by another process first), health-file, signed-health (GET /health
-answers 403 unless signed with the secret file $CHILD_SECRET_FILE).
+answers 403 unless signed with the secret file $CHILD_SECRET_FILE, in the
+format $CHILD_SIGNATURE_FORMAT: v1 by default, or rfc9421).
 """
 import json
 import os
@@ -90,11 +91,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         if mode == "signed-health" and url.path == "/health":
             from wsgiproxy import protocol
+            keys = protocol.SecretKeys(os.environ["CHILD_SECRET_FILE"])
             try:
-                protocol.verify_request(
-                    protocol.SecretKeys(os.environ["CHILD_SECRET_FILE"]),
-                    self.headers.get("X-WSGIProxy-Signature"), "GET",
-                    self.headers.get("Host"), url.path, url.query, list(self.headers.items()))
+                if os.environ.get("CHILD_SIGNATURE_FORMAT") == "rfc9421":
+                    protocol.verify_request_rfc9421(
+                        keys, "GET", self.headers.get("Host"), url.path, url.query,
+                        list(self.headers.items()))
+                else:
+                    protocol.verify_request(
+                        keys, self.headers.get("X-WSGIProxy-Signature"), "GET",
+                        self.headers.get("Host"), url.path, url.query, list(self.headers.items()))
                 status = 200
             except protocol.SignatureError:
                 status = 403

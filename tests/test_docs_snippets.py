@@ -15,7 +15,8 @@ ini         unnamed: written to a temporary directory with a copy of
 console,    must be named
 nginx,
 haproxy,
-http, json
+http, json,
+javascript
 text        never run (diagrams, output, tables)
 ==========  ====================================================================
 
@@ -78,9 +79,10 @@ LANGUAGES = {
     "http": "checked by a named test",
     "json": "checked by a named test",
     "text": "not run: diagrams, output, tables",
+    "javascript": "run by a named test (with Node.js)",
 }
 #: Languages that only a named test can run.
-NAMED_ONLY = ("console", "nginx", "haproxy", "http", "json")
+NAMED_ONLY = ("console", "nginx", "haproxy", "http", "json", "javascript")
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

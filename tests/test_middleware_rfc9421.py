@@ -181,9 +181,13 @@ def v1_signed(**kwargs):
 
 
 def test_signature_formats():
-    app, mw = make(secret_file=KEYS)  # both, by default
+    app, mw = make(secret_file=KEYS, require_signature=False)  # both, by default
     assert v1_signed().get_response(mw).status_int == 200
+    assert app.environ["wsgiproxy.signature_format"] == "v1"
     assert signed().get_response(mw).status_int == 200
+    assert app.environ["wsgiproxy.signature_format"] == "rfc9421"
+    assert call(mw, "/").status_int == 200
+    assert app.environ["wsgiproxy.signature_format"] is None
     both = signed()
     both.headers["X-WSGIProxy-Signature"] = v1_signed().headers["X-WSGIProxy-Signature"]
     check_refused(mw, both, "carries both")

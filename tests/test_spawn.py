@@ -319,13 +319,16 @@ def test_health_path_waits_for_2xx(spawn, piddir, tmp_path):
     assert res.status == 500
 
 
-def test_health_probe_is_signed_like_requests(spawn, piddir, tmp_path):
+@pytest.mark.parametrize("signature_format", ["v1", "rfc9421"])
+def test_health_probe_is_signed_like_requests(spawn, piddir, tmp_path, signature_format):
     """A child whose /health requires a signature becomes ready: the probe goes
-    through the same WSGIProxyApp options (secret_file) as the requests."""
+    through the same WSGIProxyApp options (secret_file, signature_format) as the requests."""
     secret = tmp_path / "secret.txt"
     secret.write_text("a-secret-shared-with-the-child\n")
-    app, server = spawn(mode="signed-health", env={"CHILD_SECRET_FILE": str(secret)},
-                        health_path="/health", secret_file=str(secret), start_timeout=15)
+    app, server = spawn(mode="signed-health", env={"CHILD_SECRET_FILE": str(secret),
+                                                   "CHILD_SIGNATURE_FORMAT": signature_format},
+                        health_path="/health", secret_file=str(secret), start_timeout=15,
+                        signature_format=signature_format)
     res, body = fetch(server.port, "/")
     assert res.status == 200 and json.loads(body)["path"] == "/"
     assert os.path.exists(os.path.join(piddir, "health-200"))

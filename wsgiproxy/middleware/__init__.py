@@ -207,6 +207,7 @@ class WSGIProxyMiddleware:
             belief = self.trust.decide(environ.get("REMOTE_ADDR"), key_id is not None)
             admit(belief, has_pickles(environ, found))
             self.rewriter.rebuild(environ, belief, found, key_id)
+            environ["wsgiproxy.signature_format"] = signature[0] if key_id is not None else None
         except WSGIProxyError as error:
             self._log_refusal(environ, error)
             return error_answer(environ, start_response, error)

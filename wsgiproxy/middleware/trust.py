@@ -147,7 +147,7 @@ class Trust:
         if require_signature is None:
             require_signature = secret
         if require_signature and not secret:
-            raise ValueError("require_signature needs a secret_file")
+            raise ValueError("require_signature needs a secret_file (or public_key_file)")
         self.require_signature = bool(require_signature)
         if self.require_signature and self.front_proxies:
             raise ValueError("front_proxy_ips has no effect while require_signature is on: "
