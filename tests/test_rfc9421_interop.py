@@ -3,8 +3,9 @@
 The peers (tests/interop/peers.py) are the PyPI package ``http-message-signatures``
 and the npm package ``http-message-signatures`` run by Node.  Before anything of
 ours, the harness itself is checked on the RFC's own examples (Appendix B.2.5,
-hmac-sha256, and B.2.6, ed25519): each peer must produce and accept exactly the
-published signature and signature base.
+hmac-sha256, and B.2.6, ed25519, as tests/test_protocol_rfc9421.py has them for our
+code): each peer must produce and accept exactly the published signature and
+signature base.
 """
 
 import base64
@@ -39,6 +40,18 @@ from .interop.peers import (
     to_raw,
 )
 from .servers import TEST_SECRET, RawServer, WaitressServer, echo_app, with_environ, write_secret
+from .test_protocol_rfc9421 import (
+    B25_BASE,
+    B25_INPUT,
+    B25_SIGNATURE,
+    B26_BASE,
+    B26_INPUT,
+    B26_SIGNATURE,
+    RFC_ED25519_PRIVATE,
+    RFC_ED25519_PUBLIC,
+    RFC_REQUEST,
+    RFC_SHARED_SECRET,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -53,58 +66,20 @@ def node():
 
 # -- the RFC's examples: the harness reproduces them with each peer ------------------------
 
-#: RFC 9421 Appendix B.1.5 (the shared secret) and B.1.4 (the Ed25519 key pair).
-RFC_SHARED_SECRET = base64.b64decode(
-    "uzvJfB4u3N0Jy4T7NZ75MDVcr8zSTInedJtkgcu46YW4XByzNJjxBdtjUkdJPBtbmHhIDi6pcl8jsasjlTMtDQ==")
-RFC_ED25519_PRIVATE = (b"-----BEGIN PRIVATE KEY-----\n"
-                       b"MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n"
-                       b"-----END PRIVATE KEY-----\n")
-RFC_ED25519_PUBLIC = (b"-----BEGIN PUBLIC KEY-----\n"
-                      b"MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=\n"
-                      b"-----END PUBLIC KEY-----\n")
-
-
 def rfc_request():
     """The request of RFC 9421 Appendix B.2 (its body is not checked: its digest is sha-512)."""
-    return Request("POST", "https://example.com/foo?param=Value&Pet=dog", [
-        ("Host", "example.com"),
-        ("Date", "Tue, 20 Apr 2021 02:07:55 GMT"),
-        ("Content-Type", "application/json"),
-        ("Content-Digest", ("sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnr"
-                            "IiYllu7BNNyealdVLvRwEmTHWXvJwew==:")),
-        ("Content-Length", "18"),
-    ])
+    return Request("POST", "https://example.com/foo?param=Value&Pet=dog",
+                   RFC_REQUEST.fields.items())
 
 
 RFC_VECTORS = {
-    "B.2.5": dict(
-        key=hmac_key(RFC_SHARED_SECRET, "test-shared-secret"),
-        label="sig-b25",
-        components=["date", "@authority", "content-type"],
-        base='"date": Tue, 20 Apr 2021 02:07:55 GMT\n'
-             '"@authority": example.com\n'
-             '"content-type": application/json\n'
-             '"@signature-params": ("date" "@authority" "content-type")'
-             ';created=1618884473;keyid="test-shared-secret"',
-        signature_input='sig-b25=("date" "@authority" "content-type")'
-                        ';created=1618884473;keyid="test-shared-secret"',
-        signature="sig-b25=:pxcQw6G3AjtMBQjwo8XzkZf/bws5LelbaMk5rGIGtE8=:"),
-    "B.2.6": dict(
-        key=ed25519_key(RFC_ED25519_PRIVATE, "test-key-ed25519"),
-        label="sig-b26",
-        components=["date", "@method", "@path", "@authority", "content-type", "content-length"],
-        base='"date": Tue, 20 Apr 2021 02:07:55 GMT\n'
-             '"@method": POST\n'
-             '"@path": /foo\n'
-             '"@authority": example.com\n'
-             '"content-type": application/json\n'
-             '"content-length": 18\n'
-             '"@signature-params": ("date" "@method" "@path" "@authority" "content-type" '
-             '"content-length");created=1618884473;keyid="test-key-ed25519"',
-        signature_input='sig-b26=("date" "@method" "@path" "@authority" "content-type" '
-                        '"content-length");created=1618884473;keyid="test-key-ed25519"',
-        signature="sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6v"
-                  "uQv5lIp5WPpBKRCw==:"),
+    "B.2.5": dict(key=hmac_key(RFC_SHARED_SECRET, "test-shared-secret"), label="sig-b25",
+                  components=["date", "@authority", "content-type"], base=B25_BASE.decode(),
+                  signature_input=B25_INPUT, signature=B25_SIGNATURE),
+    "B.2.6": dict(key=ed25519_key(RFC_ED25519_PRIVATE, "test-key-ed25519"), label="sig-b26",
+                  components=["date", "@method", "@path", "@authority", "content-type",
+                              "content-length"], base=B26_BASE.decode(),
+                  signature_input=B26_INPUT, signature=B26_SIGNATURE),
 }
 
 
