@@ -70,6 +70,7 @@ from .test_protocol_rfc9421 import (
     RFC_SHARED_SECRET,
 )
 
+
 @pytest.fixture(scope="module")
 def node():
     """The npm package in one Node process for the module (installed the first time)."""
