@@ -5,12 +5,12 @@
 // Run as `node rfc9421.js` with NODE_PATH pointing at the node_modules directory
 // where the tests installed the package (tests/interop/peers.py).  Each line of
 // standard input is one job in JSON; each job gets one line of JSON on standard
-// output, in order, so that one process serves a whole test session.  A job that
+// output, in order, so that one process serves a whole test module.  A job that
 // fails gives {"error": "..."}.
 //
 // Messages:
 //   request:  {"method", "url", "headers": [[name, value], ...], "body_b64"?}
-//   response: {"status", "headers": [...], "body_b64"?, "request": <request>}
+//   response: {"status", "headers": [...], "request": <request>}
 // Keys: {"alg": "hmac-sha256", "keyid", "secret_b64"} or {"alg": "ed25519", "keyid", "pem"}
 // (a private key to sign, a public key to verify).
 //
