@@ -38,7 +38,9 @@ TESTS_REQUIRE = [
     "websockets>=13",
     "flask-sock>=0.7",
     "simple-websocket>=1.0",
-    # RFC 9421 Ed25519 keys (the ed25519 extra).
+    # RFC 9421: Ed25519 keys (the ed25519 extra), and an independent implementation
+    # to sign and verify against (tests/test_rfc9421_interop.py).
+    "http-message-signatures>=3.0,<4",
     "cryptography>=42",
 ]
 

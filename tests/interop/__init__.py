@@ -1,0 +1,1 @@
+"""Independent implementations the interoperability tests run against (see peers.py)."""
