@@ -29,6 +29,7 @@ from wsgiproxy.protocol import rfc9421
 
 from .client import call_wsgi, parse_answer
 from .docsnippets import snippet
+from .interop.peers import node_modules
 from .servers import ROOT, Process, RawServer, free_port, need, wait_for_port, wait_until
 from .test_docs_protocol import (
     DOC_KEY_ID,
@@ -203,24 +204,7 @@ def test_the_openssl_commands_make_keys_wsgiproxy_reads(tmp_path):
 
 # -- the Node.js backend of the page ------------------------------------------------------
 
-#: The npm package of the page's example, pinned, and its structured-field dependency.
-NODE_PACKAGES = ["http-message-signatures@1.0.6", "structured-headers@2.1.0"]
-NODE_INSTALL = (os.environ.get("WSGIPROXY_RFC9421_NODE")
-                or os.path.join(ROOT, ".venv", "rfc9421-node"))
-
-
-def node_modules():
-    """``node_modules`` with the page's npm packages, installed (pinned) the first time."""
-    stamp = os.path.join(NODE_INSTALL, ".installed-" + "-".join(NODE_PACKAGES).replace("/", "_"))
-    if not os.path.exists(stamp):
-        npm = need("npm")
-        os.makedirs(NODE_INSTALL, exist_ok=True)
-        done = subprocess.run([npm, "install", "--prefix", NODE_INSTALL, "--no-audit",
-                               "--no-fund", "--omit=dev", "--no-save"] + NODE_PACKAGES,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, "npm install failed:\n" + done.stderr
-        open(stamp, "w").close()
-    return os.path.join(NODE_INSTALL, "node_modules")
+# The page's npm package (pinned) is the interoperability tests' one: tests/interop/peers.py.
 
 
 def direct(port, headers):
