@@ -54,13 +54,14 @@ setup(
         "Development Status :: 4 - Beta",
         "Environment :: Web Environment",
         "Framework :: Paste",
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Application",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
     ],
     keywords="wsgi paste http proxy",
-    license="MIT",
+    # An SPDX expression (PEP 639; setuptools >= 77, see pyproject.toml): the
+    # "License ::" classifier it replaces is deprecated.
+    license_expression="MIT",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
