@@ -19,6 +19,8 @@ TESTS_REQUIRE = [
     "Flask>=3",
     "Django>=5",
     "sphinx>=7",
+    # docs/install.rst's wheel, built by tests/test_install.py.
+    "build>=1",
     # Static checks run by ./dev test; pinned so a new release's rules land by choice.
     "ruff==0.17.6",
     "mypy>=1.10",

@@ -12,11 +12,14 @@ README.txt instead.
 """
 
 import json
+import logging
 import os
 import re
 import shlex
 import shutil
 import signal
+import stat
+import subprocess
 
 from wsgiproxy import protocol
 
@@ -274,6 +277,19 @@ def test_dev_demo_serves_the_sample_page(tmp_path):
         assert "<li><b>%s</b>: " % part in text
     assert demo.process.proc.returncode == -signal.SIGTERM
     wait_until(lambda: pid_gone(child), what="the demo's backend to stop with it")
+
+
+def test_making_your_own_secret_file_is_private_from_the_start(tmp_path, caplog):
+    """The quickstart's command, under the usual umask 022: the file is 0600, loads silently."""
+    (command,) = console_commands(snippet("quickstart-make-secret"))
+    done = subprocess.run(["sh", "-ec", "umask 022\n" + command], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "secret.txt"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"):
+        keys = protocol.SecretKeys(str(path))
+    assert len(keys.signing_key()[1]) == 43 and not caplog.records
 
 
 def test_dev_test_is_what_ci_and_readme_run():

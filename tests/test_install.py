@@ -2,20 +2,24 @@
 fresh virtual environment, serving development.ini with nothing imported from the checkout.
 
 The package index's "WSGIProxy" is the 2008 release, so this is how the project gets
-into someone else's environment.  The wheel is built (``pip wheel --no-deps``, with
-build isolation: the ``setuptools`` of pyproject.toml's ``build-system``) from a copy of
-the files that make the package, so nothing is written into the checkout; the venv gets
-the dependencies from the package index through pip.
+into someone else's environment.  The page's commands are run (``python -m build``, with
+the ``setuptools`` of pyproject.toml's ``build-system``) in a copy of the files that make
+the package, so nothing is written into the checkout; the venvs get the dependencies
+from the package index through pip.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+import wsgiproxy
+
 from .client import get_json, request
+from .docsnippets import snippet
 from .servers import (
     EXAMPLES,
     ROOT,
@@ -29,7 +33,7 @@ from .servers import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-#: What ``pip wheel`` needs of the checkout.
+#: What building the package needs of the checkout.
 PACKAGE_FILES = ["setup.py", "setup.cfg", "pyproject.toml", "README.txt", "wsgiproxy"]
 
 
@@ -42,8 +46,9 @@ def run(args, **kwargs):
     return output
 
 
-def build_wheel(tmp_path):
-    source = tmp_path / "source"
+def source_copy(tmp_path):
+    """A copy of what makes the package (the checkout stays untouched by the build)."""
+    source = tmp_path / "wsgiproxy-checkout"
     source.mkdir()
     for name in PACKAGE_FILES:
         path = os.path.join(ROOT, name)
@@ -51,27 +56,45 @@ def build_wheel(tmp_path):
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(path, source / name)
-    # -v shows the build backend's output, where setuptools prints its deprecation warnings.
-    output = run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
-                  "-w", tmp_path / "dist", source])
-    assert "Successfully built wsgiproxy" in output.replace("WSGIProxy", "wsgiproxy"), output
-    warnings = [line for line in output.splitlines() if "deprecat" in line.lower()]
-    assert warnings == [], "\n".join(warnings)
-    wheels = list((tmp_path / "dist").glob("wsgiproxy-*.whl"))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
+    return source
+
+
+def fresh_venv(path):
+    """A new virtual environment, and the environment to run its programs with: its bin
+    first on PATH (spawn runs ``wsgiproxy`` from PATH) and no PYTHONPATH, so neither this
+    checkout nor the test's own environment leaks in."""
+    run([sys.executable, "-m", "venv", path])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PATH"] = str(path / "bin") + os.pathsep + env.get("PATH", "")
+    return path / "bin", env
+
+
+def check_installed(s, bin_dir, env, cwd):
+    """Run docs/install.rst's check (``s``) with the venv's python: where wsgiproxy is."""
+    (command,) = s.commands()
+    args = shlex.split(command)
+    assert args[0] == "python", args
+    version, where = run([bin_dir / "python"] + args[1:], env=env, cwd=cwd).split()
+    assert version == wsgiproxy.__version__
+    venv = os.path.dirname(str(bin_dir))
+    assert where.startswith(venv + os.sep) and "site-packages" in where, where
 
 
 def test_a_built_wheel_in_a_fresh_venv_serves_development_ini(tmp_path):
-    wheel = build_wheel(tmp_path)
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", venv])
-    bin_dir = venv / "bin"
-    # The venv's own programs first (spawn runs ``wsgiproxy`` from PATH), and no PYTHONPATH:
-    # neither this checkout nor the test's environment may leak in.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = str(bin_dir) + os.pathsep + env.get("PATH", "")
-    run([bin_dir / "python", "-m", "pip", "install", "-q", wheel], env=env, cwd=tmp_path)
+    # docs/install.rst's commands, run in a copy of the checkout, pip being the venv's.
+    commands = snippet("install-wheel").commands()
+    assert commands == ["cd /path/to/wsgiproxy", "python -m build --wheel",
+                        "pip install dist/wsgiproxy-*.whl"]
+    source = source_copy(tmp_path)
+    output = run([sys.executable, "-m", "build", "--wheel"], cwd=source)
+    # setuptools prints its deprecation warnings (the license, ...) in the build's output.
+    warnings = [line for line in output.splitlines() if "deprecat" in line.lower()]
+    assert warnings == [], "\n".join(warnings)
+    (wheel,) = (source / "dist").glob("wsgiproxy-*.whl")
+    with open(os.path.join(ROOT, "docs", "install.rst")) as f:
+        assert "dist/%s[redis]" % wheel.name in f.read()  # the page names this very file
+    bin_dir, env = fresh_venv(tmp_path / "venv")
+    run([bin_dir / "pip", "install", "-q", wheel.relative_to(source)], env=env, cwd=source)
 
     site = tmp_path / "site"  # the user's project: the demo's files, the port changed
     (site / "docs" / "examples").mkdir(parents=True)
@@ -84,9 +107,7 @@ def test_a_built_wheel_in_a_fresh_venv_serves_development_ini(tmp_path):
     assert "listen = 127.0.0.1:8080\n" in ini
     (site / "development.ini").write_text(ini.replace("127.0.0.1:8080", "127.0.0.1:%d" % port))
 
-    where = run([bin_dir / "python", "-c", "import wsgiproxy; print(wsgiproxy.__file__)"],
-                env=env, cwd=site).strip()
-    assert where.startswith(str(venv) + os.sep) and "site-packages" in where, where
+    check_installed(snippet("install-check"), bin_dir, env, site)
 
     with Served([bin_dir / "wsgiproxy", "serve", "development.ini"], port, tmp_path / "serve.log",
                 env=env, cwd=site) as served:
@@ -103,3 +124,16 @@ def test_a_built_wheel_in_a_fresh_venv_serves_development_ini(tmp_path):
     # The backend that spawn started is the venv's wsgiproxy too.
     assert str(bin_dir / "wsgiproxy") in backend, backend
     wait_until(lambda: pid_gone(child), what="the demo's backend to stop with the demo")
+
+
+def test_installing_from_a_checkout_with_an_extra(tmp_path):
+    """docs/install.rst's ``pip install '/path/to/wsgiproxy[redis]'``, into a fresh venv."""
+    (command,) = snippet("install-checkout").commands()
+    args = shlex.split(command)
+    assert args == ["pip", "install", "/path/to/wsgiproxy[redis]"]
+    source = source_copy(tmp_path)
+    bin_dir, env = fresh_venv(tmp_path / "venv")
+    run([bin_dir / "pip", "install", "-q", args[2].replace("/path/to/wsgiproxy", str(source))],
+        env=env, cwd=tmp_path)
+    check_installed(snippet("install-check"), bin_dir, env, tmp_path)
+    run([bin_dir / "python", "-c", "import redis, wsgiproxy.redisstore"], env=env, cwd=tmp_path)
