@@ -12,11 +12,14 @@ README.txt instead.
 """
 
 import json
+import logging
 import os
 import re
 import shlex
 import shutil
 import signal
+import stat
+import subprocess
 
 from wsgiproxy import protocol
 
@@ -258,14 +261,35 @@ def test_dev_demo_serves_the_sample_page(tmp_path):
     assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
     text = page.body.decode()
     assert "<title>WSGIProxy sample app</title>" in text
-    assert "<tr><th>REMOTE_USER</th><td>&#x27;alice&#x27;</td></tr>" in text
-    assert "<tr><th>PATH_INFO</th><td>&#x27;/some/path&#x27;</td></tr>" in text
-    assert "<tr><th>HTTP_HOST</th><td>&#x27;127.0.0.1:%d&#x27;</td></tr>" % DEMO_PORT in text
+    # What arrived beside what the app sees; the keys the middleware rebuilt highlighted.
+    assert ('<tr class="rebuilt"><th>REMOTE_USER</th><td class="absent">(absent)</td>'
+            "<td>alice</td></tr>") in text
+    assert "<tr><th>PATH_INFO</th><td>/some/path</td><td>/some/path</td></tr>" in text
+    assert re.search(r'<tr class="rebuilt"><th>HTTP_HOST</th><td>127\.0\.0\.1[:0-9]*</td>'
+                     r"<td>127\.0\.0\.1:%d</td></tr>" % DEMO_PORT, text)
     assert "<tr><th>HTTP_X_FORWARDED_SERVER</th>" in text
-    assert re.search(r"<tr><th>wsgiproxy.key_id</th><td>&#x27;[0-9a-f]{16}&#x27;", text)
-    assert "<tr><th>HTTP_X_WSGIPROXY_VERSION</th>" not in text  # the middleware removed it
+    # The signed header that carried REMOTE_USER arrived, and the middleware removed it.
+    assert ('<tr class="rebuilt"><th>HTTP_X_WSGIPROXY_STR_0</th><td>REMOTE_USER alice</td>'
+            '<td class="absent">(absent)</td></tr>') in text
+    assert re.search(r"Signature: key id <code>([0-9a-f]{16})</code>, format <code>v1</code>: "
+                     r"<b>valid: verified with key \1 \(v1 signature\)</b>", text)
+    for part in ("proxy", "middleware", "app"):
+        assert "<li><b>%s</b>: " % part in text
     assert demo.process.proc.returncode == -signal.SIGTERM
     wait_until(lambda: pid_gone(child), what="the demo's backend to stop with it")
+
+
+def test_making_your_own_secret_file_is_private_from_the_start(tmp_path, caplog):
+    """The quickstart's command, under the usual umask 022: the file is 0600, loads silently."""
+    (command,) = console_commands(snippet("quickstart-make-secret"))
+    done = subprocess.run(["sh", "-ec", "umask 022\n" + command], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "secret.txt"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy.protocol"):
+        keys = protocol.SecretKeys(str(path))
+    assert len(keys.signing_key()[1]) == 43 and not caplog.records
 
 
 def test_dev_test_is_what_ci_and_readme_run():
