@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["did_you_mean", "find_sections", "locate", "read_config", "shown_path",
+__all__ = ["did_you_mean", "find_sections", "locate", "program_of", "read_config", "shown_path",
            "with_sections"]
 
 # Section options that PasteDeploy reads itself: never a component's option.

@@ -154,7 +154,7 @@ def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]
     unknown = sorted(set(settings) - set(spec))
     if unknown:
         close = {name: did_you_mean(name, spec) for name in unknown}
-        hints = ["%s for %s" % (close[n], n) if len(unknown) > 1 else close[n]
+        hints = ["%s for %s" % (close[n], n) if len(unknown) > 1 else str(close[n])
                  for n in unknown if close[n]]
         problem = "unknown option%s" % ("s" if len(unknown) > 1 else "")
         if hints:
