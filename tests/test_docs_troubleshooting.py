@@ -1,0 +1,96 @@
+"""docs/troubleshooting.rst against the command: every example is run as a user would.
+
+Each ``troubleshooting-NAME-ini`` snippet is written to ``proxy.ini`` in a
+fresh directory and the ``troubleshooting-NAME`` console snippet's command
+is run there (``wsgiproxy`` is this checkout's); what it prints must be the
+snippet's output, line for line, with no traceback, and its exit status the
+one the page gives (2 for a configuration error, 1 for a taken address).
+"""
+
+import os
+import shlex
+import socket
+import subprocess
+
+import pytest
+
+from .docsnippets import snippets
+from .servers import WSGIPROXY
+
+#: The page's listen port, replaced by a port the test holds (the taken address) or a free one.
+PAGE_PORT = "8080"
+
+CASES = sorted(s.name[len("troubleshooting-"):-len("-ini")] for s in snippets()
+               if s.page == "troubleshooting.rst" and s.name and s.name.endswith("-ini"))
+
+
+def console(case):
+    [found] = [s for s in snippets() if s.name == "troubleshooting-" + case]
+    return found
+
+
+def ini(case):
+    [found] = [s for s in snippets() if s.name == "troubleshooting-%s-ini" % case]
+    return found
+
+
+def run(argv, cwd):
+    """The command as a user types it, in ``cwd``: (exit status, its lines, stdout and stderr)."""
+    if argv[0] == "wsgiproxy":
+        argv = [WSGIPROXY] + argv[1:]
+    # A generous hang guard: a configuration that wrongly passes would serve forever.
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return proc.returncode, (proc.stdout + proc.stderr).splitlines()
+
+
+def test_the_page_has_every_case():
+    assert {"check", "timeout", "href", "option", "entry", "secret", "balance", "variable",
+            "spawn", "address", "integer"} <= set(CASES)
+
+
+@pytest.fixture
+def taken_port():
+    """A port something else listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield str(sock.getsockname()[1])
+
+
+def prepare(case, tmp_path, port):
+    """``proxy.ini`` of ``case`` in ``tmp_path`` (and its secret file), with ``port`` for 8080."""
+    (tmp_path / "proxy.ini").write_text(ini(case).text.replace(PAGE_PORT, port))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a secret for the troubleshooting page\n")
+    os.chmod(secret, 0o600)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_message_is_what_the_command_prints(case, tmp_path, taken_port):
+    prepare(case, tmp_path, taken_port)
+    [command] = console(case).commands()
+    status, lines = run(shlex.split(command), tmp_path)
+    expected = [line.replace(PAGE_PORT, taken_port) for line in console(case).output()]
+    assert lines == expected
+    assert status == {"check": 0, "address": 1}.get(case, 2)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c not in ("check", "address", "spawn")])
+def test_check_and_serve_print_the_same_line(case, tmp_path, taken_port):
+    """What ``serve`` reports, ``check`` reports too (and the other way round)."""
+    prepare(case, tmp_path, taken_port)
+    [command] = console(case).commands()
+    argv = shlex.split(command)
+    argv[1] = {"serve": "check", "check": "serve"}[argv[1]]
+    status, lines = run(argv, tmp_path)
+    assert (status, lines) == (2, console(case).output())
+
+
+def test_with_traceback_the_error_is_raised(tmp_path, taken_port):
+    prepare("timeout", tmp_path, taken_port)
+    status, lines = run(["wsgiproxy", "serve", "--traceback", "proxy.ini"], tmp_path)
+    assert status == 1 and "Traceback (most recent call last):" in lines
+    problem = console("timeout").output()[0].removeprefix("wsgiproxy: ")
+    assert lines[-1] == "wsgiproxy.errors.ConfigError: " + problem
+    # The error the component raised is the cause, in the traceback above.
+    assert 'raise ConfigError(name, "must be a positive number of seconds' in "\n".join(lines)
