@@ -214,9 +214,10 @@ def serve(config: str, names: list[str] | None = None,
             raise
         raise _bind_failed(exc, path, name, variables) from exc
     except KeyboardInterrupt:
-        if failed:
-            raise failed[0] from None
-        log.info("interrupted; stopping")
+        if not failed:
+            log.info("interrupted; stopping")
+    if failed:  # another server's address was taken (waitress may swallow the interrupt)
+        raise failed[0]
 
 
 def describe(app: Any, indent: str = "  ") -> Iterator[str]:
