@@ -202,4 +202,4 @@ read_timeout = -5
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert ("wsgiproxy.errors.ConfigError: proxy.ini [app:main] read_timeout = -5: "
-            "must be a positive number of seconds, not -5.0") in proc.stderr
+            "must be positive, not -5.0") in proc.stderr

@@ -104,4 +104,4 @@ def test_with_traceback_the_error_is_raised(tmp_path, taken_port):
     problem = console("timeout").output()[0].removeprefix("wsgiproxy: ")
     assert lines[-1] == "wsgiproxy.errors.ConfigError: " + problem
     # The error the component raised is the cause, in the traceback above.
-    assert 'raise ConfigError(name, "must be a positive number of seconds' in "\n".join(lines)
+    assert 'check_number("read_timeout", self.read_timeout, positive=True)' in "\n".join(lines)

@@ -11,7 +11,7 @@ How a component names the option of its error, in order:
 
 1. it raises :class:`~wsgiproxy.errors.ConfigError` with the option's name;
 2. or a :class:`ValueError` (:class:`TypeError`) whose message starts with
-   the option's name (``"balance must be one of ..."``);
+   the option's name (``"scheme must be http or https ..."``);
 3. or one whose message quotes the value (``repr``) of exactly one option
    (``"cannot read secret file '/etc/x'"``).
 

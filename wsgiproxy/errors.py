@@ -23,7 +23,7 @@ __all__ = [
     "ServiceUnavailable", "NonceStoreFull", "NonceStoreUnavailable",
     "StartFailed", "ShuttingDown",
     "UpgradeNotSupported", "TooManyTunnels",
-    "ConfigError", "UnknownOption",
+    "ConfigError", "UnknownOption", "check_number",
 ]
 
 Headers = Sequence["tuple[str, str]"]
@@ -81,6 +81,19 @@ class ConfigError(WSGIProxyError, ValueError):
 
 class UnknownOption(ConfigError, TypeError):
     """An option no component takes (also a :class:`TypeError`, like an unknown argument)."""
+
+
+def check_number(option: str, value: float, positive: bool = False) -> None:
+    """Refuse a negative ``value`` (or, with ``positive``, also 0) with a :class:`ConfigError`.
+
+    :param option: the option's name, for the error.
+    :param value: the number, converted already (NaN is refused).
+    :param positive: 0 is refused too.
+    """
+    if value > 0 or (value == 0 and not positive):
+        return
+    raise ConfigError(option, "must be %s, not %s" % ("positive" if positive else "0 or more",
+                                                      value))
 
 
 

@@ -48,10 +48,10 @@ from .errors import (
     BackendTimeout,
     BackendUnavailable,
     BadBackendResponse,
-    ConfigError,
     InvalidRequest,
     RequestBodyError,
     UpgradeNotSupported,
+    check_number,
 )
 from .http11 import (
     BODY_METHODS,
@@ -150,12 +150,9 @@ class Transport:
         self.read_timeout = float(read_timeout)
         self.pool_size = int(pool_size)
         self.idle_timeout = float(idle_timeout)
-        for name in ("connect_timeout", "read_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(name, "must be a positive number of seconds, not %s"
-                                  % getattr(self, name))
-        if self.pool_size < 0:
-            raise ConfigError("pool_size", "must not be negative, not %d" % self.pool_size)
+        check_number("connect_timeout", self.connect_timeout, positive=True)
+        check_number("read_timeout", self.read_timeout, positive=True)
+        check_number("pool_size", self.pool_size)
         if not isinstance(verify, bool):  # "false" from an .ini would silently mean True
             raise TypeError("verify must be True or False, not %r" % (verify,))
         self._ssl_args = (ca_certs, verify, cert_file, key_file)
