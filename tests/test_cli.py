@@ -203,3 +203,42 @@ read_timeout = -5
     assert proc.returncode != 0
     assert ("wsgiproxy.errors.ConfigError: proxy.ini [app:main] read_timeout = -5: "
             "must be positive, not -5.0") in proc.stderr
+
+
+def test_more_bad_inputs(tmp_path):
+    """Each a line naming the file and section, status 2, no traceback."""
+    (tmp_path / "key.pem").write_text("not a PEM key\n")
+    os.chmod(tmp_path / "key.pem", 0o600)
+    cases = {
+        # A distribution that is not installed: PasteDeploy's PackageNotFoundError.
+        "[app:main]\nuse = egg:WSGIPrxy#main\n":
+            "proxy.ini [app:main] use = egg:WSGIPrxy#main: no distribution WSGIPrxy is "
+            "installed; did you mean WSGIProxy?",
+        # A file configparser cannot read.
+        "[app:main\nuse = egg:WSGIProxy#main\n":
+            "proxy.ini: File contains no section headers; file: 'proxy.ini', line: 1; "
+            "'[app:main\\n'",
+        # A key file's content: the option is found by its value (a path) in the message.
+        "[app:main]\nuse = egg:WSGIProxy#main\nhref = http://127.0.0.1:9\n"
+        "signature_format = rfc9421\nprivate_key_file = %(here)s/key.pem\n":
+            "proxy.ini [app:main] private_key_file = %s: %s holds no PEM private key"
+            % (tmp_path / "key.pem", tmp_path / "key.pem"),
+        # A password is never shown, not even the malformed one.
+        "[app:main]\nuse = egg:WSGIProxy#main\nhref = http://127.0.0.1:9\n"
+        "credentials = alice-secret-without-colon\n":
+            "proxy.ini [app:main] credentials: credentials item 1 is not user:password or "
+            "user:password@domain",
+        # Several hrefs that are not the same URL on other hosts.
+        "[app:main]\nuse = egg:WSGIProxy#main\nhref = http://127.0.0.1:9/a\n"
+        "    http://127.0.0.1:10/b\n":
+            "proxy.ini [app:main] href = 'http://127.0.0.1:9/a\\nhttp://127.0.0.1:10/b': the "
+            "URLs must differ only in host:port: 'http://127.0.0.1:9/a' and "
+            "'http://127.0.0.1:10/b'",
+        # spawn's own checks name their option (workers, not start_timeout).
+        "[app:main]\nuse = egg:WSGIProxy#spawn\nstart_script = x __PORT__\n"
+        "start_timeout = 5\nworkers = 0\n":
+            "proxy.ini [app:main] workers = 0: must be positive, not 0",
+    }
+    for text, line in cases.items():
+        (tmp_path / "proxy.ini").write_text(text)
+        assert run(["check", "proxy.ini"], tmp_path) == (2, "wsgiproxy: %s\n" % line), text

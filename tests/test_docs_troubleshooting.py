@@ -27,6 +27,8 @@ CASES = {
     "integer": (snippet("troubleshooting-integer-ini"), snippet("troubleshooting-integer"), 2),
     "href": (snippet("troubleshooting-href-ini"), snippet("troubleshooting-href"), 2),
     "option": (snippet("troubleshooting-option-ini"), snippet("troubleshooting-option"), 2),
+    "elsewhere": (snippet("troubleshooting-elsewhere-ini"),
+                  snippet("troubleshooting-elsewhere"), 2),
     "entry": (snippet("troubleshooting-entry-ini"), snippet("troubleshooting-entry"), 2),
     "balance": (snippet("troubleshooting-balance-ini"), snippet("troubleshooting-balance"), 2),
     "secret": (snippet("troubleshooting-secret-ini"), snippet("troubleshooting-secret"), 2),

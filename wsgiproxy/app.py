@@ -253,8 +253,8 @@ class WSGIProxyApp:
             for one, text in zip(backends[1:], hrefs[1:]):
                 if (one.scheme, one.path.rstrip("/"), one.query) != (
                         self.scheme, self.path, self.query):
-                    raise ValueError("the hrefs must differ only in host:port: %r and %r"
-                                     % (hrefs[0], text))
+                    raise ConfigError("href", "the URLs must differ only in host:port: "
+                                              "%r and %r" % (hrefs[0], text))
             self.balancer = Balancer(
                 [(one.hostname or "", _port(one)) for one in backends], balance, max_fails,
                 fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout,

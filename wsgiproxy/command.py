@@ -29,6 +29,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, distribution, distributions
 from typing import Any
 
 from paste.deploy import loadapp, loadserver  # type: ignore[import-untyped]
@@ -109,7 +110,11 @@ def _explain(exc: BaseException, path: str) -> str | None:
                 "or set it in [DEFAULT]" % (shown_path(path), exc.section, exc.option,
                                             exc.reference, exc.reference))
     if isinstance(exc, configparser.Error):
-        return "%s: %s" % (shown_path(path), str(exc).splitlines()[0])
+        return "%s: %s" % (shown_path(path), "; ".join(
+            line.strip().rstrip(".")
+            for line in str(exc).replace(path, shown_path(path)).splitlines()))
+    if isinstance(exc, PackageNotFoundError):
+        return _distribution_line(path, exc.name)
     if isinstance(exc, LookupError):
         match = _ENTRY_POINT.search(str(exc))
         if match:
@@ -126,12 +131,23 @@ def _entry_point_line(path: str, name: str, dist: str) -> str:
     sections = [s for s in parser.sections()
                 if parser[s].get("use", "").strip().endswith("#" + name)]
     use = parser[sections[0]]["use"].strip() if sections else "egg:%s#%s" % (dist, name)
-    from importlib.metadata import distribution
     names = [ep.name for ep in distribution(dist).entry_points if ep.group.startswith("paste.")]
     close = did_you_mean(name, names)
     return "%s use = %s: %s has no entry point %s%s" % (
         with_sections(path, sections), use, dist, name,
         "; did you mean %s?" % close if close else " (it has %s)" % ", ".join(sorted(set(names))))
+
+
+def _distribution_line(path: str, name: str) -> str:
+    """``proxy.ini [app:main] use = egg:WSGIPrxy#main: ... (did you mean WSGIProxy?)``."""
+    parser = read_config(path)
+    sections = [s for s in parser.sections()
+                if re.match(r"egg:%s\b" % re.escape(name), parser[s].get("use", "").strip())]
+    use = " use = %s" % parser[sections[0]]["use"].strip() if sections else ""
+    close = did_you_mean(name, (d.metadata["Name"] for d in distributions()
+                                if d.metadata["Name"]))
+    return "%s%s: no distribution %s is installed%s" % (
+        with_sections(path, sections), use, name, "; did you mean %s?" % close if close else "")
 
 
 def _load(path: str, names: list[str] | None, variables: dict[str, str],

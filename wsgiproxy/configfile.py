@@ -13,7 +13,7 @@ How a component names the option of its error, in order:
 2. or a :class:`ValueError` (:class:`TypeError`) whose message starts with
    the option's name (``"scheme must be http or https ..."``);
 3. or one whose message quotes the value (``repr``) of exactly one option
-   (``"cannot read secret file '/etc/x'"``).
+   (``"cannot read secret file '/etc/x'"``), or holds it if it is a path.
 
 Otherwise the line names the file and section only.
 """
@@ -134,7 +134,8 @@ def _option_of(exc: Exception, settings: Mapping[str, Any]) -> str:
     if first and first.group() in settings:
         return first.group()
     quoted = [name for name, value in settings.items()
-              if isinstance(value, str) and value.strip() and repr(value.strip()) in message]
+              if isinstance(value, str) and value.strip()
+              and (repr(value.strip()) in message or ("/" in value and value.strip() in message))]
     return quoted[0] if len(quoted) == 1 else ""
 
 

@@ -157,9 +157,15 @@ def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]
         hints = ["%s for %s" % (close[n], n) if len(unknown) > 1 else str(close[n])
                  for n in unknown if close[n]]
         problem = "unknown option%s" % ("s" if len(unknown) > 1 else "")
+        owners = {n: [entry for entry, other in _specs().items()
+                      if n in other and other is not spec] for n in unknown if not close[n]}
+        elsewhere = ["%s is an option of %s" % (n, " and ".join(owners[n]))
+                     for n in unknown if owners.get(n)]
         if hints:
             problem += "; did you mean %s?" % ", ".join(hints)
-        else:
+        if elsewhere:
+            problem += "; " + "; ".join(elsewhere)
+        if not hints and not elsewhere:
             problem += " (known: %s)" % ", ".join(sorted(spec))
         raise UnknownOption(", ".join(unknown), problem, where=what)
     out = {}
@@ -176,6 +182,13 @@ def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]
         if value is not None:
             out[name] = value
     return out
+
+
+def _specs() -> dict[str, Mapping[str, Callable[[str], Any]]]:
+    """The options of each entry point, to say where an option that is unknown here belongs."""
+    return {"egg:WSGIProxy#main": APP_OPTIONS,
+            "the egg:WSGIProxy#main filter": MIDDLEWARE_OPTIONS,
+            "egg:WSGIProxy#spawn": SPAWN_OPTIONS}
 
 
 @contextlib.contextmanager
