@@ -44,6 +44,8 @@ TESTS_REQUIRE = [
     # to sign and verify against (tests/test_rfc9421_interop.py).
     "http-message-signatures>=3.0,<4",
     "cryptography>=42",
+    # wsgiproxy serve --reload (tests/test_cli.py).
+    "hupper>=1.10",
 ]
 
 setup(
@@ -80,6 +82,8 @@ setup(
         "redis": ["redis>=5"],
         # Ed25519 keys for RFC 9421 signatures (private_key_file, public_key_file...).
         "ed25519": ["cryptography>=42"],
+        # wsgiproxy serve --reload (the library pserve --reload uses).
+        "reload": ["hupper>=1.10"],
     },
     entry_points={
         "paste.app_factory": [

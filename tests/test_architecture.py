@@ -36,7 +36,7 @@ LAYERS = [
                    "wsgiproxy.balancer",
                    "wsgiproxy.app", "wsgiproxy.middleware", "wsgiproxy.middleware.*",
                    "wsgiproxy.spawn", "wsgiproxy.spawn.*", "wsgiproxy.sampleapp"]),
-    ("deployment", ["wsgiproxy.wsgiapp", "wsgiproxy.command"]),
+    ("deployment", ["wsgiproxy.configfile", "wsgiproxy.wsgiapp", "wsgiproxy.command"]),
 ]
 
 

@@ -312,9 +312,9 @@ def test_hrefs_may_differ_only_in_host_and_port(hrefs):
 @pytest.mark.parametrize("options, message", [
     ({"next_upstream": "error http_418"}, "unknown token http_418"),
     ({"next_upstream": "off error"}, "off cannot be combined"),
-    ({"balance": "random"}, "balance must be one of"),
-    ({"fail_timeout": 0}, "fail_timeout positive"),
-    ({"retry_budget": -1}, "must not be negative"),
+    ({"balance": "random"}, "balance: must be one of"),
+    ({"fail_timeout": 0}, "fail_timeout: must be positive, not 0.0"),
+    ({"retry_budget": -1}, "retry_budget: must be 0 or more, not -1.0"),
 ])
 def test_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):

@@ -21,6 +21,7 @@ from .balancer import Balancer, parse_next_upstream
 from .cookies import CookieRewriter, RuleInput
 from .errors import (
     BodyTooLarge,
+    ConfigError,
     InvalidRequest,
     MessageSignatureError,
     MethodNotAllowed,
@@ -91,7 +92,11 @@ def _split_href(href: str) -> Any:
         raise ValueError("href must be http(s)://host[:port][/path][?query], got %r" % href)
     if parts.fragment or parts.username or parts.password:
         raise ValueError("href may not carry a fragment or credentials: %r" % href)
-    parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        raise ConfigError("href", "the port of %r must be a number from 0 to 65535"
+                          % href) from None
     return parts
 
 
@@ -248,8 +253,8 @@ class WSGIProxyApp:
             for one, text in zip(backends[1:], hrefs[1:]):
                 if (one.scheme, one.path.rstrip("/"), one.query) != (
                         self.scheme, self.path, self.query):
-                    raise ValueError("the hrefs must differ only in host:port: %r and %r"
-                                     % (hrefs[0], text))
+                    raise ConfigError("href", "the URLs must differ only in host:port: "
+                                              "%r and %r" % (hrefs[0], text))
             self.balancer = Balancer(
                 [(one.hostname or "", _port(one)) for one in backends], balance, max_fails,
                 fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout,

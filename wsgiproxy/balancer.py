@@ -41,8 +41,10 @@ from .errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    ConfigError,
     RequestTooLarge,
     ResponseTooLarge,
+    check_number,
 )
 from .forwarding import send
 from .http11 import IDEMPOTENT_METHODS
@@ -84,11 +86,11 @@ def parse_next_upstream(value: str | Iterable[str]) -> frozenset[str]:
     tokens = frozenset(value.split() if isinstance(value, str) else value)
     unknown = sorted(tokens - NEXT_UPSTREAM_TOKENS)
     if unknown:
-        raise ValueError("next_upstream: unknown %s %s (known: %s)" % (
+        raise ConfigError("next_upstream", "unknown %s %s (known: %s)" % (
             "tokens" if len(unknown) > 1 else "token", ", ".join(unknown),
             ", ".join(sorted(NEXT_UPSTREAM_TOKENS))))
     if "off" in tokens and len(tokens) > 1:
-        raise ValueError("next_upstream: off cannot be combined with other tokens")
+        raise ConfigError("next_upstream", "off cannot be combined with other tokens")
     return tokens - {"off"}
 
 
@@ -171,18 +173,19 @@ class Balancer:
             self.backends = [Backend(host, int(port)) for host, port in backends]
             self._candidates = None
         if balance not in BALANCE_METHODS:
-            raise ValueError("balance must be one of %s, not %r"
-                             % (", ".join(BALANCE_METHODS), balance))
+            raise ConfigError("balance", "must be one of %s, not %r"
+                              % (", ".join(BALANCE_METHODS), balance))
         self.least_conn = balance == "least_conn"
         self.max_fails = int(max_fails)
         self.fail_timeout = float(fail_timeout)
         self.tries = int(next_upstream_tries)
         self.timeout = float(next_upstream_timeout)
         self.retry_budget = float(retry_budget)
-        if (self.max_fails < 0 or self.fail_timeout <= 0 or self.tries < 0
-                or self.timeout < 0 or self.retry_budget < 0):
-            raise ValueError("max_fails, next_upstream_tries, next_upstream_timeout and "
-                             "retry_budget must not be negative, fail_timeout positive")
+        check_number("max_fails", self.max_fails)
+        check_number("fail_timeout", self.fail_timeout, positive=True)
+        check_number("next_upstream_tries", self.tries)
+        check_number("next_upstream_timeout", self.timeout)
+        check_number("retry_budget", self.retry_budget)
         tokens = parse_next_upstream(next_upstream)
         self.on_error = "error" in tokens
         self.on_timeout = "timeout" in tokens

@@ -23,6 +23,7 @@ __all__ = [
     "ServiceUnavailable", "NonceStoreFull", "NonceStoreUnavailable",
     "StartFailed", "ShuttingDown",
     "UpgradeNotSupported", "TooManyTunnels",
+    "ConfigError", "UnknownOption", "check_number",
 ]
 
 Headers = Sequence["tuple[str, str]"]
@@ -47,7 +48,54 @@ class WSGIProxyError(Exception):
             self.headers = tuple(headers)
 
 
-# -- the client's request ---------------------------------------------------
+# -- the configuration -----------------------------------------------------
+
+class ConfigError(WSGIProxyError, ValueError):
+    """A setting that cannot be used, found when a component is built (never per request).
+
+    Components raise it with the option's name; the deployment layer
+    (:mod:`wsgiproxy.wsgiapp`) adds where the option was set, and ``wsgiproxy
+    serve`` prints the result as one line.  A :class:`ValueError`, as the
+    messages without an option name were before.
+
+    :param option: the option's name: the argument, which is also the ``.ini``
+        option (several names joined with ``, ``).
+    :param problem: what is wrong with it, without the option's name
+        (``"must be positive, not -5.0"``).
+    :param value: the value as written in the ``.ini`` file, shown before the
+        problem (``None``: not shown, e.g. for a password).
+    :param where: the file and section (``"proxy.ini [app:main]"``), or the
+        entry point when there is no file.
+    """
+
+    def __init__(self, option: str, problem: str, value: str | None = None,
+                 where: str | None = None) -> None:
+        self.option = option
+        self.problem = problem
+        self.value = value
+        self.where = where
+        head = option if value is None else "%s = %s" % (option, value)
+        head = " ".join(part for part in (where, head) if part)
+        super().__init__("%s: %s" % (head, problem) if head else problem)
+
+
+class UnknownOption(ConfigError, TypeError):
+    """An option no component takes (also a :class:`TypeError`, like an unknown argument)."""
+
+
+def check_number(option: str, value: float, positive: bool = False) -> None:
+    """Refuse a negative ``value`` (or, with ``positive``, also 0) with a :class:`ConfigError`.
+
+    :param option: the option's name, for the error.
+    :param value: the number, converted already (NaN is refused).
+    :param positive: 0 is refused too.
+    """
+    if value > 0 or (value == 0 and not positive):
+        return
+    raise ConfigError(option, "must be %s, not %s" % ("positive" if positive else "0 or more",
+                                                      value))
+
+
 
 class ProtocolError(WSGIProxyError, ValueError):
     """Malformed protocol input (a 400): a header, a value, a host that cannot be accepted."""

@@ -51,6 +51,7 @@ from .errors import (
     InvalidRequest,
     RequestBodyError,
     UpgradeNotSupported,
+    check_number,
 )
 from .http11 import (
     BODY_METHODS,
@@ -149,8 +150,9 @@ class Transport:
         self.read_timeout = float(read_timeout)
         self.pool_size = int(pool_size)
         self.idle_timeout = float(idle_timeout)
-        if self.pool_size < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ValueError("timeouts must be positive and pool_size not negative")
+        check_number("connect_timeout", self.connect_timeout, positive=True)
+        check_number("read_timeout", self.read_timeout, positive=True)
+        check_number("pool_size", self.pool_size)
         if not isinstance(verify, bool):  # "false" from an .ini would silently mean True
             raise TypeError("verify must be True or False, not %r" % (verify,))
         self._ssl_args = (ca_certs, verify, cert_file, key_file)

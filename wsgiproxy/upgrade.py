@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import TooManyTunnels, UpgradeNotSupported
+from .errors import TooManyTunnels, UpgradeNotSupported, check_number
 from .http11 import upgrade_protocols
 
 __all__ = ["SERVERS_WITH_SOCKETS", "Tunnels", "client_socket", "requested_protocols"]
@@ -110,8 +110,9 @@ class Tunnels:
     def __init__(self, max_tunnels: int = 1000, idle_timeout: float | None = None) -> None:
         self.max_tunnels = int(max_tunnels)
         self.idle_timeout = float(idle_timeout) if idle_timeout else None
-        if self.max_tunnels < 0 or (self.idle_timeout is not None and self.idle_timeout < 0):
-            raise ValueError("max_tunnels and websocket_idle_timeout must not be negative")
+        check_number("max_tunnels", self.max_tunnels)
+        if self.idle_timeout is not None:
+            check_number("websocket_idle_timeout", self.idle_timeout)
         self.open_count = 0
         self._lock = threading.Lock()
 

@@ -7,15 +7,18 @@ files.  Entry points (``setup.py``) keep the original WSGIProxy names:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from paste.deploy.converters import asbool, asint  # type: ignore[import-untyped]
 
+from .configfile import did_you_mean, locate
 from .converters import aslist, parse_credentials, parse_pairs, parse_size
+from .errors import ConfigError, UnknownOption
 
-__all__ = ["aslist", "convert", "hrefs", "make_app", "make_middleware", "make_real_proxy",
+__all__ = ["aslist", "configuring", "convert", "hrefs", "make_app", "make_middleware", "make_real_proxy",
            "make_sample_app", "make_spawn", "nonce_store"]
 
 
@@ -144,11 +147,27 @@ def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]
 
     An empty value (``prefix =``) means the option's default, as does a
     converter's ``None``.
+
+    :raises UnknownOption: for names not in ``spec`` (a close one is suggested).
+    :raises ConfigError: naming the option a converter refused.
     """
     unknown = sorted(set(settings) - set(spec))
     if unknown:
-        raise TypeError("%s: unknown option(s) %s (known: %s)"
-                        % (what, ", ".join(unknown), ", ".join(sorted(spec))))
+        close = {name: did_you_mean(name, spec) for name in unknown}
+        hints = ["%s for %s" % (close[n], n) if len(unknown) > 1 else str(close[n])
+                 for n in unknown if close[n]]
+        problem = "unknown option%s" % ("s" if len(unknown) > 1 else "")
+        owners = {n: [entry for entry, other in _specs().items()
+                      if n in other and other is not spec] for n in unknown if not close[n]}
+        elsewhere = ["%s is an option of %s" % (n, " and ".join(owners[n]))
+                     for n in unknown if owners.get(n)]
+        if hints:
+            problem += "; did you mean %s?" % ", ".join(hints)
+        if elsewhere:
+            problem += "; " + "; ".join(elsewhere)
+        if not hints and not elsewhere:
+            problem += " (known: %s)" % ", ".join(sorted(spec))
+        raise UnknownOption(", ".join(unknown), problem, where=what)
     out = {}
     for name, value in settings.items():
         if isinstance(value, str):
@@ -157,22 +176,52 @@ def convert(settings: Mapping[str, Any], spec: Mapping[str, Callable[[str], Any]
                 continue
             try:
                 value = spec[name](value)
-            except ValueError as exc:
-                shown = "(not shown)" if name in _SECRET_OPTIONS else repr(value)
-                raise ValueError("%s: option %s = %s: %s" % (what, name, shown, exc)) from None
+            except (ValueError, ImportError, AttributeError) as exc:
+                shown = None if name in _SECRET_OPTIONS else value
+                raise ConfigError(name, str(exc), shown, what) from None
         if value is not None:
             out[name] = value
     return out
 
 
+def _specs() -> dict[str, Mapping[str, Callable[[str], Any]]]:
+    """The options of each entry point, to say where an option that is unknown here belongs."""
+    return {"egg:WSGIProxy#main": APP_OPTIONS,
+            "the egg:WSGIProxy#main filter": MIDDLEWARE_OPTIONS,
+            "egg:WSGIProxy#spawn": SPAWN_OPTIONS}
+
+
+@contextlib.contextmanager
+def configuring(global_conf: Mapping[str, Any] | None, settings: Mapping[str, Any],
+                entry: str) -> Iterator[None]:
+    """Around a factory: what building it raises becomes one located ConfigError line.
+
+    The line names the file, the section and the option
+    (:func:`wsgiproxy.configfile.locate`); the original error is its cause.
+
+    :param global_conf: PasteDeploy's global configuration (``__file__``).
+    :param settings: the options the factory got, before it adds defaults.
+    :param entry: the entry point, ``egg:WSGIProxy#main``.
+    """
+    given = dict(settings)
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        located = locate(exc, given, global_conf or {}, entry, _SECRET_OPTIONS)
+        if located is exc:
+            raise
+        raise located from exc
+
+
 def make_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#main`` as an app: a :class:`~wsgiproxy.app.WSGIProxyApp`."""
     from .app import WSGIProxyApp
-    if not settings.get("href"):
-        raise ValueError("egg:WSGIProxy#main: you must give an href value")
-    if "secret_file" not in settings and global_conf.get("secret_file"):
-        settings["secret_file"] = global_conf["secret_file"]
-    return WSGIProxyApp(**convert(settings, APP_OPTIONS, "egg:WSGIProxy#main"))
+    with configuring(global_conf, settings, "egg:WSGIProxy#main"):
+        if not settings.get("href"):
+            raise ConfigError("href", "missing: give the backend's URL")
+        if "secret_file" not in settings and global_conf.get("secret_file"):
+            settings["secret_file"] = global_conf["secret_file"]
+        return WSGIProxyApp(**convert(settings, APP_OPTIONS, "egg:WSGIProxy#main"))
 
 
 MIDDLEWARE_OPTIONS = {
@@ -213,26 +262,29 @@ def make_middleware(app: Any, global_conf: Mapping[str, str] | None, **settings:
     """
     from .middleware import WSGIProxyMiddleware
     defaults = global_conf or {}
-    for name in ("secret_file", "trust_ips"):
-        if not settings.get(name) and defaults.get(name):
-            settings[name] = defaults[name]
-    return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
-                                              "egg:WSGIProxy#main (filter)"))
+    with configuring(global_conf, settings, "egg:WSGIProxy#main (filter)"):
+        for name in ("secret_file", "trust_ips"):
+            if not settings.get(name) and defaults.get(name):
+                settings[name] = defaults[name]
+        return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
+                                                  "egg:WSGIProxy#main (filter)"))
 
 
 def make_real_proxy(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#real_proxy``: the exact proxy behind ``paste.httpserver``'s proxy keys."""
     from .exactproxy import ExactProxy, filter_paste_httpserver_proxy, proxy_exact_request
-    options = convert(settings, {**TRANSPORT_OPTIONS, **TUNNEL_OPTIONS},
-                      "egg:WSGIProxy#real_proxy")
-    proxy = ExactProxy(**options) if options else proxy_exact_request
+    with configuring(global_conf, settings, "egg:WSGIProxy#real_proxy"):
+        options = convert(settings, {**TRANSPORT_OPTIONS, **TUNNEL_OPTIONS},
+                          "egg:WSGIProxy#real_proxy")
+        proxy = ExactProxy(**options) if options else proxy_exact_request
     return filter_paste_httpserver_proxy(proxy)
 
 
 def make_sample_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#sample``: the sample backend that shows its environ."""
     from .sampleapp import make_sample_app as factory
-    return factory(global_conf, **settings)
+    with configuring(global_conf, settings, "egg:WSGIProxy#sample"):
+        return factory(global_conf, **settings)
 
 
 #: ``egg:WSGIProxy#spawn``: the child process options, plus the proxy's (no href).
@@ -257,6 +309,7 @@ SPAWN_OPTIONS = {
 def make_spawn(global_conf: Mapping[str, str], **settings: Any) -> Any:
     """``egg:WSGIProxy#spawn``: a :class:`~wsgiproxy.spawn.SpawningApplication`."""
     from .spawn import SpawningApplication
-    if "secret_file" not in settings and global_conf.get("secret_file"):
-        settings["secret_file"] = global_conf["secret_file"]
-    return SpawningApplication(**convert(settings, SPAWN_OPTIONS, "egg:WSGIProxy#spawn"))
+    with configuring(global_conf, settings, "egg:WSGIProxy#spawn"):
+        if "secret_file" not in settings and global_conf.get("secret_file"):
+            settings["secret_file"] = global_conf["secret_file"]
+        return SpawningApplication(**convert(settings, SPAWN_OPTIONS, "egg:WSGIProxy#spawn"))

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..app import WSGIProxyApp
-from ..errors import WSGIProxyError
+from ..errors import ConfigError, WSGIProxyError, check_number
 from ..responses import error_answer
 from .process import PORT_PLACEHOLDER, Command, parse_env, split_command, stop_children
 from .readiness import LOOPBACK, Starter
@@ -131,13 +131,15 @@ class SpawningApplication:
         self.workers = int(workers)
         self.restart_backoff = float(restart_backoff)
         self.max_backoff = float(max_backoff)
-        if self.start_timeout <= 0 or self.stop_timeout < 0 or self.workers < 1:
-            raise ValueError("start_timeout must be positive, stop_timeout not negative, "
-                             "workers at least 1")
-        if self.restart_backoff < 0 or self.max_backoff < self.restart_backoff:
-            raise ValueError("restart_backoff must be >= 0 and max_backoff >= restart_backoff")
-        if self.idle_shutdown is not None and self.idle_shutdown < 0:
-            raise ValueError("idle_shutdown must be positive")
+        check_number("start_timeout", self.start_timeout, positive=True)
+        check_number("stop_timeout", self.stop_timeout)
+        check_number("workers", self.workers, positive=True)
+        check_number("restart_backoff", self.restart_backoff)
+        if self.max_backoff < self.restart_backoff:
+            raise ConfigError("max_backoff", "must be restart_backoff (%s) or more, not %s"
+                              % (self.restart_backoff, self.max_backoff))
+        if self.idle_shutdown is not None:
+            check_number("idle_shutdown", self.idle_shutdown)
         if isinstance(logger, str):
             logger = logging.getLogger(logger)
         self.log = logger or logging.getLogger("wsgiproxy.spawn")
