@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .errors import UnknownOption
 from .responses import wants_json
 
 __all__ = ["application", "explain", "make_sample_app", "make_demo_user_filter",
@@ -163,7 +164,7 @@ def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]
 def make_sample_app(global_conf: Mapping[str, str] | None = None, **settings: Any) -> Any:
     """Paste app factory for ``egg:WSGIProxy#sample``; takes no options."""
     if settings:
-        raise TypeError("the sample app takes no options, got: %s" % ", ".join(sorted(settings)))
+        raise UnknownOption(", ".join(sorted(settings)), "unknown option; the sample app takes none")
     return application
 
 
