@@ -41,6 +41,7 @@ from .forwarding import (
     send_checked,
     send_upgrade,
 )
+from .observe import Observer, Record, RequestIds
 from .protocol import rfc9421
 from .transport import Transport, make_transport
 from .upgrade import Tunnels, requested_protocols
@@ -66,6 +67,8 @@ _CLIENT_SIGNATURES = frozenset(["signature", "signature-input"])
 SIGNATURE_FORMATS = ("v1", "rfc9421")
 _FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
 _FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
+_REQUEST_ID_KEY = protocol.environ_key(protocol.REQUEST_ID)
+_REQUEST_ID_LOWER = protocol.REQUEST_ID.lower()
 Environ = dict[str, Any]
 
 
@@ -182,6 +185,8 @@ class WSGIProxyApp:
                  max_tunnels: int = 1000, websocket_idle_timeout: float | None = None,
                  signature_format: str = "v1", private_key_file: str | None = None,
                  verify_responses: bool = False, response_public_key_file: str | None = None,
+                 request_ids: bool = True, request_id_header: bool = False,
+                 access_log: bool = True, access_log_format: str | None = None,
                  transport: Transport | str = "http",
                  **transport_options: Any) -> None:
         hrefs = [href] if isinstance(href, str) else list(href)
@@ -254,6 +259,7 @@ class WSGIProxyApp:
                 [(one.hostname or "", _port(one)) for one in backends], balance, max_fails,
                 fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout,
                 retry_budget)
+        self._init_observing(request_ids, request_id_header, access_log, access_log_format)
 
     def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
@@ -279,6 +285,17 @@ class WSGIProxyApp:
         else:
             raise ValueError("signature_format = rfc9421 needs secret_file or private_key_file")
 
+    def _init_observing(self, request_ids: bool, request_id_header: bool, access_log: bool,
+                        access_log_format: str | None) -> None:
+        if request_id_header and not request_ids:
+            raise ValueError("request_id_header needs request_ids")
+        #: Request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off).
+        self.request_ids = (RequestIds(self.trusted_proxies, request_id_header)
+                            if request_ids else None)
+        observer = Observer(access_log, access_log_format, "proxy")
+        #: The access log (:class:`~wsgiproxy.observe.Observer`), or ``None`` (off).
+        self.observer = None if observer.idle else observer
+
     def _init_response_checks(self, public_key_file: str | None) -> None:
         if self.signature_format != "rfc9421":
             raise ValueError("verify_responses needs signature_format = rfc9421: a response "
@@ -298,6 +315,26 @@ class WSGIProxyApp:
         self.transport.close()
 
     def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
+        if self.request_ids is not None and self.request_ids.respond:
+            start_response = self.request_ids.start_response(environ, start_response)
+        if self.observer is not None and (record := self.observer.start(environ)) is not None:
+            return self._observed(environ, start_response, record)
+        return self._forward(environ, start_response, None)
+
+    def _observed(self, environ: Environ, start_response: Any, record: Record) -> Iterable[bytes]:
+        """:meth:`_forward`, with ``record`` filled and written when the answer ends."""
+        try:
+            body = self._forward(environ, record.start_response(start_response), record)
+        except BaseException:
+            record.finish()
+            raise
+        if record.status is not None and record.status.startswith("101"):
+            record.finish()  # a tunnel: relayed already, when the server runs it inline
+            return body
+        return record.body(body)
+
+    def _forward(self, environ: Environ, start_response: Any,
+                 record: Record | None) -> Iterable[bytes]:
         url_scheme = environ.get("wsgi.url_scheme", "http")
         client_host = environ.get("HTTP_HOST") or protocol.join_host(
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
@@ -307,16 +344,27 @@ class WSGIProxyApp:
                 response, body = self.tunnels.open(
                     environ, functools.partial(self._send_upgrade, request, protocols))
                 if response.status == 101:
+                    if record is not None:
+                        record.status = response.status_line
                     return self.tunnels.run(environ, start_response, response, body)
             elif self.response_keys is not None:
-                sender = functools.partial(send_checked, check=functools.partial(
+                sender: Any = functools.partial(send_checked, check=functools.partial(
                     self._response_problem, request))
+                if record is not None:
+                    sender = record.sender(sender)
                 if self.balancer is None:
                     response, body = sender(self.transport, self.scheme, self.host, self.port,
                                             request)
                 else:
                     response, body = self.balancer.send(self.transport, self.scheme, request,
                                                         sender)
+            elif record is not None:
+                if self.balancer is None:
+                    response, body = record.sender(send)(self.transport, self.scheme, self.host,
+                                                         self.port, request)
+                else:
+                    response, body = self.balancer.send(self.transport, self.scheme, request,
+                                                        record.sender(send))
             elif self.balancer is None:
                 response, body = send(self.transport, self.scheme, self.host, self.port, request)
             else:
@@ -377,6 +425,8 @@ class WSGIProxyApp:
              protocol.encode_path_header(script_name) if script_name else ""),
             (protocol.VERSION_HEADER, protocol.PROTOCOL_VERSION),
         ]
+        if self.request_ids is not None:
+            identity_at = self._add_request_id(environ, headers, identity_at)
         if self.traversal_headers:
             headers += self.traversal_headers
         if self.forwarded:
@@ -406,6 +456,24 @@ class WSGIProxyApp:
         if self.signer is not None:
             self._sign(request, host_header, identity_at, environ)
         return request
+
+    def _add_request_id(self, environ: Environ, headers: list[tuple[str, str]],
+                        identity_at: int) -> int:
+        """Add ``X-WSGIProxy-Request-ID`` (signed): the trusted peer's ``X-Request-ID``,
+        or a new id.
+
+        The client's ``X-Request-ID`` is taken out of the end-to-end headers
+        (the backend is told the request's id once); returns where the signed
+        headers now start.
+        """
+        assert self.request_ids is not None
+        if _REQUEST_ID_KEY in environ:
+            client = [h for h in headers[:identity_at] if h[0].lower() != _REQUEST_ID_LOWER]
+            headers[:identity_at] = client
+            identity_at = len(client)
+        request_id = self.request_ids.assign(environ, self.request_ids.incoming(environ))
+        headers.append((protocol.REQUEST_ID_HEADER, request_id))
+        return identity_at
 
     def _forwarded(self, environ: Environ, remote: str, url_scheme: str, client_host: str) -> str:
         """RFC 7239 ``Forwarded`` for this hop, after a trusted front proxy's own."""

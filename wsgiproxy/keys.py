@@ -37,7 +37,7 @@ from .errors import NonceStoreFull
 
 __all__ = [
     "DEFAULT_NONCE_CAPACITY", "MemoryNonceStore", "NonceStore", "PrivateKey", "PublicKeys",
-    "SecretKeys", "ed25519_key_id", "key_id_for", "new_nonce",
+    "SecretKeys", "ed25519_key_id", "key_id_for", "new_nonce", "new_request_id",
 ]
 
 # The logger these messages have always gone to (when this code lived in
@@ -507,5 +507,9 @@ class _NonceSource:
 
 #: A new nonce (32 lowercase hex characters) each call, unique in this process and its forks.
 new_nonce = _NonceSource()
+#: A new request id (32 lowercase hex characters), made as the nonces are but from a
+#: source of its own: a request id is shown in logs and responses, a nonce need not be.
+new_request_id = _NonceSource()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=new_nonce.reseed)
+    os.register_at_fork(after_in_child=new_request_id.reseed)

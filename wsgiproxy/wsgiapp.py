@@ -66,12 +66,21 @@ TUNNEL_OPTIONS = {
     "websocket_idle_timeout": _optional(float),
 }
 
+#: Request ids and the access log: the app's, the filter's (docs/operations.rst).
+_OBSERVE = {
+    "request_ids": asbool,
+    "request_id_header": asbool,
+    "access_log": asbool,
+    "access_log_format": str,
+}
+
 # Options whose value is never repeated in an error message (it holds a password).
 _SECRET_OPTIONS = frozenset(["credentials"])
 
 APP_OPTIONS = {
     **TRANSPORT_OPTIONS,
     **TUNNEL_OPTIONS,
+    **_OBSERVE,
     "href": hrefs,
     "secret_file": str,
     "string_keys": aslist,
@@ -176,6 +185,7 @@ def make_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
 
 
 MIDDLEWARE_OPTIONS = {
+    **_OBSERVE,
     "secret_file": str,
     "trust_ips": aslist,
     "prefix": str,
