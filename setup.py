@@ -77,6 +77,8 @@ setup(
         "redis": ["redis>=5"],
         # Ed25519 keys for RFC 9421 signatures (private_key_file, public_key_file...).
         "ed25519": ["cryptography>=42"],
+        # Prometheus metrics (metrics = true, egg:WSGIProxy#metrics).
+        "metrics": ["prometheus-client>=0.17"],
     },
     entry_points={
         "paste.app_factory": [
@@ -84,6 +86,7 @@ setup(
             "real_proxy = wsgiproxy.wsgiapp:make_real_proxy",
             "sample = wsgiproxy.wsgiapp:make_sample_app",
             "spawn = wsgiproxy.wsgiapp:make_spawn",
+            "metrics = wsgiproxy.wsgiapp:make_metrics_app",
         ],
         "paste.filter_app_factory": [
             "main = wsgiproxy.wsgiapp:make_middleware",

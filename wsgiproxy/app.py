@@ -41,6 +41,8 @@ from .forwarding import (
     send_checked,
     send_upgrade,
 )
+from .keys import new_request_id
+from .observe import REQUEST_ID_KEY as REQUEST_ID_ENVIRON
 from .observe import Observer, Record, RequestIds
 from .protocol import rfc9421
 from .transport import Transport, make_transport
@@ -161,6 +163,12 @@ class WSGIProxyApp:
     :param websocket_idle_timeout: close a tunnel after this many seconds
         without a byte either way (``None``: never; ``read_timeout`` does
         not apply to tunnels).
+    :param request_ids: send each request's id (``X-WSGIProxy-Request-ID``, signed): a
+        ``trusted_proxies`` peer's ``X-Request-ID``, else a new one (:doc:`operations`).
+    :param request_id_header: return ``X-Request-ID`` to the client.
+    :param access_log: one INFO line per request on ``wsgiproxy.access``.
+    :param access_log_format: its format, ``{client}`` and so on.
+    :param metrics: count requests in Prometheus metrics (``WSGIProxy[metrics]``).
     :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
         :class:`~wsgiproxy.transport.Transport` instance; the remaining
         keyword arguments (``connect_timeout``, ``read_timeout``,
@@ -187,7 +195,7 @@ class WSGIProxyApp:
                  verify_responses: bool = False, response_public_key_file: str | None = None,
                  request_ids: bool = True, request_id_header: bool = False,
                  access_log: bool = True, access_log_format: str | None = None,
-                 transport: Transport | str = "http",
+                 metrics: bool = False, transport: Transport | str = "http",
                  **transport_options: Any) -> None:
         hrefs = [href] if isinstance(href, str) else list(href)
         if not hrefs:
@@ -259,7 +267,8 @@ class WSGIProxyApp:
                 [(one.hostname or "", _port(one)) for one in backends], balance, max_fails,
                 fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout,
                 retry_budget)
-        self._init_observing(request_ids, request_id_header, access_log, access_log_format)
+        self._init_observing(request_ids, request_id_header, access_log, access_log_format,
+                             metrics)
 
     def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
@@ -286,15 +295,17 @@ class WSGIProxyApp:
             raise ValueError("signature_format = rfc9421 needs secret_file or private_key_file")
 
     def _init_observing(self, request_ids: bool, request_id_header: bool, access_log: bool,
-                        access_log_format: str | None) -> None:
+                        access_log_format: str | None, metrics: bool) -> None:
         if request_id_header and not request_ids:
             raise ValueError("request_id_header needs request_ids")
+        if metrics:
+            from .metrics import enable
+            enable()
         #: Request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off).
         self.request_ids = (RequestIds(self.trusted_proxies, request_id_header)
                             if request_ids else None)
-        observer = Observer(access_log, access_log_format, "proxy")
-        #: The access log (:class:`~wsgiproxy.observe.Observer`), or ``None`` (off).
-        self.observer = None if observer.idle else observer
+        #: The access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
+        self.observer = Observer(access_log, access_log_format, "proxy")
 
     def _init_response_checks(self, public_key_file: str | None) -> None:
         if self.signature_format != "rfc9421":
@@ -317,7 +328,7 @@ class WSGIProxyApp:
     def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
         if self.request_ids is not None and self.request_ids.respond:
             start_response = self.request_ids.start_response(environ, start_response)
-        if self.observer is not None and (record := self.observer.start(environ)) is not None:
+        if (record := self.observer.start(environ)) is not None:
             return self._observed(environ, start_response, record)
         return self._forward(environ, start_response, None)
 
@@ -466,12 +477,16 @@ class WSGIProxyApp:
         (the backend is told the request's id once); returns where the signed
         headers now start.
         """
-        assert self.request_ids is not None
+        request_id = None
         if _REQUEST_ID_KEY in environ:
+            assert self.request_ids is not None
+            request_id = self.request_ids.incoming(environ)
             client = [h for h in headers[:identity_at] if h[0].lower() != _REQUEST_ID_LOWER]
             headers[:identity_at] = client
             identity_at = len(client)
-        request_id = self.request_ids.assign(environ, self.request_ids.incoming(environ))
+        if request_id is None:
+            request_id = new_request_id.next()
+        environ[REQUEST_ID_ENVIRON] = request_id
         headers.append((protocol.REQUEST_ID_HEADER, request_id))
         return identity_at
 

@@ -21,10 +21,10 @@ from typing import Any
 
 from .keys import new_request_id
 from .protocol import REQUEST_ID, TrustedNetworks, check_request_id, environ_key
-from .transport import connect_timing
+from .transport import HTTPTransport, connect_timing
 
-__all__ = ["ACCESS_LOG", "DEFAULT_FORMAT", "FIELDS", "Observer", "Record", "RequestIds",
-           "check_format"]
+__all__ = ["ACCESS_LOG", "DEFAULT_FORMAT", "FIELDS", "SINKS", "Observer", "Record", "RequestIds",
+           "check_format", "event"]
 
 #: The access log: one INFO line per request.
 ACCESS_LOG = logging.getLogger("wsgiproxy.access")
@@ -42,6 +42,17 @@ _REQUEST_ID_ENVIRON = environ_key(REQUEST_ID)
 _REQUEST_ID_LOWER = REQUEST_ID.lower()
 _INFO = logging.INFO
 StartResponse = Callable[..., Any]
+#: Where finished records and events go besides the log: the metrics once
+#: :func:`wsgiproxy.metrics.enable` ran (objects with ``record()`` and ``event()``).
+SINKS: list[Any] = []
+
+
+def event(name: str, label: str = "") -> None:
+    """A rare event for the metrics: ``ejection`` (label: the backend), ``refusal``
+    (the reason), ``spawn`` (``started``, ``crashed``, ``restarted``), ``tunnel``
+    (``open``, ``closed``).  Nothing happens while metrics are off."""
+    for sink in SINKS:
+        sink.event(name, label)
 
 
 def check_format(text: str) -> str:
@@ -68,24 +79,19 @@ class Observer:
         it appears only where logging lets that logger's INFO through).
     :param access_log_format: a ``str.format`` string over :data:`FIELDS` (``{client}``...).
     :param side: ``proxy`` or ``backend``: the ``side`` field.
-    :param metrics: an object with ``record(record)`` (see :mod:`wsgiproxy.metrics`), or None.
+
+    The metrics (:data:`SINKS`) see every request once they are enabled.
     """
 
     def __init__(self, access_log: bool = True, access_log_format: str | None = None,
-                 side: str = "proxy", metrics: Any = None) -> None:
+                 side: str = "proxy") -> None:
         self.log = ACCESS_LOG if access_log else None
         self.format = check_format(access_log_format or DEFAULT_FORMAT)
         self.side = side
-        self.metrics = metrics
-
-    @property
-    def idle(self) -> bool:
-        """True when nothing could ever observe a request (no log, no metrics)."""
-        return self.log is None and self.metrics is None
 
     def start(self, environ: dict[str, Any]) -> Record | None:
         """A :class:`Record` for this request, or ``None`` when nothing observes it now."""
-        if (self.log is None or not self.log.isEnabledFor(_INFO)) and self.metrics is None:
+        if (self.log is None or not self.log.isEnabledFor(_INFO)) and not SINKS:
             return None
         return Record(self, environ)
 
@@ -94,7 +100,7 @@ class Record:
     """One request as observed: filled while it is forwarded, written by :meth:`finish`."""
 
     __slots__ = ("observer", "environ", "started", "status", "bytes", "backend", "attempts",
-                 "connect", "first_byte", "finished")
+                 "connect", "first_byte", "duration", "idle", "pool", "finished")
 
     def __init__(self, observer: Observer, environ: dict[str, Any]) -> None:
         self.observer = observer
@@ -106,6 +112,10 @@ class Record:
         self.attempts = 0
         self.connect: float | None = None
         self.first_byte: float | None = None
+        self.duration: float | None = None
+        #: Idle pooled connections to the backend, once finished (for the metrics).
+        self.idle: int | None = None
+        self.pool: tuple[Any, tuple[str, str, int]] | None = None  # (transport, pool key)
         self.finished = False
 
     def start_response(self, start_response: StartResponse) -> StartResponse:
@@ -125,6 +135,7 @@ class Record:
             self.attempts += 1
             self.backend = "%s:%s" % ("[%s]" % host if ":" in host else host, port)
             connect_timing.seconds = None
+            self.pool = (transport, (scheme, host.strip("[]"), port))
             try:
                 return base(transport, scheme, host, port, *args, **kwargs)
             finally:
@@ -152,7 +163,7 @@ class Record:
             "attempts": self.attempts if self.backend else "-",
             "connect_ms": _ms(self.connect),
             "first_byte_ms": _ms(self.first_byte),
-            "total_ms": _ms(time.monotonic() - self.started),
+            "total_ms": _ms(self.duration),
             "request_id": environ.get(REQUEST_ID_KEY) or "-",
         }
 
@@ -161,12 +172,17 @@ class Record:
         if self.finished:
             return
         self.finished = True
+        self.duration = time.monotonic() - self.started
         observer = self.observer
         fields = self.fields()
         if observer.log is not None and observer.log.isEnabledFor(_INFO):
             observer.log.info("%s", observer.format.format_map(fields), extra={"access": fields})
-        if observer.metrics is not None:
-            observer.metrics.record(self, fields)
+        if SINKS:
+            if self.pool is not None and isinstance(self.pool[0], HTTPTransport):
+                scheme, host, port = self.pool[1]
+                self.idle = self.pool[0].idle_connections((scheme, host, int(port)))
+            for sink in SINKS:
+                sink.record(self, fields)
 
 
 class ObservedBody:

@@ -72,6 +72,7 @@ _OBSERVE = {
     "request_id_header": asbool,
     "access_log": asbool,
     "access_log_format": str,
+    "metrics": asbool,
 }
 
 # Options whose value is never repeated in an error message (it holds a password).
@@ -228,6 +229,15 @@ def make_middleware(app: Any, global_conf: Mapping[str, str] | None, **settings:
             settings[name] = defaults[name]
     return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
                                               "egg:WSGIProxy#main (filter)"))
+
+
+def make_metrics_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
+    """``egg:WSGIProxy#metrics``: the Prometheus metrics of this process (or of every
+    worker, with ``PROMETHEUS_MULTIPROC_DIR``); loading it turns counting on."""
+    from .metrics import enable, metrics_app
+    convert(settings, {}, "egg:WSGIProxy#metrics")  # it takes no options
+    enable()
+    return metrics_app
 
 
 def make_real_proxy(global_conf: Mapping[str, str], **settings: Any) -> Any:

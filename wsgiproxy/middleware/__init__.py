@@ -28,8 +28,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import NonceStoreUnavailable, WSGIProxyError
-from ..observe import REQUEST_ID_KEY, Observer, RequestIds
+from ..errors import NonceStoreUnavailable, SignatureError, WSGIProxyError
+from ..observe import REQUEST_ID_KEY, Observer, RequestIds, event
 from ..protocol import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_NONCE_CAPACITY,
@@ -133,6 +133,8 @@ class WSGIProxyMiddleware:
     :param access_log: one INFO line per request on ``wsgiproxy.access``.
     :param access_log_format: its format, ``{client}`` and so on
         (:data:`wsgiproxy.observe.FIELDS`).
+    :param metrics: count requests and refusals in Prometheus metrics
+        (``WSGIProxy[metrics]``, :mod:`wsgiproxy.metrics`).
     """
 
     def __init__(self, app: WSGIApplication, secret_file: str | SecretKeys | None = None,
@@ -152,15 +154,18 @@ class WSGIProxyMiddleware:
                  sign_responses: bool = False,
                  response_key_file: str | PrivateKey | None = None,
                  request_ids: bool = True, request_id_header: bool = False,
-                 access_log: bool = True, access_log_format: str | None = None) -> None:
+                 access_log: bool = True, access_log_format: str | None = None,
+                 metrics: bool = False) -> None:
         self.app = app
+        if metrics:
+            from ..metrics import enable
+            enable()
         if request_id_header and not request_ids:
             raise ValueError("request_id_header needs request_ids")
         #: Request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off).
         self.request_ids = RequestIds(respond=request_id_header) if request_ids else None
-        observer = Observer(access_log, access_log_format, "backend")
-        #: The access log (:class:`~wsgiproxy.observe.Observer`), or ``None`` (off).
-        self.observer = None if observer.idle else observer
+        #: The access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
+        self.observer = Observer(access_log, access_log_format, "backend")
         keys = load_keys(secret_file)
         public_keys = load_public_keys(public_key_file)
         self.trust = Trust(trust_ips, front_proxy_ips,
@@ -224,7 +229,7 @@ class WSGIProxyMiddleware:
                  start_response: StartResponse) -> Iterable[bytes]:
         if self.request_ids is not None and self.request_ids.respond:
             start_response = self.request_ids.start_response(environ, start_response)
-        if self.observer is not None and (record := self.observer.start(environ)) is not None:
+        if (record := self.observer.start(environ)) is not None:
             try:
                 return record.body(self._rebuild_and_call(environ,
                                                           record.start_response(start_response)))
@@ -275,6 +280,8 @@ class WSGIProxyMiddleware:
     def _log_refusal(environ: dict[str, Any], error: WSGIProxyError) -> None:
         """403s are warnings, a failing nonce store an error, anything else (400s) info."""
         peer, path = environ.get("REMOTE_ADDR"), environ.get("PATH_INFO")
+        if isinstance(error, SignatureError):
+            event("refusal", error.reason)
         if isinstance(error, NonceStoreUnavailable):
             cause = error.__cause__
             detail = (str(cause) or type(cause).__name__) if cause is not None else error
