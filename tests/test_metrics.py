@@ -3,6 +3,7 @@
 import http.client
 import logging
 import os
+import signal
 
 import pytest
 
@@ -24,8 +25,10 @@ from .servers import (
     Gunicorn,
     WaitressServer,
     free_port,
+    pid_gone,
     wait_until,
 )
+from .test_spawn import child_script, get_json, spawn  # noqa: F401 -- fixtures
 
 
 def get(port, target="/", headers=()):
@@ -173,3 +176,19 @@ def test_the_metrics_app_answers_in_the_text_format():
     assert status == "200 OK"
     assert dict(headers)["Content-Type"].startswith("text/plain")
     assert body is not None
+
+
+def test_spawn_starts_crashes_and_restarts_are_counted(metrics, spawn):  # noqa: F811
+    app, server = spawn()
+    first = get_json(server, "/")["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: pid_gone(first) and app.pids == [], 10, "the dead child to be reaped")
+    second = get_json(server, "/")["pid"]
+    assert second != first
+    scraped = metrics()
+    assert value(scraped, "wsgiproxy_spawn_children_total", event="started") == 2
+    assert value(scraped, "wsgiproxy_spawn_children_total", event="crashed") == 1
+    assert value(scraped, "wsgiproxy_spawn_children_total", event="restarted") == 1
+    served = sum(v for (name, labels), v in scraped.items()
+                 if name == "wsgiproxy_requests_total" and ("side", "proxy") in labels)
+    assert served == 2
