@@ -265,3 +265,31 @@ def test_access_log_extra_carries_the_fields(access_log):
     fields = records[0].access
     assert fields["status"] == "200" and fields["target"] == "/j"
     json.dumps(fields)  # plain values, for structured log handlers
+
+
+def test_the_log_follows_level_changes_at_run_time():
+    """The quick "nothing wants it" check must see logging configured after the app."""
+    logger = logging.getLogger("wsgiproxy.access")
+    lines = Lines()
+    logger.addHandler(lines)
+    level = logger.level
+    try:
+        with WaitressServer(Recorder()) as backend:
+            proxy = WSGIProxyApp(backend.url)
+            with WaitressServer(proxy) as front:
+                logger.setLevel(logging.WARNING)
+                get(front.port, "/quiet")
+                logger.setLevel(logging.INFO)
+                get(front.port, "/heard")
+                lines.side("proxy")
+                logger.setLevel(logging.WARNING)
+                get(front.port, "/quiet-again")
+                logger.disabled = True  # as logging.config does to loggers it does not name
+                logger.setLevel(logging.INFO)
+                get(front.port, "/disabled")
+            proxy.close()
+    finally:
+        logger.disabled = False
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    assert [line["target"] for line in lines.lines] == ["/heard"]

@@ -43,7 +43,7 @@ from .forwarding import (
 )
 from .keys import new_request_id
 from .observe import REQUEST_ID_KEY as REQUEST_ID_ENVIRON
-from .observe import Observer, Record, RequestIds
+from .observe import SINKS, Observer, Record, RequestIds
 from .protocol import rfc9421
 from .transport import Transport, make_transport
 from .upgrade import Tunnels, requested_protocols
@@ -328,7 +328,8 @@ class WSGIProxyApp:
     def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
         if self.request_ids is not None and self.request_ids.respond:
             start_response = self.request_ids.start_response(environ, start_response)
-        if (record := self.observer.start(environ)) is not None:
+        if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                and (record := self.observer.start(environ)) is not None):
             return self._observed(environ, start_response, record)
         return self._forward(environ, start_response, None)
 

@@ -88,6 +88,14 @@ class Observer:
         self.log = ACCESS_LOG if access_log else None
         self.format = check_format(access_log_format or DEFAULT_FORMAT)
         self.side = side
+        #: ``quiet.get(logging.INFO) is False`` (a C call, no Python frame): the log surely
+        #: wants nothing now.  The logger's own cache of ``isEnabledFor`` (cleared by
+        #: logging whenever a level changes), or a constant when the log is off; any
+        #: other answer only means :meth:`start` must look.
+        self.quiet: dict[int, bool] = {_INFO: False}
+        if self.log is not None:
+            cache = getattr(self.log, "_cache", None)
+            self.quiet = cache if isinstance(cache, dict) else {}
 
     def start(self, environ: dict[str, Any]) -> Record | None:
         """A :class:`Record` for this request, or ``None`` when nothing observes it now."""

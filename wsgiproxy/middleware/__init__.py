@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import NonceStoreUnavailable, SignatureError, WSGIProxyError
-from ..observe import REQUEST_ID_KEY, Observer, RequestIds, event
+from ..observe import REQUEST_ID_KEY, SINKS, Observer, RequestIds, event
 from ..protocol import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_NONCE_CAPACITY,
@@ -229,7 +229,8 @@ class WSGIProxyMiddleware:
                  start_response: StartResponse) -> Iterable[bytes]:
         if self.request_ids is not None and self.request_ids.respond:
             start_response = self.request_ids.start_response(environ, start_response)
-        if (record := self.observer.start(environ)) is not None:
+        if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                and (record := self.observer.start(environ)) is not None):
             try:
                 return record.body(self._rebuild_and_call(environ,
                                                           record.start_response(start_response)))
