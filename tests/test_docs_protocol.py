@@ -32,9 +32,10 @@ import trustme
 from paste.deploy import loadapp  # type: ignore[import-untyped]
 from webob import Request
 
-from wsgiproxy import observe, protocol
+from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.exactproxy import ExactProxy
+from wsgiproxy.keys import new_request_id
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.transport import HTTPTransport
 
@@ -111,7 +112,7 @@ def capture(href, environ, fixed=True, **options):
         app = WSGIProxyApp(href, transport=RoutedTransport(raw.port), **options)
         patch = (mock.patch.object(protocol, "sign_request", functools.partial(
             protocol.sign_request, now=DOC_TS, nonce=DOC_NONCE)) if fixed else mock.patch.dict({}))
-        with patch, mock.patch.object(observe, "new_request_id", lambda: DOC_REQUEST_ID):
+        with patch, mock.patch.object(new_request_id, "next", lambda: DOC_REQUEST_ID):
             status, _, _ = call_wsgi(app, environ)
         app.close()
         assert status == "204 No Content", status

@@ -21,9 +21,9 @@ from unittest import mock
 import pytest
 from webob import Request
 
-from wsgiproxy import observe, protocol
+from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
-from wsgiproxy.keys import PrivateKey, PublicKeys, SecretKeys, ed25519_key_id
+from wsgiproxy.keys import PrivateKey, PublicKeys, SecretKeys, ed25519_key_id, new_request_id
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.protocol import rfc9421
 
@@ -61,7 +61,7 @@ def capture(href, environ, fixed=True, **options):
         patch = (mock.patch.object(protocol, "sign_request_rfc9421", functools.partial(
             protocol.sign_request_rfc9421, now=DOC_TS, nonce=DOC_NONCE)) if fixed
             else mock.patch.dict({}))
-        with patch, mock.patch.object(observe, "new_request_id", lambda: DOC_REQUEST_ID):
+        with patch, mock.patch.object(new_request_id, "next", lambda: DOC_REQUEST_ID):
             status, _, _ = call_wsgi(app, environ)
         app.close()
         assert status == "204 No Content", status

@@ -325,28 +325,20 @@ class WSGIProxyApp:
         """Close the transport's pooled connections."""
         self.transport.close()
 
-    def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
-        if self.request_ids is not None and self.request_ids.respond:
-            start_response = self.request_ids.start_response(environ, start_response)
-        if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
-                and (record := self.observer.start(environ)) is not None):
-            return self._observed(environ, start_response, record)
-        return self._forward(environ, start_response, None)
+    def __call__(self, environ: Environ, start_response: Any,
+                 record: Record | None = None) -> Iterable[bytes]:
+        """The WSGI application.
 
-    def _observed(self, environ: Environ, start_response: Any, record: Record) -> Iterable[bytes]:
-        """:meth:`_forward`, with ``record`` filled and written when the answer ends."""
-        try:
-            body = self._forward(environ, record.start_response(start_response), record)
-        except BaseException:
-            record.finish()
-            raise
-        if record.status is not None and record.status.startswith("101"):
-            record.finish()  # a tunnel: relayed already, when the server runs it inline
-            return body
-        return record.body(body)
-
-    def _forward(self, environ: Environ, start_response: Any,
-                 record: Record | None) -> Iterable[bytes]:
+        :param record: (from :meth:`_observed` only) what the access log and the
+            metrics get of this request.  Servers pass two arguments: the request
+            is then observed through :meth:`_observed` when anything wants it.
+        """
+        if record is None:  # the call from the server
+            if self.request_ids is not None and self.request_ids.respond:
+                start_response = self.request_ids.start_response(environ, start_response)
+            if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                    and (record := self.observer.start(environ)) is not None):
+                return self._observed(environ, start_response, record)
         url_scheme = environ.get("wsgi.url_scheme", "http")
         client_host = environ.get("HTTP_HOST") or protocol.join_host(
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
@@ -391,6 +383,19 @@ class WSGIProxyApp:
             headers = self.cookie_rewriter.rewrite_headers(
                 response.headers if headers is None else headers)
         return relay(start_response, response, body, headers)
+
+    def _observed(self, environ: Environ, start_response: Any, record: Record) -> Iterable[bytes]:
+        """This request through :meth:`__call__`, ``record`` filled and written when the
+        answer ends (a tunnel: when it is answered)."""
+        try:
+            body = self(environ, record.start_response(start_response), record)
+        except BaseException:
+            record.finish()
+            raise
+        if record.status is not None and record.status.startswith("101"):
+            record.finish()  # a tunnel: relayed already, when the server runs it inline
+            return body
+        return record.body(body)
 
     def _send_upgrade(self, request: OutgoingRequest,
                       protocols: str) -> tuple[Any, Iterable[bytes]]:
@@ -437,8 +442,12 @@ class WSGIProxyApp:
              protocol.encode_path_header(script_name) if script_name else ""),
             (protocol.VERSION_HEADER, protocol.PROTOCOL_VERSION),
         ]
-        if self.request_ids is not None:
-            identity_at = self._add_request_id(environ, headers, identity_at)
+        if self.request_ids is not None:  # X-WSGIProxy-Request-ID, signed
+            if _REQUEST_ID_KEY in environ:
+                identity_at = self._add_client_request_id(environ, headers, identity_at)
+            else:  # the common case, inline: a new id
+                environ[REQUEST_ID_ENVIRON] = request_id = new_request_id.next()
+                headers.append((protocol.REQUEST_ID_HEADER, request_id))
         if self.traversal_headers:
             headers += self.traversal_headers
         if self.forwarded:
@@ -469,27 +478,22 @@ class WSGIProxyApp:
             self._sign(request, host_header, identity_at, environ)
         return request
 
-    def _add_request_id(self, environ: Environ, headers: list[tuple[str, str]],
-                        identity_at: int) -> int:
-        """Add ``X-WSGIProxy-Request-ID`` (signed): the trusted peer's ``X-Request-ID``,
-        or a new id.
+    def _add_client_request_id(self, environ: Environ, headers: list[tuple[str, str]],
+                               identity_at: int) -> int:
+        """Add ``X-WSGIProxy-Request-ID`` for a request that came with an ``X-Request-ID``:
+        that one from a trusted peer (:meth:`RequestIds.incoming`), else a new id.
 
-        The client's ``X-Request-ID`` is taken out of the end-to-end headers
-        (the backend is told the request's id once); returns where the signed
-        headers now start.
+        The client's ``X-Request-ID`` is taken out of the end-to-end headers (the
+        backend is told the request's id once); returns where the signed headers
+        now start.
         """
-        request_id = None
-        if _REQUEST_ID_KEY in environ:
-            assert self.request_ids is not None
-            request_id = self.request_ids.incoming(environ)
-            client = [h for h in headers[:identity_at] if h[0].lower() != _REQUEST_ID_LOWER]
-            headers[:identity_at] = client
-            identity_at = len(client)
-        if request_id is None:
-            request_id = new_request_id.next()
+        assert self.request_ids is not None
+        request_id = self.request_ids.incoming(environ) or new_request_id.next()
+        client = [h for h in headers[:identity_at] if h[0].lower() != _REQUEST_ID_LOWER]
+        headers[:identity_at] = client
         environ[REQUEST_ID_ENVIRON] = request_id
         headers.append((protocol.REQUEST_ID_HEADER, request_id))
-        return identity_at
+        return len(client)
 
     def _forwarded(self, environ: Environ, remote: str, url_scheme: str, client_host: str) -> str:
         """RFC 7239 ``Forwarded`` for this hop, after a trusted front proxy's own."""

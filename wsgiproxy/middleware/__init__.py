@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import NonceStoreUnavailable, SignatureError, WSGIProxyError
-from ..observe import REQUEST_ID_KEY, SINKS, Observer, RequestIds, event
+from ..observe import REQUEST_ID_KEY, SINKS, Observer, Record, RequestIds, event
 from ..protocol import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_NONCE_CAPACITY,
@@ -225,23 +225,19 @@ class WSGIProxyMiddleware:
     x_prefix = _option("rewriter", "x_prefix")
     forwarded = _option("rewriter", "forwarded")
 
-    def __call__(self, environ: dict[str, Any],
-                 start_response: StartResponse) -> Iterable[bytes]:
-        if self.request_ids is not None and self.request_ids.respond:
-            start_response = self.request_ids.start_response(environ, start_response)
-        if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
-                and (record := self.observer.start(environ)) is not None):
-            try:
-                return record.body(self._rebuild_and_call(environ,
-                                                          record.start_response(start_response)))
-            except BaseException:
-                record.finish()
-                raise
-        return self._rebuild_and_call(environ, start_response)
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse,
+                 record: Record | None = None) -> Iterable[bytes]:
+        """Check, rebuild the environ and call the app; or answer the refusal.
 
-    def _rebuild_and_call(self, environ: dict[str, Any],
-                          start_response: StartResponse) -> Iterable[bytes]:
-        """Check, rebuild the environ and call the app; or answer the refusal."""
+        :param record: (from :meth:`_observed` only) what the access log and the
+            metrics get of this request; servers pass two arguments.
+        """
+        if record is None:  # the call from the server
+            if self.request_ids is not None and self.request_ids.respond:
+                start_response = self.request_ids.start_response(environ, start_response)
+            if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                    and (record := self.observer.start(environ)) is not None):
+                return self._observed(environ, start_response, record)
         try:
             found = protocol_keys(environ)
             signature = self.verifier.find(environ)
@@ -261,6 +257,15 @@ class WSGIProxyMiddleware:
             self._log_refusal(environ, error)
             return error_answer(environ, start_response, error)
         return self.app(environ, start_response)
+
+    def _observed(self, environ: dict[str, Any], start_response: StartResponse,
+                  record: Record) -> Iterable[bytes]:
+        """This request through :meth:`__call__`, ``record`` written when the answer ends."""
+        try:
+            return record.body(self(environ, record.start_response(start_response), record))
+        except BaseException:
+            record.finish()
+            raise
 
     @staticmethod
     def _request_id(environ: dict[str, Any], belief: Belief) -> None:
