@@ -128,8 +128,10 @@ def test_a_trusted_peers_id_is_kept_and_returned(chain, access_log):
 def test_an_untrusted_clients_id_is_replaced(chain):
     port, backend_app, _ = chain
     resp, _ = get(port, headers=[("X-Request-ID", "chosen-by-the-client")])
-    assert resp.status == 200  # its own header never arrives beside the signed one
-    assert HEX_ID.match(backend_app.environ["wsgiproxy.request_id"])
+    assert resp.status == 200
+    env = backend_app.environ
+    assert HEX_ID.match(env["wsgiproxy.request_id"])
+    assert env["HTTP_X_REQUEST_ID"] == env["wsgiproxy.request_id"]  # the client's replaced
     assert resp.getheader("X-Request-ID") is None  # request_id_header is off
 
 

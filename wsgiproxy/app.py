@@ -70,7 +70,6 @@ SIGNATURE_FORMATS = ("v1", "rfc9421")
 _FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
 _FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
 _REQUEST_ID_KEY = protocol.environ_key(protocol.REQUEST_ID)
-_REQUEST_ID_LOWER = protocol.REQUEST_ID.lower()
 Environ = dict[str, Any]
 
 
@@ -301,11 +300,15 @@ class WSGIProxyApp:
         if metrics:
             from .metrics import enable
             enable()
-        #: Request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off).
-        self.request_ids = (RequestIds(self.trusted_proxies, request_id_header)
-                            if request_ids else None)
-        #: The access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
-        self.observer = Observer(access_log, access_log_format, "proxy")
+        # One attribute for all of it: see _init_signing on the instance's size.
+        #: The request ids, the access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
+        self.observer = Observer(access_log, access_log_format, "proxy", RequestIds(
+            self.trusted_proxies, request_id_header) if request_ids else None)
+
+    @property
+    def request_ids(self) -> RequestIds | None:
+        """The request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off)."""
+        return self.observer.ids
 
     def _init_response_checks(self, public_key_file: str | None) -> None:
         if self.signature_format != "rfc9421":
@@ -334,10 +337,11 @@ class WSGIProxyApp:
             is then observed through :meth:`_observed` when anything wants it.
         """
         if record is None:  # the call from the server
-            if self.request_ids is not None and self.request_ids.respond:
-                start_response = self.request_ids.start_response(environ, start_response)
-            if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
-                    and (record := self.observer.start(environ)) is not None):
+            observer = self.observer
+            if observer.ids is not None and observer.ids.respond:
+                start_response = observer.ids.start_response(environ, start_response)
+            if ((observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                    and (record := observer.start(environ)) is not None):
                 return self._observed(environ, start_response, record)
         url_scheme = environ.get("wsgi.url_scheme", "http")
         client_host = environ.get("HTTP_HOST") or protocol.join_host(
@@ -442,12 +446,14 @@ class WSGIProxyApp:
              protocol.encode_path_header(script_name) if script_name else ""),
             (protocol.VERSION_HEADER, protocol.PROTOCOL_VERSION),
         ]
-        if self.request_ids is not None:  # X-WSGIProxy-Request-ID, signed
-            if _REQUEST_ID_KEY in environ:
-                identity_at = self._add_client_request_id(environ, headers, identity_at)
-            else:  # the common case, inline: a new id
-                environ[REQUEST_ID_ENVIRON] = request_id = new_request_id.next()
-                headers.append((protocol.REQUEST_ID_HEADER, request_id))
+        if (ids := self.observer.ids) is not None:  # X-WSGIProxy-Request-ID, signed
+            request_id = None
+            if _REQUEST_ID_KEY in environ:  # kept from a trusted peer (and forwarded as it is)
+                request_id = ids.incoming(environ)
+            if request_id is None:
+                request_id = new_request_id.next()
+            environ[REQUEST_ID_ENVIRON] = request_id
+            headers.append((protocol.REQUEST_ID_HEADER, request_id))
         if self.traversal_headers:
             headers += self.traversal_headers
         if self.forwarded:
@@ -477,23 +483,6 @@ class WSGIProxyApp:
         if self.signer is not None:
             self._sign(request, host_header, identity_at, environ)
         return request
-
-    def _add_client_request_id(self, environ: Environ, headers: list[tuple[str, str]],
-                               identity_at: int) -> int:
-        """Add ``X-WSGIProxy-Request-ID`` for a request that came with an ``X-Request-ID``:
-        that one from a trusted peer (:meth:`RequestIds.incoming`), else a new id.
-
-        The client's ``X-Request-ID`` is taken out of the end-to-end headers (the
-        backend is told the request's id once); returns where the signed headers
-        now start.
-        """
-        assert self.request_ids is not None
-        request_id = self.request_ids.incoming(environ) or new_request_id.next()
-        client = [h for h in headers[:identity_at] if h[0].lower() != _REQUEST_ID_LOWER]
-        headers[:identity_at] = client
-        environ[REQUEST_ID_ENVIRON] = request_id
-        headers.append((protocol.REQUEST_ID_HEADER, request_id))
-        return len(client)
 
     def _forwarded(self, environ: Environ, remote: str, url_scheme: str, client_host: str) -> str:
         """RFC 7239 ``Forwarded`` for this hop, after a trusted front proxy's own."""

@@ -79,12 +79,16 @@ class Observer:
         it appears only where logging lets that logger's INFO through).
     :param access_log_format: a ``str.format`` string over :data:`FIELDS` (``{client}``...).
     :param side: ``proxy`` or ``backend``: the ``side`` field.
+    :param ids: the request ids of the same proxy or middleware (kept here, so
+        that the one holds a single attribute for both), or None.
 
     The metrics (:data:`SINKS`) see every request once they are enabled.
     """
 
     def __init__(self, access_log: bool = True, access_log_format: str | None = None,
-                 side: str = "proxy") -> None:
+                 side: str = "proxy", ids: RequestIds | None = None) -> None:
+        #: The request ids (:class:`RequestIds`), or ``None``: off.
+        self.ids = ids
         self.log = ACCESS_LOG if access_log else None
         self.format = check_format(access_log_format or DEFAULT_FORMAT)
         self.side = side
