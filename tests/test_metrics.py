@@ -45,6 +45,8 @@ def samples(text):
     """``{(name, sorted label items): value}`` of a scrape."""
     out = {}
     for family in text_string_to_metric_families(text):
+        if family.name.startswith(("python_", "process_")):
+            continue  # prometheus-client's own, served in single-process mode
         assert family.name.startswith("wsgiproxy_"), family.name
         for sample in family.samples:
             out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
@@ -192,3 +194,44 @@ def test_spawn_starts_crashes_and_restarts_are_counted(metrics, spawn):  # noqa:
     served = sum(v for (name, labels), v in scraped.items()
                  if name == "wsgiproxy_requests_total" and ("side", "proxy") in labels)
     assert served == 2
+
+
+TUNNEL_INI = """
+[composite:main]
+use = egg:Paste#urlmap
+/ = proxy
+/metrics = metrics
+
+[app:proxy]
+use = egg:WSGIProxy#main
+href = {href}
+metrics = true
+
+[app:metrics]
+use = call:wsgiproxy.wsgiapp:make_metrics_app
+"""
+
+
+def test_open_tunnels_are_a_gauge(tmp_path):
+    """A WebSocket session through gunicorn: counted open while it lasts, then not."""
+    from .test_websocket import ENV, ws, ws_backend
+
+    with ws_backend(free_port(), tmp_path / "ws.log") as backend:
+        ini = tmp_path / "tunnel.ini"
+        ini.write_text(TUNNEL_INI.format(href="http://127.0.0.1:%d" % backend.port))
+        port = free_port()
+        args = [os.path.join(BIN, "gunicorn"), "--paste", str(ini), "-w", "1",
+                "-k", "gthread", "--threads", "4", "-b", "127.0.0.1:%d" % port]
+        with Gunicorn(args, tmp_path, env=ENV, cwd=ROOT):
+            def tunnels():
+                return value(samples(get(port, "/metrics")[1].decode()),
+                             "wsgiproxy_tunnels_open")
+            assert tunnels() == 0
+            with ws(port) as client:
+                client.send("hi")
+                assert client.recv(timeout=10) == "hi"
+                assert tunnels() == 1
+            wait_until(lambda: tunnels() == 0, 10, "the tunnel to be counted closed")
+            scraped = samples(get(port, "/metrics")[1].decode())
+    assert value(scraped, "wsgiproxy_requests_total", side="proxy",
+                 backend="127.0.0.1:%d" % backend.port, method="GET", status="1xx") == 1

@@ -350,7 +350,7 @@ class WSGIProxyApp:
             request = self.request_for(environ, url_scheme, client_host)
             if "HTTP_UPGRADE" in environ and (protocols := requested_protocols(environ)):
                 response, body = self.tunnels.open(
-                    environ, functools.partial(self._send_upgrade, request, protocols))
+                    environ, functools.partial(self._send_upgrade, request, protocols, record))
                 if response.status == 101:
                     if record is not None:
                         record.status = response.status_line
@@ -401,9 +401,11 @@ class WSGIProxyApp:
             return body
         return record.body(body)
 
-    def _send_upgrade(self, request: OutgoingRequest,
-                      protocols: str) -> tuple[Any, Iterable[bytes]]:
-        sender = functools.partial(send_upgrade, protocols=protocols)
+    def _send_upgrade(self, request: OutgoingRequest, protocols: str,
+                      record: Record | None = None) -> tuple[Any, Iterable[bytes]]:
+        sender: Any = functools.partial(send_upgrade, protocols=protocols)
+        if record is not None:
+            sender = record.sender(sender)
         if self.balancer is None:
             return sender(self.transport, self.scheme, self.host, self.port, request)
         return self.balancer.send(self.transport, self.scheme, request, sender)
