@@ -295,3 +295,22 @@ def test_the_log_follows_level_changes_at_run_time():
         logger.removeHandler(lines)
         logger.setLevel(level)
     assert [line["target"] for line in lines.lines] == ["/heard"]
+
+
+def test_the_exact_proxy_logs_its_requests(access_log):
+    from wsgiproxy.exactproxy import ExactProxy
+    from .servers import with_environ
+
+    with WaitressServer(Recorder()) as backend:
+        proxy = ExactProxy()
+        # The exact proxy goes where SERVER_NAME/PORT say: the backend, here.
+        front_app = with_environ(proxy, SERVER_NAME="127.0.0.1", SERVER_PORT=str(backend.port))
+        with WaitressServer(front_app) as front:
+            resp, body = get(front.port, "/exact?q=1")
+        proxy.close()
+    assert resp.status == 200
+    line, = access_log.side("exact")
+    assert line["backend"] == "127.0.0.1:%d" % backend.port
+    assert (line["target"], line["status"], line["bytes"]) == ("/exact?q=1", "200",
+                                                               str(len(body)))
+    assert line["request_id"] == "-"  # the exact proxy adds no header, so no id

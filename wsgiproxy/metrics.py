@@ -80,7 +80,8 @@ class Metrics:
 
     def record(self, record: observe.Record, fields: dict[str, Any]) -> None:
         """Count one finished request (:meth:`wsgiproxy.observe.Record.finish` calls it)."""
-        side, backend = fields["side"], fields["backend"]
+        side = fields["side"]
+        backend = fields["backend"] if side != "exact" else "-"  # any host: not a label
         method = fields["method"] if fields["method"] in _METHODS else "other"
         status = fields["status"]
         status_class = status[0] + "xx" if status[:1].isdigit() else "none"
