@@ -13,13 +13,21 @@ import re
 import pytest
 
 from wsgiproxy.app import WSGIProxyApp
+from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.observe import Observer, check_format
 from wsgiproxy.protocol import SecretKeys, sign_request
 from wsgiproxy.wsgiapp import make_app
 
 from .middleware_helpers import Recorder
-from .servers import TEST_SECRET, WaitressServer, free_port, wait_until, write_secret
+from .servers import (
+    TEST_SECRET,
+    WaitressServer,
+    free_port,
+    wait_until,
+    with_environ,
+    write_secret,
+)
 
 LINE = re.compile(
     r'(?P<side>\S+) (?P<client>\S+) "(?P<method>\S+) (?P<target>\S+)" (?P<status>\S+) '
@@ -298,9 +306,6 @@ def test_the_log_follows_level_changes_at_run_time():
 
 
 def test_the_exact_proxy_logs_its_requests(access_log):
-    from wsgiproxy.exactproxy import ExactProxy
-    from .servers import with_environ
-
     with WaitressServer(Recorder()) as backend:
         proxy = ExactProxy()
         # The exact proxy goes where SERVER_NAME/PORT say: the backend, here.
