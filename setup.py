@@ -84,6 +84,8 @@ setup(
         "ed25519": ["cryptography>=42"],
         # wsgiproxy serve --reload (the library pserve --reload uses).
         "reload": ["hupper>=1.10"],
+        # Prometheus metrics (metrics = true, egg:WSGIProxy#metrics).
+        "metrics": ["prometheus-client>=0.17"],
     },
     entry_points={
         "paste.app_factory": [
@@ -91,6 +93,7 @@ setup(
             "real_proxy = wsgiproxy.wsgiapp:make_real_proxy",
             "sample = wsgiproxy.wsgiapp:make_sample_app",
             "spawn = wsgiproxy.wsgiapp:make_spawn",
+            "metrics = wsgiproxy.wsgiapp:make_metrics_app",
         ],
         "paste.filter_app_factory": [
             "main = wsgiproxy.wsgiapp:make_middleware",

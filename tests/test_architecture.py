@@ -32,7 +32,7 @@ LAYERS = [
                    "wsgiproxy.httplib2transport", "wsgiproxy.httplib2transport.*"]),
     # upgrade: which WSGI server hands over the client's socket, the tunnel limit.
     ("WSGI glue", ["wsgiproxy.responses", "wsgiproxy.upgrade", "wsgiproxy.forwarding",
-                   "wsgiproxy.exactproxy",
+                   "wsgiproxy.exactproxy", "wsgiproxy.observe", "wsgiproxy.metrics",
                    "wsgiproxy.balancer",
                    "wsgiproxy.app", "wsgiproxy.middleware", "wsgiproxy.middleware.*",
                    "wsgiproxy.spawn", "wsgiproxy.spawn.*", "wsgiproxy.sampleapp"]),

@@ -35,6 +35,7 @@ from webob import Request
 from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.exactproxy import ExactProxy
+from wsgiproxy.keys import new_request_id
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.transport import HTTPTransport
 
@@ -58,6 +59,7 @@ DOC_SECRET = "correct horse battery staple 2024"
 DOC_TS = 1700000000
 DOC_NONCE = "0123456789abcdef0123456789abcdef"
 DOC_KEY_ID = "185fb5d998412bd4"
+DOC_REQUEST_ID = "8c1f0e5a27d94b36000000000000002a"  # as new_request_id() makes them
 
 
 # -- capturing what WSGIProxyApp really sends -------------------------------------
@@ -110,7 +112,7 @@ def capture(href, environ, fixed=True, **options):
         app = WSGIProxyApp(href, transport=RoutedTransport(raw.port), **options)
         patch = (mock.patch.object(protocol, "sign_request", functools.partial(
             protocol.sign_request, now=DOC_TS, nonce=DOC_NONCE)) if fixed else mock.patch.dict({}))
-        with patch:
+        with patch, mock.patch.object(new_request_id, "next", lambda: DOC_REQUEST_ID):
             status, _, _ = call_wsgi(app, environ)
         app.close()
         assert status == "204 No Content", status

@@ -23,7 +23,7 @@ from webob import Request
 
 from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
-from wsgiproxy.keys import PrivateKey, PublicKeys, SecretKeys, ed25519_key_id
+from wsgiproxy.keys import PrivateKey, PublicKeys, SecretKeys, ed25519_key_id, new_request_id
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.protocol import rfc9421
 
@@ -34,6 +34,7 @@ from .servers import ROOT, Process, RawServer, free_port, need, wait_for_port, w
 from .test_docs_protocol import (
     DOC_KEY_ID,
     DOC_NONCE,
+    DOC_REQUEST_ID,
     DOC_SECRET,
     DOC_TS,
     RoutedTransport,
@@ -60,7 +61,7 @@ def capture(href, environ, fixed=True, **options):
         patch = (mock.patch.object(protocol, "sign_request_rfc9421", functools.partial(
             protocol.sign_request_rfc9421, now=DOC_TS, nonce=DOC_NONCE)) if fixed
             else mock.patch.dict({}))
-        with patch:
+        with patch, mock.patch.object(new_request_id, "next", lambda: DOC_REQUEST_ID):
             status, _, _ = call_wsgi(app, environ)
         app.close()
         assert status == "204 No Content", status

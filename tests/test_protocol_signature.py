@@ -268,12 +268,14 @@ x-forwarded-for:192.0.2.7
 x-forwarded-scheme:https
 x-forwarded-script-name:/shop
 x-forwarded-server:www.example.com
+x-wsgiproxy-request-id:8c1f0e5a27d94b36000000000000002a
 x-wsgiproxy-str-0:REMOTE_USER bob
 x-wsgiproxy-version:1"""
 DOC_HEADERS = [("X-Forwarded-For", "192.0.2.7"), ("X-Forwarded-Server", "www.example.com"),
                ("X-Forwarded-Scheme", "https"), ("X-Forwarded-Script-Name", "/shop"),
-               ("X-WSGIProxy-Str-0", "REMOTE_USER bob"), ("X-WSGIProxy-Version", "1"),
-               ("User-Agent", "curl/8.5")]
+               ("X-WSGIProxy-Version", "1"),
+               ("X-WSGIProxy-Request-ID", "8c1f0e5a27d94b36000000000000002a"),
+               ("X-WSGIProxy-Str-0", "REMOTE_USER bob"), ("User-Agent", "curl/8.5")]
 
 
 def test_documented_example():

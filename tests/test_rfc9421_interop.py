@@ -484,7 +484,8 @@ def other_peer_agrees(node, peer, target, message, key, base):
 def test_our_signature_input_has_the_documented_shape(side, proxy, backend):
     message = capture(proxy, backend)
     assert covered(message)[:4] == DERIVED
-    assert sorted(covered(message)[4:]) == sorted(IDENTITY + ["content-digest"])
+    assert sorted(covered(message)[4:]) == sorted(
+        IDENTITY + ["x-wsgiproxy-request-id", "content-digest"])
     params = dict(re.findall(r';([a-z]+)=("[^"]*"|[0-9]+)', signature_params(message)))
     assert sorted(params) == ["alg", "created", "expires", "keyid", "nonce", "tag"], params
     assert len(param(message, "nonce")) >= 16

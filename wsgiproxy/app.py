@@ -42,6 +42,9 @@ from .forwarding import (
     send_checked,
     send_upgrade,
 )
+from .keys import new_request_id
+from .observe import REQUEST_ID_KEY as REQUEST_ID_ENVIRON
+from .observe import SINKS, Observer, Record, RequestIds
 from .protocol import rfc9421
 from .transport import Transport, make_transport
 from .upgrade import Tunnels, requested_protocols
@@ -67,6 +70,7 @@ _CLIENT_SIGNATURES = frozenset(["signature", "signature-input"])
 SIGNATURE_FORMATS = ("v1", "rfc9421")
 _FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
 _FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
+_REQUEST_ID_KEY = protocol.environ_key(protocol.REQUEST_ID)
 Environ = dict[str, Any]
 
 
@@ -163,6 +167,12 @@ class WSGIProxyApp:
     :param websocket_idle_timeout: close a tunnel after this many seconds
         without a byte either way (``None``: never; ``read_timeout`` does
         not apply to tunnels).
+    :param request_ids: send each request's id (``X-WSGIProxy-Request-ID``, signed): a
+        ``trusted_proxies`` peer's ``X-Request-ID``, else a new one (:doc:`operations`).
+    :param request_id_header: return ``X-Request-ID`` to the client.
+    :param access_log: one INFO line per request on ``wsgiproxy.access``.
+    :param access_log_format: its format, ``{client}`` and so on.
+    :param metrics: count requests in Prometheus metrics (``WSGIProxy[metrics]``).
     :param transport: ``"http"`` (default, streaming), ``"httplib2"``, or a
         :class:`~wsgiproxy.transport.Transport` instance; the remaining
         keyword arguments (``connect_timeout``, ``read_timeout``,
@@ -187,7 +197,9 @@ class WSGIProxyApp:
                  max_tunnels: int = 1000, websocket_idle_timeout: float | None = None,
                  signature_format: str = "v1", private_key_file: str | None = None,
                  verify_responses: bool = False, response_public_key_file: str | None = None,
-                 transport: Transport | str = "http",
+                 request_ids: bool = True, request_id_header: bool = False,
+                 access_log: bool = True, access_log_format: str | None = None,
+                 metrics: bool = False, transport: Transport | str = "http",
                  **transport_options: Any) -> None:
         hrefs = [href] if isinstance(href, str) else list(href)
         if not hrefs:
@@ -259,6 +271,8 @@ class WSGIProxyApp:
                 [(one.hostname or "", _port(one)) for one in backends], balance, max_fails,
                 fail_timeout, next_upstream, next_upstream_tries, next_upstream_timeout,
                 retry_budget)
+        self._init_observing(request_ids, request_id_header, access_log, access_log_format,
+                             metrics)
 
     def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
@@ -284,6 +298,23 @@ class WSGIProxyApp:
         else:
             raise ValueError("signature_format = rfc9421 needs secret_file or private_key_file")
 
+    def _init_observing(self, request_ids: bool, request_id_header: bool, access_log: bool,
+                        access_log_format: str | None, metrics: bool) -> None:
+        if request_id_header and not request_ids:
+            raise ValueError("request_id_header needs request_ids")
+        if metrics:
+            from .metrics import enable
+            enable()
+        # One attribute for all of it: see _init_signing on the instance's size.
+        #: The request ids, the access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
+        self.observer = Observer(access_log, access_log_format, "proxy", RequestIds(
+            self.trusted_proxies, request_id_header) if request_ids else None)
+
+    @property
+    def request_ids(self) -> RequestIds | None:
+        """The request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off)."""
+        return self.observer.ids
+
     def _init_response_checks(self, public_key_file: str | None) -> None:
         if self.signature_format != "rfc9421":
             raise ValueError("verify_responses needs signature_format = rfc9421: a response "
@@ -302,7 +333,21 @@ class WSGIProxyApp:
         """Close the transport's pooled connections."""
         self.transport.close()
 
-    def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
+    def __call__(self, environ: Environ, start_response: Any,
+                 record: Record | None = None) -> Iterable[bytes]:
+        """The WSGI application.
+
+        :param record: (from :meth:`_observed` only) what the access log and the
+            metrics get of this request.  Servers pass two arguments: the request
+            is then observed through :meth:`_observed` when anything wants it.
+        """
+        if record is None:  # the call from the server
+            observer = self.observer
+            if observer.ids is not None and observer.ids.respond:
+                start_response = observer.ids.start_response(environ, start_response)
+            if ((observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                    and (record := observer.start(environ)) is not None):
+                return self._observed(environ, start_response, record)
         url_scheme = environ.get("wsgi.url_scheme", "http")
         client_host = environ.get("HTTP_HOST") or protocol.join_host(
             environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), url_scheme)
@@ -310,18 +355,29 @@ class WSGIProxyApp:
             request = self.request_for(environ, url_scheme, client_host)
             if "HTTP_UPGRADE" in environ and (protocols := requested_protocols(environ)):
                 response, body = self.tunnels.open(
-                    environ, functools.partial(self._send_upgrade, request, protocols))
+                    environ, functools.partial(self._send_upgrade, request, protocols, record))
                 if response.status == 101:
+                    if record is not None:
+                        record.status = response.status_line
                     return self.tunnels.run(environ, start_response, response, body)
             elif self.response_keys is not None:
-                sender = functools.partial(send_checked, check=functools.partial(
+                sender: Any = functools.partial(send_checked, check=functools.partial(
                     self._response_problem, request))
+                if record is not None:
+                    sender = record.sender(sender)
                 if self.balancer is None:
                     response, body = sender(self.transport, self.scheme, self.host, self.port,
                                             request)
                 else:
                     response, body = self.balancer.send(self.transport, self.scheme, request,
                                                         sender)
+            elif record is not None:
+                if self.balancer is None:
+                    response, body = record.sender(send)(self.transport, self.scheme, self.host,
+                                                         self.port, request)
+                else:
+                    response, body = self.balancer.send(self.transport, self.scheme, request,
+                                                        record.sender(send))
             elif self.balancer is None:
                 response, body = send(self.transport, self.scheme, self.host, self.port, request)
             else:
@@ -337,9 +393,24 @@ class WSGIProxyApp:
                 response.headers if headers is None else headers)
         return relay(start_response, response, body, headers)
 
-    def _send_upgrade(self, request: OutgoingRequest,
-                      protocols: str) -> tuple[Any, Iterable[bytes]]:
-        sender = functools.partial(send_upgrade, protocols=protocols)
+    def _observed(self, environ: Environ, start_response: Any, record: Record) -> Iterable[bytes]:
+        """This request through :meth:`__call__`, ``record`` filled and written when the
+        answer ends (a tunnel: when it is answered)."""
+        try:
+            body = self(environ, record.start_response(start_response), record)
+        except BaseException:
+            record.finish()
+            raise
+        if record.status is not None and record.status.startswith("101"):
+            record.finish()  # a tunnel: relayed already, when the server runs it inline
+            return body
+        return record.body(body)
+
+    def _send_upgrade(self, request: OutgoingRequest, protocols: str,
+                      record: Record | None = None) -> tuple[Any, Iterable[bytes]]:
+        sender: Any = functools.partial(send_upgrade, protocols=protocols)
+        if record is not None:
+            sender = record.sender(sender)
         if self.balancer is None:
             return sender(self.transport, self.scheme, self.host, self.port, request)
         return self.balancer.send(self.transport, self.scheme, request, sender)
@@ -382,6 +453,14 @@ class WSGIProxyApp:
              protocol.encode_path_header(script_name) if script_name else ""),
             (protocol.VERSION_HEADER, protocol.PROTOCOL_VERSION),
         ]
+        if (ids := self.observer.ids) is not None:  # X-WSGIProxy-Request-ID, signed
+            request_id = None
+            if _REQUEST_ID_KEY in environ:  # kept from a trusted peer (and forwarded as it is)
+                request_id = ids.incoming(environ)
+            if request_id is None:
+                request_id = new_request_id.next()
+            environ[REQUEST_ID_ENVIRON] = request_id
+            headers.append((protocol.REQUEST_ID_HEADER, request_id))
         if self.traversal_headers:
             headers += self.traversal_headers
         if self.forwarded:

@@ -48,6 +48,7 @@ from .errors import (
 )
 from .forwarding import send
 from .http11 import IDEMPOTENT_METHODS
+from .observe import event
 
 if TYPE_CHECKING:
     from .forwarding import OutgoingRequest
@@ -363,6 +364,7 @@ class Balancer:
                     came_back = True
             fails = backend.fails
         if went_out:
+            event("ejection", backend.name)
             log.warning("backend %s taken out for %gs after %d failure%s (last: %s)",
                         backend.name, self.fail_timeout, fails, "" if fails == 1 else "s",
                         what if isinstance(what, BackendError) else "status %s" % what)

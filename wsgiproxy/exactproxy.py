@@ -24,6 +24,7 @@ from .forwarding import (
     send,
     send_upgrade,
 )
+from .observe import SINKS, Observer, Record
 from .protocol import join_host
 from .transport import Transport, make_transport
 from .upgrade import Tunnels, requested_protocols
@@ -43,7 +44,14 @@ class ExactProxy:
         ``pool_size``, ``ca_certs``, ``verify``...).
     :param max_tunnels, websocket_idle_timeout: WebSocket (``Upgrade``)
         tunnels, as for :class:`~wsgiproxy.app.WSGIProxyApp`.
+
+    Each request gets a line in the access log (``wsgiproxy.access``, side
+    ``exact``), as ``WSGIProxyApp``'s do; in the metrics its backend is
+    ``-`` (any host can be one, too many for labels).
     """
+
+    #: The access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
+    observer = Observer(side="exact")
 
     def __init__(self, transport: Transport | str | None = None, max_tunnels: int = 1000,
                  websocket_idle_timeout: float | None = None,
@@ -58,7 +66,21 @@ class ExactProxy:
         else:
             self.transport = transport
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Any,
+                 record: Record | None = None) -> Iterable[bytes]:
+        """The WSGI application (``record``: see :meth:`WSGIProxyApp.__call__
+        <wsgiproxy.app.WSGIProxyApp.__call__>`)."""
+        if (record is None and (self.observer.quiet.get(20) is not False or SINKS)
+                and (record := self.observer.start(environ)) is not None):
+            try:
+                body = self(environ, record.start_response(start_response), record)
+            except BaseException:
+                record.finish()
+                raise
+            if record.status is not None and record.status.startswith("101"):
+                record.finish()
+                return body
+            return record.body(body)
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("SERVER_NAME")
         port = environ.get("SERVER_PORT") or _DEFAULT_PORTS.get(scheme)
@@ -74,10 +96,17 @@ class ExactProxy:
                 target += "?" + safe_target(query)
             request = outgoing_request(environ, target, headers)
             if "HTTP_UPGRADE" in environ and (protocols := requested_protocols(environ)):
+                upgrade: Any = functools.partial(send_upgrade, protocols=protocols)
+                if record is not None:
+                    upgrade = record.sender(upgrade)
                 response, body = self.tunnels.open(environ, functools.partial(
-                    send_upgrade, self.transport, scheme, host, port, request, protocols))
+                    upgrade, self.transport, scheme, host, port, request))
                 if response.status == 101:
+                    if record is not None:
+                        record.status = response.status_line
                     return self.tunnels.run(environ, start_response, response, body)
+            elif record is not None:
+                response, body = record.sender(send)(self.transport, scheme, host, port, request)
             else:
                 response, body = send(self.transport, scheme, host, port, request)
         except WSGIProxyError as exc:

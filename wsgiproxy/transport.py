@@ -101,6 +101,11 @@ log = logging.getLogger("wsgiproxy.transport")
 
 _BACKENDS_MAX = 1024  # backend spellings an HTTPTransport remembers (see _backend)
 
+#: ``connect_timing.seconds``: how long this thread's (greenlet's, under gevent) latest
+#: new connection took to open, TLS included.  Set only when one is opened (a pooled
+#: connection costs nothing); the access log (:mod:`wsgiproxy.observe`) resets and reads it.
+connect_timing = threading.local()
+
 #: A request body as transports take it: none, bytes, or a file-like object with ``read(n)``.
 Body = bytes | bytearray | BinaryIO | None
 #: A check of a final response's status and headers, made before its connection can go
@@ -344,6 +349,7 @@ class HTTPTransport(Transport):
     def _connect(self, key: tuple[str, str, int], backend: str) -> Connection:
         # Every failure here is before the request's first byte: ``unsent``.
         scheme, host, port = key
+        started = time.monotonic()
         try:
             sock = _open(host, port, self.connect_timeout)
         except socket.gaierror as exc:
@@ -375,6 +381,7 @@ class HTTPTransport(Transport):
                                      unsent=True) from None
             raise BackendUnavailable("TLS handshake failed: %s" % exc, backend,
                                      unsent=True) from None
+        connect_timing.seconds = time.monotonic() - started
         return Connection(sock, key)
 
     # -- one exchange ---------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import TooManyTunnels, UpgradeNotSupported, check_number
 from .http11 import upgrade_protocols
+from .observe import event
 
 __all__ = ["SERVERS_WITH_SOCKETS", "Tunnels", "client_socket", "requested_protocols"]
 
@@ -143,6 +144,7 @@ class Tunnels:
                 raise TooManyTunnels("%d tunnels are open, the most this process allows "
                                      "(max_tunnels)" % self.max_tunnels)
             self.open_count += 1
+        event("tunnel", "open")
         try:
             response, body = opener()
         except BaseException:
@@ -176,3 +178,4 @@ class Tunnels:
     def _done(self) -> None:
         with self._lock:
             self.open_count -= 1
+        event("tunnel", "closed")

@@ -69,12 +69,22 @@ TUNNEL_OPTIONS = {
     "websocket_idle_timeout": _optional(float),
 }
 
+#: Request ids and the access log: the app's, the filter's (docs/operations.rst).
+_OBSERVE = {
+    "request_ids": asbool,
+    "request_id_header": asbool,
+    "access_log": asbool,
+    "access_log_format": str,
+    "metrics": asbool,
+}
+
 # Options whose value is never repeated in an error message (it holds a password).
 _SECRET_OPTIONS = frozenset(["credentials"])
 
 APP_OPTIONS = {
     **TRANSPORT_OPTIONS,
     **TUNNEL_OPTIONS,
+    **_OBSERVE,
     "href": hrefs,
     "secret_file": str,
     "string_keys": aslist,
@@ -225,6 +235,7 @@ def make_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
 
 
 MIDDLEWARE_OPTIONS = {
+    **_OBSERVE,
     "secret_file": str,
     "trust_ips": aslist,
     "prefix": str,
@@ -268,6 +279,15 @@ def make_middleware(app: Any, global_conf: Mapping[str, str] | None, **settings:
                 settings[name] = defaults[name]
         return WSGIProxyMiddleware(app, **convert(settings, MIDDLEWARE_OPTIONS,
                                                   "egg:WSGIProxy#main (filter)"))
+
+
+def make_metrics_app(global_conf: Mapping[str, str], **settings: Any) -> Any:
+    """``egg:WSGIProxy#metrics``: the Prometheus metrics of this process (or of every
+    worker, with ``PROMETHEUS_MULTIPROC_DIR``); loading it turns counting on."""
+    from .metrics import enable, metrics_app
+    convert(settings, {}, "egg:WSGIProxy#metrics")  # it takes no options
+    enable()
+    return metrics_app
 
 
 def make_real_proxy(global_conf: Mapping[str, str], **settings: Any) -> Any:

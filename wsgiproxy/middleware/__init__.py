@@ -28,25 +28,32 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import NonceStoreUnavailable, WSGIProxyError
+from ..errors import NonceStoreUnavailable, SignatureError, WSGIProxyError
+from ..observe import REQUEST_ID_KEY, SINKS, Observer, Record, RequestIds, event
 from ..protocol import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_NONCE_CAPACITY,
     DEFAULT_SIGNATURE_WINDOW,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
     PrivateKey,
     PublicKeys,
     SecretKeys,
+    check_request_id,
+    environ_key,
     rfc9421,
 )
 from ..responses import error_answer
 from .bound import ResponseSigner
 from .rewrite import Rewriter, protocol_keys
-from .trust import Addresses, Trust
+from .trust import Addresses, Belief, Trust
 from .verify import SIGNATURE_FORMATS, Verifier, admit, has_pickles, load_keys, load_public_keys
 
 __all__ = ["WSGIProxyMiddleware"]
 
 log = logging.getLogger("wsgiproxy.middleware")
+_REQUEST_ID_ENVIRON = environ_key(REQUEST_ID)
+_REQUEST_ID_HEADER_ENVIRON = environ_key(REQUEST_ID_HEADER)
 
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -118,6 +125,16 @@ class WSGIProxyMiddleware:
         bound to that request, for ``WSGIProxyApp(verify_responses=True)``.
     :param response_key_file: the Ed25519 private key (PEM) that signs
         responses; without it the first secret of ``secret_file`` does.
+    :param request_ids: give every request an id (``wsgiproxy.request_id`` and
+        ``HTTP_X_REQUEST_ID``): the ``X-WSGIProxy-Request-ID`` of a believed
+        ``WSGIProxyApp``, else the ``X-Request-ID`` of a believed front proxy;
+        a new one otherwise.
+    :param request_id_header: also send ``X-Request-ID`` back with the answer.
+    :param access_log: one INFO line per request on ``wsgiproxy.access``.
+    :param access_log_format: its format, ``{client}`` and so on
+        (:data:`wsgiproxy.observe.FIELDS`).
+    :param metrics: count requests and refusals in Prometheus metrics
+        (``WSGIProxy[metrics]``, :mod:`wsgiproxy.metrics`).
     """
 
     def __init__(self, app: WSGIApplication, secret_file: str | SecretKeys | None = None,
@@ -135,8 +152,20 @@ class WSGIProxyMiddleware:
                  signature_formats: str | Iterable[str] = SIGNATURE_FORMATS,
                  public_key_file: str | PublicKeys | None = None,
                  sign_responses: bool = False,
-                 response_key_file: str | PrivateKey | None = None) -> None:
+                 response_key_file: str | PrivateKey | None = None,
+                 request_ids: bool = True, request_id_header: bool = False,
+                 access_log: bool = True, access_log_format: str | None = None,
+                 metrics: bool = False) -> None:
         self.app = app
+        if metrics:
+            from ..metrics import enable
+            enable()
+        if request_id_header and not request_ids:
+            raise ValueError("request_id_header needs request_ids")
+        #: Request ids (:class:`~wsgiproxy.observe.RequestIds`), or ``None`` (off).
+        self.request_ids = RequestIds(respond=request_id_header) if request_ids else None
+        #: The access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
+        self.observer = Observer(access_log, access_log_format, "backend")
         keys = load_keys(secret_file)
         public_keys = load_public_keys(public_key_file)
         self.trust = Trust(trust_ips, front_proxy_ips,
@@ -196,8 +225,19 @@ class WSGIProxyMiddleware:
     x_prefix = _option("rewriter", "x_prefix")
     forwarded = _option("rewriter", "forwarded")
 
-    def __call__(self, environ: dict[str, Any],
-                 start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse,
+                 record: Record | None = None) -> Iterable[bytes]:
+        """Check, rebuild the environ and call the app; or answer the refusal.
+
+        :param record: (from :meth:`_observed` only) what the access log and the
+            metrics get of this request; servers pass two arguments.
+        """
+        if record is None:  # the call from the server
+            if self.request_ids is not None and self.request_ids.respond:
+                start_response = self.request_ids.start_response(environ, start_response)
+            if ((self.observer.quiet.get(20) is not False or SINKS)  # else nothing observes it
+                    and (record := self.observer.start(environ)) is not None):
+                return self._observed(environ, start_response, record)
         try:
             found = protocol_keys(environ)
             signature = self.verifier.find(environ)
@@ -206,18 +246,48 @@ class WSGIProxyMiddleware:
             key_id = self.verifier.verify(environ, signature)
             belief = self.trust.decide(environ.get("REMOTE_ADDR"), key_id is not None)
             admit(belief, has_pickles(environ, found))
+            if self.request_ids is not None:  # before rebuild() removes X-WSGIProxy-*
+                self._request_id(environ, belief)
             self.rewriter.rebuild(environ, belief, found, key_id)
             environ["wsgiproxy.signature_format"] = (signature[0] if signature is not None
                                                      and key_id is not None else None)
         except WSGIProxyError as error:
+            if self.request_ids is not None and REQUEST_ID_KEY not in environ:
+                RequestIds.assign(environ, None)
             self._log_refusal(environ, error)
             return error_answer(environ, start_response, error)
         return self.app(environ, start_response)
+
+    def _observed(self, environ: dict[str, Any], start_response: StartResponse,
+                  record: Record) -> Iterable[bytes]:
+        """This request through :meth:`__call__`, ``record`` written when the answer ends."""
+        try:
+            return record.body(self(environ, record.start_response(start_response), record))
+        except BaseException:
+            record.finish()
+            raise
+
+    @staticmethod
+    def _request_id(environ: dict[str, Any], belief: Belief) -> None:
+        """The request's id: ``X-WSGIProxy-Request-ID`` from a sender believed for the
+        identity headers (signed, ``trust_ips``, loopback), ``X-Request-ID`` from a front
+        proxy (``front_proxy_ips``); else a new one.  (A ``WSGIProxyApp`` older than request
+        ids passes the client's ``X-Request-ID`` on: never believed.)"""
+        request_id = None
+        if belief.identity:
+            value = environ.get(_REQUEST_ID_HEADER_ENVIRON)
+        else:
+            value = environ.get(_REQUEST_ID_ENVIRON) if belief.front else None
+        if value:
+            request_id = check_request_id(value.strip(" \t"))
+        environ[_REQUEST_ID_ENVIRON] = RequestIds.assign(environ, request_id)
 
     @staticmethod
     def _log_refusal(environ: dict[str, Any], error: WSGIProxyError) -> None:
         """403s are warnings, a failing nonce store an error, anything else (400s) info."""
         peer, path = environ.get("REMOTE_ADDR"), environ.get("PATH_INFO")
+        if isinstance(error, SignatureError):
+            event("refusal", error.reason)
         if isinstance(error, NonceStoreUnavailable):
             cause = error.__cause__
             detail = (str(cause) or type(cause).__name__) if cause is not None else error

@@ -66,7 +66,7 @@ _SCHEMES = ("http", "https")
 _RESERVED_KEY_PREFIXES = ("wsgi.", "wsgiproxy.", _PROTOCOL_PREFIX)
 _KIND_ORDER = {kind: i for i, kind in enumerate(KEY_KINDS)}
 #: The environ keys whose values before the rewrite are kept in ``wsgiproxy.orig``.
-ORIG_KEYS = ("REMOTE_ADDR", "wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT",
+ORIG_KEYS = ("REMOTE_ADDR", "REMOTE_PORT", "REMOTE_HOST", "wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT",
              "SCRIPT_NAME", "PATH_INFO")
 #: The ``x_*`` counts and ``forwarded``: how many proxies append to each header.
 COUNTS = ("x_for", "x_proto", "x_host", "x_port", "x_prefix", "forwarded")
@@ -141,6 +141,7 @@ class Identity:
         self.server_port = environ.get("SERVER_PORT")
         self.remote_addr = environ.get("REMOTE_ADDR")
         self.remote_port: str | None = None
+        self.client_set = False  # REMOTE_ADDR replaced: REMOTE_PORT and REMOTE_HOST follow it
         self.script_name = environ.get("SCRIPT_NAME") or ""
         self.path_info = environ.get("PATH_INFO") or ""
         self.host_set = False
@@ -170,8 +171,8 @@ class Identity:
     def set_client(self, value: str, header: str) -> None:
         """The client's ``address[:port]`` (a node) from ``header``."""
         self.remote_addr, port = _named(header, parse_node, value)
-        if port is not None and port.isdigit():
-            self.remote_port = port
+        self.remote_port = port if port is not None and port.isdigit() else None
+        self.client_set = True
 
     def write(self, environ: dict[str, Any]) -> None:
         """Put the rebuilt values into ``environ``."""
@@ -186,6 +187,13 @@ class Identity:
         for key, value in values.items():
             if value is not None:
                 environ[key] = value
+        if self.client_set:
+            # The proxy's connection said nothing about the client: its port goes (or
+            # becomes the believed one) and a REMOTE_HOST names the client's address.
+            if self.remote_port is None:
+                environ.pop("REMOTE_PORT", None)
+            if "REMOTE_HOST" in environ:
+                environ["REMOTE_HOST"] = self.remote_addr
 
 
 class Rewriter:

@@ -92,6 +92,9 @@ from .headers import (
     environ_key,
     key_header_kind,
 )
+from .headers import REQUEST_ID as REQUEST_ID  # not in __all__ (the names before it)
+from .headers import REQUEST_ID_HEADER as REQUEST_ID_HEADER
+from .headers import check_request_id as check_request_id
 from .signature import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_SIGNATURE_WINDOW,

@@ -23,11 +23,11 @@ from ..errors import ProtocolError
 __all__ = [
     "FORWARDED", "FORWARDED_FOR", "FORWARDED_HOST", "FORWARDED_PORT", "FORWARDED_PREFIX",
     "FORWARDED_PROTO", "FORWARDED_SCHEME", "FORWARDED_SCRIPT_NAME", "FORWARDED_SERVER",
-    "HEADER_PREFIX", "KEY_KINDS", "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "SCRIPT_NAME_HEADER",
-    "SIGNATURE_HEADER", "TRAVERSAL_PATH", "TRAVERSAL_QUERY_STRING", "VERSION_HEADER",
-    "canonical_header_name", "check_header_value", "decode_key_header", "decode_path_header",
-    "decode_value", "encode_key_headers", "encode_path_header", "encode_value", "environ_key",
-    "key_header_kind",
+    "HEADER_PREFIX", "KEY_KINDS", "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "REQUEST_ID",
+    "REQUEST_ID_HEADER", "SCRIPT_NAME_HEADER", "SIGNATURE_HEADER", "TRAVERSAL_PATH",
+    "TRAVERSAL_QUERY_STRING", "VERSION_HEADER", "canonical_header_name", "check_header_value",
+    "check_request_id", "decode_key_header", "decode_path_header", "decode_value",
+    "encode_key_headers", "encode_path_header", "encode_value", "environ_key", "key_header_kind",
 ]
 
 #: Value of the ``X-WSGIProxy-Version`` header.
@@ -50,6 +50,11 @@ FORWARDED_HOST = "X-Forwarded-Host"
 FORWARDED_PORT = "X-Forwarded-Port"
 FORWARDED_PREFIX = "X-Forwarded-Prefix"
 SCRIPT_NAME_HEADER = "X-Script-Name"
+#: The request id as clients, load balancers and applications know it.
+REQUEST_ID = "X-Request-ID"
+#: The request id as WSGIProxyApp sends it: an X-WSGIProxy-* header, so it is signed
+#: and believed like the other identity headers (and ignored by older middleware).
+REQUEST_ID_HEADER = "X-WSGIProxy-Request-ID"
 #: The kinds of key header, in the order both sides process them.
 KEY_KINDS = ("Str", "Unicode", "Json", "Pickle")
 #: Fixed so that senders and receivers on different Python versions agree.
@@ -94,6 +99,7 @@ def check_header_value(value: str, what: str = "header value") -> str:
 # ---------------------------------------------------------------------------
 # Values: literal printable ASCII, or "b64" + base64
 
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _LITERAL_RE = re.compile(rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
 _B64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 
@@ -343,3 +349,18 @@ def decode_path_header(value: str, header: str = "path header") -> str:
     if CTL_RE.search(path) or "\t" in path:
         raise ProtocolError("%s contains control characters" % header)
     return path
+
+
+# ---------------------------------------------------------------------------
+# Request ids
+
+def check_request_id(value: object) -> str | None:
+    """A received ``X-Request-ID`` if it can be used as one, else ``None``.
+
+    1 to 128 characters among letters, digits and ``._:@/+=-`` (what UUIDs,
+    nginx's ``$request_id`` and cloud load balancers send): nothing that could
+    break a log line or a header.
+    """
+    if isinstance(value, str) and _REQUEST_ID_RE.match(value):
+        return value
+    return None

@@ -42,6 +42,7 @@ from typing import Any
 
 from ..balancer import Backend, Balancer
 from ..errors import BackendUnavailable, ServiceUnavailable, ShuttingDown, StartFailed
+from ..observe import event
 from . import lifeline
 from .process import Child
 from .readiness import LOOPBACK
@@ -195,6 +196,7 @@ class Supervisor:
         self.balancer = Balancer(self._running, lock=self._cond, **self.balance_options)
         self.slots = [Slot(i, self._clock()) for i in range(self.workers)]
         self._children: set[Child] = set()  # every child not yet reaped, in any state
+        self._crashed: set[int] = set()  # slots whose child exited unexpectedly (metrics)
         self._closed = False
         self._idle_thread: threading.Thread | None = None
 
@@ -355,6 +357,10 @@ class Supervisor:
                 raise ShuttingDown()
             child = launch()
             self._children.add(child)
+        event("spawn", "started")
+        if child.slot in self._crashed:
+            self._crashed.discard(child.slot)
+            event("spawn", "restarted")
         self.log.info("%s: started on port %d: %s", child.label, child.port,
                       shlex.join(child.argv))
         child.watch(self.child_exited)
@@ -370,6 +376,8 @@ class Supervisor:
                 slot.reset(child)
             self._cond.notify_all()
         if unexpected:
+            self._crashed.add(child.slot)
+            event("spawn", "crashed")
             lines = child.stderr_lines()
             self.log.warning("%s %s unexpectedly; the next request starts it again. "
                              "Last stderr lines:\n%s", child.label, child.describe_exit(),
