@@ -46,6 +46,8 @@ TESTS_REQUIRE = [
     "cryptography>=42",
     # wsgiproxy serve --reload (tests/test_cli.py).
     "hupper>=1.10",
+    # Metrics (tests/test_metrics.py).
+    "prometheus-client>=0.17",
 ]
 
 setup(
