@@ -89,7 +89,8 @@ def test_every_entry_point_loads():
     found = list(distribution("WSGIProxy").entry_points)
     assert sorted((ep.group, ep.name) for ep in found) == [
         ("console_scripts", "wsgiproxy"),
-        ("paste.app_factory", "main"), ("paste.app_factory", "real_proxy"),
+        ("paste.app_factory", "main"), ("paste.app_factory", "metrics"),
+        ("paste.app_factory", "real_proxy"),
         ("paste.app_factory", "sample"), ("paste.app_factory", "spawn"),
         ("paste.filter_app_factory", "demo_user"), ("paste.filter_app_factory", "main"),
     ]
