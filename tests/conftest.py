@@ -104,3 +104,14 @@ def piddir(tmp_path):
     path = tmp_path / "pids"
     path.mkdir()
     return str(path)
+
+
+@pytest.fixture
+def no_metrics():
+    """Metrics off for one test, as in a process that never enabled them: a test (or
+    a loaded ``.ini`` with ``metrics = true``) earlier in the run may have, for good."""
+    from wsgiproxy import observe
+    saved = list(observe.SINKS)
+    observe.SINKS.clear()
+    yield
+    observe.SINKS[:] = saved

@@ -164,7 +164,7 @@ def test_refusals_by_reason_and_the_backend_side(metrics):
     assert value(scraped, "wsgiproxy_signature_refusals_total", reason="malformed") == 1
 
 
-def test_metrics_are_off_until_enabled(caplog):
+def test_metrics_are_off_until_enabled(caplog, no_metrics):
     assert observe.SINKS == []  # nothing counts by default: no record is even made
     logging.getLogger("wsgiproxy.access").setLevel(logging.WARNING)
     try:

@@ -230,7 +230,7 @@ def test_a_front_proxys_request_id_is_believed_a_strangers_is_not():
         assert HEX_ID.match(other.environ["wsgiproxy.request_id"])
 
 
-def test_nothing_is_recorded_unless_the_logger_wants_info():
+def test_nothing_is_recorded_unless_the_logger_wants_info(no_metrics):
     observer = Observer()
     logger = logging.getLogger("wsgiproxy.access")
     level = logger.level
