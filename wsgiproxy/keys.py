@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import NonceStoreFull
@@ -485,27 +485,31 @@ class MemoryNonceStore(NonceStore):
 # ---------------------------------------------------------------------------
 # The nonce source
 
-class _NonceSource:
-    """Nonces that never repeat: a random 64-bit prefix per process, then a counter.
+def _nonce_counter() -> Iterator[int]:
+    """Counts from a random 64-bit prefix (the high half) and a random 32-bit start."""
+    return itertools.count(int.from_bytes(os.urandom(8), "big") << 64
+                           | int.from_bytes(os.urandom(4), "big"))
 
-    A nonce only has to be unique (the signature, not the nonce, is the
-    secret part); this costs no system call per request, unlike
-    ``os.urandom``.  A forked child draws a new prefix, so parent and
-    children never share a nonce.
+
+_nonces = _nonce_counter()
+
+
+def _reseed() -> None:
+    global _nonces
+    _nonces = _nonce_counter()
+
+
+def new_nonce() -> str:
+    """A new nonce, 32 lowercase hex characters, unique in this process and its forks.
+
+    A nonce only has to be unique (the signature, not the nonce, is the secret
+    part): a random 64-bit prefix per process, then a counter.  This costs no
+    system call per request, unlike ``os.urandom``, and draws it in one step
+    (``next()`` on the counter is atomic).  A forked child draws a new prefix, so
+    parent and children never share a nonce.
     """
-
-    def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-    def __call__(self) -> str:
-        return "%s%016x" % (self.prefix, next(self.counter))  # next() on count is atomic
+    return next(_nonces).to_bytes(16, "big").hex()
 
 
-#: A new nonce (32 lowercase hex characters) each call, unique in this process and its forks.
-new_nonce = _NonceSource()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=new_nonce.reseed)
+    os.register_at_fork(after_in_child=_reseed)
