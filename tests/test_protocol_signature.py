@@ -487,3 +487,14 @@ def test_sign_is_a_function_of_its_arguments():
     assert sign(body=b"x") == sign(body=b"x") != sign()
     later = signing.sign(KEYS, "GET", "h", "/", "", [], now=NOW + 1, nonce=NONCE)
     assert parse_signature(later).timestamp == NOW + 1
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 32, 63, 64, 65, 200])
+def test_keyed_hmac_is_hmac_sha256(key_length):
+    """The two precomputed SHA-256 states give the standard library's HMAC, for keys
+    shorter than, as long as and longer than SHA-256's block."""
+    import hmac
+    key = os.urandom(key_length)
+    mac = signing.keyed_hmac(key)
+    for message in (b"", b"x", os.urandom(300)):
+        assert mac(message) == hmac.new(key, message, hashlib.sha256).digest()

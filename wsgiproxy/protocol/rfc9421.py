@@ -36,7 +36,7 @@ from .signature import (
     DEFAULT_SIGNATURE_WINDOW,
     Headers,
     NonceChecker,
-    _sender_signed_headers,
+    _sender_values,
     _signed_headers,
     is_signed_header,
     keyed_hmac,
@@ -106,12 +106,7 @@ def _hmac_signer(secret: bytes) -> Callable[[bytes], bytes]:
     """HMAC-SHA256 with ``secret``, its key schedule computed once per secret."""
     sign = _hmac_signers.get(secret)
     if sign is None:
-        keyed = keyed_hmac(secret)
-
-        def sign(data: bytes) -> bytes:
-            mac = keyed.copy()
-            mac.update(data)
-            return mac.digest()
+        sign = keyed_hmac(secret)
         if len(_hmac_signers) < 64:  # the few configured secrets; bounded anyway
             _hmac_signers[secret] = sign
     return sign
@@ -381,13 +376,19 @@ def content_digest(body: bytes) -> str:
 _quoted_ids: dict[str, str] = {}
 
 
+def _quoted_id(key_id: str) -> str:
+    """A key id as a structured string, remembered for the few configured keys."""
+    quoted = serialize_string(key_id)
+    if len(_quoted_ids) < 64:
+        _quoted_ids[key_id] = quoted
+    return quoted
+
+
 def _params(created: int, window: float, nonce: str, key_id: str, alg: str) -> str:
     """The signature's parameters (``nonce`` as :func:`check_nonce` admits it)."""
     quoted = _quoted_ids.get(key_id)
     if quoted is None:
-        quoted = serialize_string(key_id)
-        if len(_quoted_ids) < 64:
-            _quoted_ids[key_id] = quoted
+        quoted = _quoted_id(key_id)
     return ';created=%d;expires=%d;nonce="%s";keyid=%s;alg="%s";tag="wsgiproxy"' % (
         created, created + int(window), nonce, quoted, alg)
 
@@ -419,27 +420,51 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     :param nonce: never used before with this key (:func:`check_nonce`, not called here).
     :param body: when given (bytes), covered through ``content-digest``.
     """
-    # On every signed request's path: strings are built in as few steps as possible
-    # (bench/signing_cost.py --format rfc9421 measures it).
+    # On every signed request's path: strings are built in as few steps as possible,
+    # around a template per shape of ``headers`` (bench/signing_cost.py --format rfc9421).
     alg, key_id, signing = keys.signer()
-    signed = _sender_signed_headers(headers)
-    covered = "".join([' "%s"' % pair[0] for pair in signed])
-    fields = "".join(['\n"%s": %s' % pair for pair in signed])
-    added = []
-    if body is not None:
+    found = (_sender_values(headers, _forms, _form)  # type: ignore[arg-type]
+             if headers.__class__ is list else None)
+    if found is not None:
+        (inner, template, count), values = found
+        fields = template % tuple(values)
+    else:
+        signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
+        inner = _INNER + "".join([' "%s"' % pair[0] for pair in signed])
+        fields = "".join(['\n"%s": %s' % pair for pair in signed])
+        count = len(signed)
+    quoted = _quoted_ids.get(key_id)
+    if quoted is None:
+        quoted = _quoted_id(key_id)
+    created = int(now)
+    if body is None:
+        added = []
+    else:
         digest = content_digest(body)
-        added.append((CONTENT_DIGEST, digest))
-        covered += ' "content-digest"'
+        added = [(CONTENT_DIGEST, digest)]
+        inner += ' "content-digest"'
         fields += '\n"content-digest": ' + digest
-    value = '("@method" "@authority" "@path" "@query"%s)%s' % (
-        covered, _params(int(now), window, nonce, key_id, alg))
+        count += 1
+    value = '%s);created=%d;expires=%d;nonce="%s";keyid=%s;alg="%s";tag="wsgiproxy"' % (
+        inner, created, created + int(window), nonce, quoted, alg)
     base = _encoded('"@method": %s\n"@authority": %s\n"@path": %s\n"@query": ?%s%s\n'
                     '"@signature-params": %s' % (method, authority, path or "/", query, fields,
                                                  value),
-                    len(signed) + (6 if body is not None else 5))
-    signature = b2a_base64(signing(base), newline=False).decode("ascii")
-    added += [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % signature)]
+                    count + 5)
+    added += [(SIGNATURE_INPUT, "wsgiproxy=" + value),
+              (SIGNATURE, "wsgiproxy=:%s:" % b2a_base64(signing(base), newline=False).decode())]
     return added
+
+
+_INNER = '("@method" "@authority" "@path" "@query"'
+_forms: dict[tuple[Any, ...], Any] = {}
+
+
+def _form(names: tuple[str, ...]) -> tuple[str, str, int]:
+    """What a request signature makes of the covered header names: the covered list
+    (open), the base's header lines with a ``%s`` for each value, how many lines."""
+    return (_INNER + "".join([' "%s"' % name for name in names]),
+            "".join(['\n"%s": %%s' % name.replace("%", "%%") for name in names]), len(names))
 
 
 def _field_map(headers: Headers, wanted: set[str]) -> dict[str, str]:

@@ -325,29 +325,42 @@ def _body_digest(body: bytes | None) -> str:
     return _b64url(hashlib.sha256(body).digest())
 
 
-def keyed_hmac(secret: bytes) -> Any:
-    """An HMAC-SHA256 keyed with ``secret``, to ``copy()`` per message: the OpenSSL object
-    itself where ``hmac`` has one (its Python wrapper costs more than the copy)."""
-    keyed = hmac.new(secret, digestmod=hashlib.sha256)
-    inner = getattr(keyed, "_hmac", None)  # CPython's OpenSSL HMAC, when there is one
-    return keyed if inner is None or not hasattr(inner, "copy") else inner
+_IPAD, _OPAD = bytes(b ^ 0x36 for b in range(256)), bytes(b ^ 0x5C for b in range(256))
 
 
-# secret -> an HMAC-SHA256 keyed with it, copied per message (cheaper than
-# keying a new one each time).  Holds the few configured keys; bounded anyway.
-_keyed_hmacs: dict[bytes, Any] = {}
+def keyed_hmac(secret: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 keyed with ``secret`` (RFC 2104), as a function of the message.
+
+    The padded key blocks are hashed once; a message then costs two copies of a
+    SHA-256 state, cheaper than copying an OpenSSL HMAC context (which copies
+    three digest contexts) or keying a new HMAC.
+    """
+    key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(key.translate(_IPAD))
+    outer = hashlib.sha256(key.translate(_OPAD))
+
+    def mac(message: bytes) -> bytes:
+        state = inner.copy()
+        state.update(message)
+        result = outer.copy()
+        result.update(state.digest())
+        return result.digest()
+    return mac
+
+
+# secret -> keyed_hmac(secret): the few configured keys; bounded anyway.
+_keyed_hmacs: dict[bytes, Callable[[bytes], bytes]] = {}
 
 
 def _hmac(secret: bytes, canonical: bytes) -> str:
     """The unpadded base64url HMAC-SHA256 of ``canonical``."""
-    keyed = _keyed_hmacs.get(secret)
-    if keyed is None:
-        keyed = keyed_hmac(secret)
+    mac = _keyed_hmacs.get(secret)
+    if mac is None:
+        mac = keyed_hmac(secret)
         if len(_keyed_hmacs) < 64:
-            _keyed_hmacs[secret] = keyed
-    mac = keyed.copy()
-    mac.update(canonical)
-    return _b64url(mac.digest())
+            _keyed_hmacs[secret] = mac
+    return b2a_base64(mac(canonical), newline=False).translate(_URLSAFE)[:43].decode()
 
 
 # ---------------------------------------------------------------------------
