@@ -121,15 +121,21 @@ class HMACKeys:
     :param secrets: any object with ``signing_key()`` and ``get(key_id)``.
     """
 
-    __slots__ = ("secrets",)
+    __slots__ = ("secrets", "_signing")
 
     def __init__(self, secrets: Any) -> None:
         self.secrets = secrets
+        #: ``(signing_key() it was made from, signer())``: remade when the key changes.
+        self._signing: tuple[Any, tuple[str, str, Callable[[bytes], bytes]]] = (None, ("", "", bytes))
 
     def signer(self) -> tuple[str, str, Callable[[bytes], bytes]]:
         """``("hmac-sha256", key id, sign)`` of the first secret."""
-        key_id, secret = self.secrets.signing_key()
-        return HMAC_SHA256, key_id, _hmac_signer(secret)
+        key = self.secrets.signing_key()
+        made, signer = self._signing
+        if key is not made:  # (a reloaded secret file gives another key)
+            signer = HMAC_SHA256, key[0], _hmac_signer(key[1])
+            self._signing = key, signer
+        return signer
 
     def verifier(self, key_id: str) -> tuple[str, Callable[[bytes, bytes], bool]] | None:
         """``("hmac-sha256", verify)`` of the secret with this key id, or None."""
