@@ -285,9 +285,10 @@ def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, l
     after a LF: _header_lines(), or a sender's planned form)."""
     method, host, query = method or "", host or "", query or ""  # None means empty
     try:
-        text = "\n".join(("wsgiproxy-signature-v1", method.upper(), host.lower(),
-                          _canonical_path(path), query, str(int(timestamp)), nonce,
-                          body_digest)) + lines
+        text = "\n".join((
+            "wsgiproxy-signature-v1", method.upper(), host.lower(),
+            path if path.__class__ is str and _PLAIN_PATH(path) else _canonical_path(path),
+            query, str(int(timestamp)), nonce, body_digest)) + lines
     except (AttributeError, TypeError):  # say which field is not a str
         for i, value in ((1, method), (2, host), (4, query), (6, nonce), (7, body_digest)):
             if not isinstance(value, str):
@@ -393,8 +394,10 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
     found = (_sender_values(headers, _v1_forms, _v1_form)  # type: ignore[arg-type]
              if headers.__class__ is list else None)
     if found is not None:  # the sender's usual case: the text around the values is made
-        (listed, template, count), values = found
-        lines = template % tuple(values)
+        (listed, parts, count), values = found
+        parts = parts[:]  # "\nname:", value, ...: joined, not %-formatted (cheaper)
+        parts[1::2] = values
+        lines = "".join(parts)
     else:
         signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
         listed = ";".join([name for name, _ in signed]) or "-"
@@ -408,11 +411,13 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
 _v1_forms: dict[tuple[Any, ...], Form | None] = {}
 
 
-def _v1_form(names: tuple[str, ...]) -> tuple[str, str, int]:
-    """What v1 makes of the covered names: the ``headers=`` list, the header lines with
-    a ``%s`` for each value, how many lines."""
-    template = "".join(["\n%s:%%s" % name.replace("%", "%%") for name in names])
-    return ";".join(names) or "-", template, len(names)
+def _v1_form(names: tuple[str, ...]) -> tuple[str, list[str | None], int]:
+    """What v1 makes of the covered names: the ``headers=`` list, the header lines as
+    ``["\\nname:", None, ...]`` (a value goes at each None), how many lines."""
+    parts: list[str | None] = []
+    for name in names:
+        parts += ["\n%s:" % name, None]
+    return ";".join(names) or "-", parts, len(names)
 
 
 def parse_signature(value: str | None) -> Signature:
