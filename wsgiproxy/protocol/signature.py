@@ -404,8 +404,8 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
         lines, count = _header_lines(signed), len(signed)
     canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, lines,
                                  count)
-    return "v1 kid=%s, ts=%d, nonce=%s, body=%s, headers=%s, sig=%s" % (
-        key_id, timestamp, nonce, digest, listed, _hmac(secret, canonical))
+    return "".join(("v1 kid=", key_id, ", ts=", str(timestamp), ", nonce=", nonce, ", body=",
+                    digest, ", headers=", listed, ", sig=", _hmac(secret, canonical)))
 
 
 _v1_forms: dict[tuple[Any, ...], Form | None] = {}
