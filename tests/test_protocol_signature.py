@@ -498,3 +498,17 @@ def test_keyed_hmac_is_hmac_sha256(key_length):
     mac = signing.keyed_hmac(key)
     for message in (b"", b"x", os.urandom(300)):
         assert mac(message) == hmac.new(key, message, hashlib.sha256).digest()
+
+
+def test_planned_parts_are_not_written_by_a_request():
+    """The planned parts are shared by every request (and thread): a request joins its
+    values in a copy, so no value of one request is left in them for another."""
+    from wsgiproxy.protocol import rfc9421
+    keys = SecretKeys.from_secrets([b"k" * 32])
+    pairs = [("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Script-Name", ""),
+             ("X-WSGIProxy-Version", "1")]
+    signing.sign(keys, "GET", "h", "/", "", pairs, now=1, nonce="0" * 32)
+    rfc9421.sign(rfc9421.HMACKeys(keys), "GET", "h", "/", "", pairs, now=1, nonce="0" * 32)
+    for forms in (signing._v1_forms, rfc9421._forms):
+        planned = [form[1][1] for form in forms.values() if form is not None]
+        assert planned and all(parts[1::2] == [None] * (len(parts) // 2) for parts in planned)

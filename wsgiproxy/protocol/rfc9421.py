@@ -38,8 +38,9 @@ from .signature import (
     NonceChecker,
     _sender_values,
     _signed_headers,
+    _value_parts,
+    hmac_for,
     is_signed_header,
-    keyed_hmac,
 )
 from .structured import (
     StructuredFieldError,
@@ -99,19 +100,6 @@ class Verifier(Protocol):
 # ---------------------------------------------------------------------------
 # Keys
 
-_hmac_signers: dict[bytes, Callable[[bytes], bytes]] = {}
-
-
-def _hmac_signer(secret: bytes) -> Callable[[bytes], bytes]:
-    """HMAC-SHA256 with ``secret``, its key schedule computed once per secret."""
-    sign = _hmac_signers.get(secret)
-    if sign is None:
-        sign = keyed_hmac(secret)
-        if len(_hmac_signers) < 64:  # the few configured secrets; bounded anyway
-            _hmac_signers[secret] = sign
-    return sign
-
-
 class HMACKeys:
     """``hmac-sha256`` with the secrets of a :class:`~wsgiproxy.keys.SecretKeys`.
 
@@ -125,15 +113,14 @@ class HMACKeys:
 
     def __init__(self, secrets: Any) -> None:
         self.secrets = secrets
-        #: ``(signing_key() it was made from, signer())``: remade when the key changes.
-        self._signing: tuple[Any, tuple[str, str, Callable[[bytes], bytes]]] = (None, ("", "", bytes))
+        self._signing: tuple[Any, Any] = (None, None)  # (signing_key(), its signer())
 
     def signer(self) -> tuple[str, str, Callable[[bytes], bytes]]:
         """``("hmac-sha256", key id, sign)`` of the first secret."""
         key = self.secrets.signing_key()
         made, signer = self._signing
         if key is not made:  # (a reloaded secret file gives another key)
-            signer = HMAC_SHA256, key[0], _hmac_signer(key[1])
+            signer = HMAC_SHA256, key[0], hmac_for(key[1])
             self._signing = key, signer
         return signer
 
@@ -142,7 +129,7 @@ class HMACKeys:
         secret = self.secrets.get(key_id)
         if secret is None:
             return None
-        sign = _hmac_signer(secret)
+        sign = hmac_for(secret)
         return HMAC_SHA256, lambda data, signature: hmac.compare_digest(sign(data), signature)
 
 
@@ -382,21 +369,20 @@ def content_digest(body: bytes) -> str:
 _quoted_ids: dict[str, str] = {}
 
 
-def _quoted_id(key_id: str) -> str:
+def _quoted(key_id: str) -> str:
     """A key id as a structured string, remembered for the few configured keys."""
-    quoted = serialize_string(key_id)
-    if len(_quoted_ids) < 64:
-        _quoted_ids[key_id] = quoted
+    quoted = _quoted_ids.get(key_id)
+    if quoted is None:
+        quoted = serialize_string(key_id)
+        if len(_quoted_ids) < 64:
+            _quoted_ids[key_id] = quoted
     return quoted
 
 
 def _params(created: int, window: float, nonce: str, key_id: str, alg: str) -> str:
     """The signature's parameters (``nonce`` as :func:`check_nonce` admits it)."""
-    quoted = _quoted_ids.get(key_id)
-    if quoted is None:
-        quoted = _quoted_id(key_id)
     return ';created=%d;expires=%d;nonce="%s";keyid=%s;alg="%s";tag="wsgiproxy"' % (
-        created, created + int(window), nonce, quoted, alg)
+        created, created + int(window), nonce, _quoted(key_id), alg)
 
 
 def _encoded(text: str, lines: int) -> bytes:
@@ -426,55 +412,40 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     :param nonce: never used before with this key (:func:`check_nonce`, not called here).
     :param body: when given (bytes), covered through ``content-digest``.
     """
-    # On every signed request's path: strings are built in as few steps as possible,
-    # around a template per shape of ``headers`` (bench/signing_cost.py --format rfc9421).
+    # On every signed request's path: strings are joined from parts planned per shape
+    # of ``headers`` (bench/signing_cost.py --format rfc9421 measures it).
     alg, key_id, signing = keys.signer()
     found = (_sender_values(headers, _forms, _form)  # type: ignore[arg-type]
              if headers.__class__ is list else None)
-    if found is not None:
-        (inner, parts, count), values = found
-        parts = parts[:]  # '\n"name": ', value, ...: joined, not %-formatted (cheaper)
-        parts[1::2] = values
-        fields = "".join(parts)
-    else:
+    if found is None:
         signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
-        inner = _INNER + "".join([' "%s"' % pair[0] for pair in signed])
-        fields = "".join(['\n"%s": %s' % pair for pair in signed])
-        count = len(signed)
-    quoted = _quoted_ids.get(key_id)
-    if quoted is None:
-        quoted = _quoted_id(key_id)
-    created = int(now)
-    if body is None:
-        added = []
-    else:
+        found = _form(tuple([name for name, _ in signed])), [value for _, value in signed]
+    (inner, parts, count), values = found
+    parts = parts[:]  # (a copy: the planned parts are shared by every request)
+    parts[1::2] = values
+    fields, created, added = "".join(parts), int(now), []
+    if body is not None:
         digest = content_digest(body)
-        added = [(CONTENT_DIGEST, digest)]
-        inner += ' "content-digest"'
+        added, inner, count = [(CONTENT_DIGEST, digest)], inner + ' "content-digest"', count + 1
         fields += '\n"content-digest": ' + digest
-        count += 1
     value = "".join((inner, ");created=", str(created), ";expires=", str(created + int(window)),
-                     ';nonce="', nonce, '";keyid=', quoted, ';alg="', alg, '";tag="wsgiproxy"'))
+                     ';nonce="', nonce, '";keyid=', _quoted(key_id), ';alg="', alg,
+                     '";tag="wsgiproxy"'))
     base = _encoded('"@method": %s\n"@authority": %s\n"@path": %s\n"@query": ?%s' % (
         method, authority, path or "/", query) + fields + '\n"@signature-params": ' + value,
         count + 5)
-    added += [(SIGNATURE_INPUT, "wsgiproxy=" + value),
-              (SIGNATURE, "wsgiproxy=:%s:" % b2a_base64(signing(base), newline=False).decode())]
-    return added
+    return added + [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % (
+        b2a_base64(signing(base), newline=False).decode()))]
 
 
-_INNER = '("@method" "@authority" "@path" "@query"'
 _forms: dict[tuple[Any, ...], Any] = {}
 
 
-def _form(names: tuple[str, ...]) -> tuple[str, list[str | None], int]:
-    """What a request signature makes of the covered header names: the covered list
-    (open), the base's header lines as ``['\\n"name": ', None, ...]`` (a value goes
-    at each None), how many lines."""
-    parts: list[str | None] = []
-    for name in names:
-        parts += ['\n"%s": ' % name, None]
-    return _INNER + "".join([' "%s"' % name for name in names]), parts, len(names)
+def _form(names: tuple[str, ...]) -> tuple[str, list[Any], int]:
+    """The covered list (open), the header lines of the base (:func:`_value_parts`),
+    how many, for these covered header names."""
+    return ('("@method" "@authority" "@path" "@query"' + "".join(
+        [' "%s"' % name for name in names]), _value_parts(names, '\n"%s": '), len(names))
 
 
 def _field_map(headers: Headers, wanted: set[str]) -> dict[str, str]:

@@ -354,14 +354,20 @@ def keyed_hmac(secret: bytes) -> Callable[[bytes], bytes]:
 _keyed_hmacs: dict[bytes, Callable[[bytes], bytes]] = {}
 
 
-def _hmac(secret: bytes, canonical: bytes) -> str:
-    """The unpadded base64url HMAC-SHA256 of ``canonical``."""
+def hmac_for(secret: bytes) -> Callable[[bytes], bytes]:
+    """:func:`keyed_hmac` of ``secret``, its key schedule computed once per secret."""
     mac = _keyed_hmacs.get(secret)
     if mac is None:
         mac = keyed_hmac(secret)
         if len(_keyed_hmacs) < 64:
             _keyed_hmacs[secret] = mac
-    return b2a_base64(mac(canonical), newline=False).translate(_URLSAFE)[:43].decode()
+    return mac
+
+
+def _hmac(secret: bytes, canonical: bytes) -> str:
+    """The unpadded base64url HMAC-SHA256 of ``canonical``."""
+    return b2a_base64(hmac_for(secret)(canonical), newline=False).translate(
+        _URLSAFE)[:43].decode()
 
 
 # ---------------------------------------------------------------------------
@@ -395,7 +401,7 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
              if headers.__class__ is list else None)
     if found is not None:  # the sender's usual case: the text around the values is made
         (listed, parts, count), values = found
-        parts = parts[:]  # "\nname:", value, ...: joined, not %-formatted (cheaper)
+        parts = parts[:]
         parts[1::2] = values
         lines = "".join(parts)
     else:
@@ -411,13 +417,19 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
 _v1_forms: dict[tuple[Any, ...], Form | None] = {}
 
 
-def _v1_form(names: tuple[str, ...]) -> tuple[str, list[str | None], int]:
-    """What v1 makes of the covered names: the ``headers=`` list, the header lines as
-    ``["\\nname:", None, ...]`` (a value goes at each None), how many lines."""
-    parts: list[str | None] = []
+def _v1_form(names: tuple[str, ...]) -> tuple[str, list[Any], int]:
+    """What v1 makes of the covered names: the ``headers=`` list, the header lines
+    (:func:`_value_parts`), how many."""
+    return ";".join(names) or "-", _value_parts(names, "\n%s:"), len(names)
+
+
+def _value_parts(names: tuple[str, ...], line: str) -> list[Any]:
+    """``[line % name, None, ...]``: a request's copy gets a value at each None (then
+    joined: cheaper than %-formatting a template, which costs per character)."""
+    parts: list[Any] = []
     for name in names:
-        parts += ["\n%s:" % name, None]
-    return ";".join(names) or "-", parts, len(names)
+        parts += [line % name, None]
+    return parts
 
 
 def parse_signature(value: str | None) -> Signature:
