@@ -72,16 +72,19 @@ class Patches:
         from wsgiproxy.keys import PrivateKey
         from wsgiproxy.protocol import rfc9421, signature
         self.format = signature_format
+        # The signers are patched where signing asks for them (HMACKeys keeps the one it
+        # made for its key, so patching _hmac_signer would not reach it).
         self.targets = [(signature, "_hmac"), (protocol, "sign_request"),
-                        (rfc9421, "_hmac_signer"), (protocol, "sign_request_rfc9421"),
+                        (rfc9421.HMACKeys, "signer"), (protocol, "sign_request_rfc9421"),
                         (PrivateKey, "signer")]
         self.real = [getattr(obj, name) for obj, name in self.targets]
-        real_signer = PrivateKey.signer
+        real_hmac_signer, real_signer = rfc9421.HMACKeys.signer, PrivateKey.signer
         constant = bytes(64)
         self.free = {
             (signature, "_hmac"): lambda secret, canonical: "A" * 43,
             (protocol, "sign_request"): lambda *a, **k: FIXED_SIGNATURE,
-            (rfc9421, "_hmac_signer"): lambda secret: lambda data: constant[:32],
+            (rfc9421.HMACKeys, "signer"): lambda self: real_hmac_signer(self)[:2] + (
+                lambda data: constant[:32],),
             (protocol, "sign_request_rfc9421"): lambda *a, **k: list(FIXED_RFC9421),
             (PrivateKey, "signer"): lambda self: real_signer(self)[:2] + (
                 lambda data: constant,)}
@@ -128,6 +131,7 @@ def main():
     secret_file = os.path.join(secret_dir, "secret")
     with open(secret_file, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
+    os.chmod(secret_file, 0o600)  # (a file others can read is warned about)
     signing = {"v1": dict(secret_file=secret_file),
                "rfc9421": dict(secret_file=secret_file, signature_format="rfc9421"),
                "rfc9421-ed25519": dict(private_key_file=ed25519_key_file(secret_dir),

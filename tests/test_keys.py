@@ -308,3 +308,22 @@ def test_a_secret_file_others_can_read_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="wsgiproxy"):
         SecretKeys(str(path))
     assert "can be read by other users (mode 644)" in caplog.text
+
+
+def test_rfc9421_hmac_signing_follows_a_reloaded_secret_file(tmp_path):
+    """HMACKeys remembers its signer per signing key: a rotated file signs with the new
+    secret (and its key id) from the next request on."""
+    import hashlib
+    import hmac
+
+    from wsgiproxy.protocol import rfc9421
+    path = tmp_path / "secret"
+    write(path, "first-secret-0123456789\n")
+    signing = rfc9421.HMACKeys(SecretKeys(str(path), check_interval=0))
+    for secret in (b"first-secret-0123456789", b"second-secret-0123456789"):
+        if secret.startswith(b"second"):
+            write(path, "second-secret-0123456789\nfirst-secret-0123456789\n")
+        for _ in range(2):
+            alg, key_id, sign = signing.signer()
+            assert (alg, key_id) == ("hmac-sha256", key_id_for(secret))
+            assert sign(b"base") == hmac.new(secret, b"base", hashlib.sha256).digest()

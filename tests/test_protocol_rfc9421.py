@@ -271,6 +271,29 @@ def test_a_covered_body_is_a_content_digest():
         verify(headers, method="POST", body=b'{"qty":9}')
 
 
+@pytest.mark.parametrize("body", [None, b"", b'{"qty":1}'])
+@pytest.mark.parametrize("headers", [
+    [("X-Forwarded-For", " 192.0.2.7"), ("Accept", "*/*"), ("X-WSGIProxy-Version", "1")],
+    [("X-Forwarded-Script-Name", ""), ("X-Forwarded-For", "a"), ("X-Traversal-Path", "/a")],
+    [("X-Forwarded-Server", " \t"), ("X-Forwarded-For", "a")],  # blank once stripped
+    [("X-Forwarded-For", "a"), ("X-Forwarded-For", "b")],  # twice: refused
+    [("X-Forwarded-For", 5)], [("X-Forwarded-For", None)],  # not a str: refused
+    [("X-Forwarded-%", "100%d")],  # % in a name and a value
+    [("Accept", "x")], [],
+])
+def test_signing_a_list_equals_signing_any_other_iterable(headers, body):
+    """sign() plans a list once per shape; a tuple takes the general path."""
+    def outcome(pairs):
+        try:
+            return rfc9421.sign(rfc9421.HMACKeys(SecretKeys.from_secrets([SECRET])), "GET",
+                                "backend", "/", "", pairs, now=1700000000, body=body,
+                                nonce="0123456789abcdef")
+        except Exception as exc:  # the same exception, type and message, from both paths
+            return type(exc), str(exc)
+    for _ in range(2):  # the second time from the cache
+        assert outcome(list(headers)) == outcome(tuple(headers))
+
+
 def test_ed25519_signature_and_its_key_id():
     headers = signed(keys=ED_PRIVATE)
     assert ';keyid="%s";alg="ed25519";' % ED_PRIVATE.key_id in value(headers, "Signature-Input")

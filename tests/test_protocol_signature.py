@@ -388,24 +388,54 @@ def test_errors_are_value_errors_with_reasons():
         SignatureError("no such reason")
 
 
-@pytest.mark.parametrize("headers", [
+SENDER_LISTS = [
     [("X-Forwarded-For", "1.2.3.4"), ("Accept", "*/*"), ("X-WSGIProxy-Version", "1")],
     [("X-Forwarded-For", " 1.2.3.4 "), ("x-forwarded-for", "")],  # empty twin: absent
     [("X-Forwarded-Server", ""), ("X-Traversal-Path", "/a")],
+    [("X-Forwarded-Server", " \t"), ("X-Traversal-Path", "/a")],  # blank once stripped
+    [("X-Forwarded-For", "a"), ("X-Forwarded-For", "b")],  # twice: refused
+    [("X-Forwarded-For", "a"), ("x-forwarded-for", " ")],  # a blank twin: absent
+    [("X-Forwarded-For", 5)],  # not a str: refused
+    [("X-Forwarded-For", None)], [("X-Forwarded-For", b"")],  # false, but not str
+    [("X-Forwarded-Fo o", "")],  # not a token, even empty: refused
+    [(b"X-Forwarded-For", "x"), (None, ""), ("X-Forwarded-Scheme", "http")],  # not str names
+    [("X-Forwarded-Host", "100%s"), ("X-Forwarded-%", "%d")],  # % in names and values
     [("Accept", "x")],
     [],
-])
+]
+
+
+def _outcome(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # the same exception, type and message, from both paths
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("headers", SENDER_LISTS)
 def test_a_senders_planned_headers_equal_the_general_reduction(headers):
     for _ in range(2):  # the second time from the plan cache
-        assert signing._sender_signed_headers(list(headers)) == signing._signed_headers(headers)
+        assert (_outcome(signing._sender_signed_headers, list(headers))
+                == _outcome(signing._signed_headers, headers))
+
+
+@pytest.mark.parametrize("headers", SENDER_LISTS)
+def test_signing_a_list_equals_signing_any_other_iterable(headers):
+    """sign() plans a list once per shape; a tuple takes the general path."""
+    keys = SecretKeys.from_secrets([b"k" * 32])
+    for _ in range(2):
+        assert (_outcome(signing.sign, keys, "GET", "h", "/", "", list(headers), now=1,
+                         nonce="0" * 32)
+                == _outcome(signing.sign, keys, "GET", "h", "/", "", tuple(headers), now=1,
+                            nonce="0" * 32))
 
 
 def test_sender_plans_are_bounded_for_long_client_chosen_names():
-    before = len(signing._signed_plans)
+    before = len(signing._pair_forms)
     for i in range(50):
         names = [("X-Client-%d-%s" % (i, "n" * 3000), "v"), ("X-Forwarded-For", "1.2.3.4")]
         assert signing._sender_signed_headers(names) == [("x-forwarded-for", "1.2.3.4")]
-    assert len(signing._signed_plans) == before
+    assert len(signing._pair_forms) == before
 
 
 # -- keys and nonce stores are duck-typed ---------------------------------------
@@ -459,3 +489,28 @@ def test_sign_is_a_function_of_its_arguments():
     assert sign(body=b"x") == sign(body=b"x") != sign()
     later = signing.sign(KEYS, "GET", "h", "/", "", [], now=NOW + 1, nonce=NONCE)
     assert parse_signature(later).timestamp == NOW + 1
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 32, 63, 64, 65, 200])
+def test_keyed_hmac_is_hmac_sha256(key_length):
+    """The two precomputed SHA-256 states give the standard library's HMAC, for keys
+    shorter than, as long as and longer than SHA-256's block."""
+    import hmac
+    key = os.urandom(key_length)
+    mac = signing.keyed_hmac(key)
+    for message in (b"", b"x", os.urandom(300)):
+        assert mac(message) == hmac.new(key, message, hashlib.sha256).digest()
+
+
+def test_planned_parts_are_not_written_by_a_request():
+    """The planned parts are shared by every request (and thread): a request joins its
+    values in a copy, so no value of one request is left in them for another."""
+    from wsgiproxy.protocol import rfc9421
+    keys = SecretKeys.from_secrets([b"k" * 32])
+    pairs = [("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Script-Name", ""),
+             ("X-WSGIProxy-Version", "1")]
+    signing.sign(keys, "GET", "h", "/", "", pairs, now=1, nonce="0" * 32)
+    rfc9421.sign(rfc9421.HMACKeys(keys), "GET", "h", "/", "", pairs, now=1, nonce="0" * 32)
+    for forms in (signing._v1_forms, rfc9421._forms):
+        planned = [form[1][1] for form in forms.values() if form is not None]
+        assert planned and all(parts[1::2] == [None] * (len(parts) // 2) for parts in planned)

@@ -151,9 +151,11 @@ def sign_request(keys: Keys, method: str, host: str, path: str | bytes, query: s
     :param nonce: by default a fresh one; one given is checked
         (:func:`~wsgiproxy.protocol.signature.check_nonce`).
     """
-    nonce = new_nonce() if nonce is None else _signature.check_nonce(nonce)
-    return _signature.sign(_as_keys(keys), method, host, path, query, headers, body=body,
-                           now=time.time() if now is None else now, nonce=nonce)
+    if isinstance(keys, (bytes, str)):  # (not _as_keys(): one call less per request)
+        keys = SecretKeys.from_secrets([keys])
+    return _signature.sign(keys, method, host, path, query, headers, body=body,
+                           now=time.time() if now is None else now,
+                           nonce=new_nonce() if nonce is None else _signature.check_nonce(nonce))
 
 
 def verify_request(keys: Keys, signature: str | None, method: str, host: str,
@@ -212,9 +214,11 @@ def sign_request_rfc9421(keys: Any, method: str, host: str, path: str, query: st
     :param nonce: by default a fresh one; one given is checked
         (:func:`~wsgiproxy.protocol.rfc9421.check_nonce`).
     """
-    nonce = new_nonce() if nonce is None else rfc9421.check_nonce(nonce)
-    return rfc9421.sign(_as_signer(keys), method, rfc9421.authority(host, scheme), path, query,
-                        headers, now=time.time() if now is None else now, nonce=nonce,
+    if keys.__class__ is not rfc9421.HMACKeys:  # the app's usual signer: one call less
+        keys = _as_signer(keys)
+    return rfc9421.sign(keys, method, rfc9421.authority(host, scheme), path, query,
+                        headers, now=time.time() if now is None else now,
+                        nonce=new_nonce() if nonce is None else rfc9421.check_nonce(nonce),
                         body=body)
 
 

@@ -36,10 +36,11 @@ from .signature import (
     DEFAULT_SIGNATURE_WINDOW,
     Headers,
     NonceChecker,
-    _sender_signed_headers,
+    _sender_values,
     _signed_headers,
+    _value_parts,
+    hmac_for,
     is_signed_header,
-    keyed_hmac,
 )
 from .structured import (
     StructuredFieldError,
@@ -99,24 +100,6 @@ class Verifier(Protocol):
 # ---------------------------------------------------------------------------
 # Keys
 
-_hmac_signers: dict[bytes, Callable[[bytes], bytes]] = {}
-
-
-def _hmac_signer(secret: bytes) -> Callable[[bytes], bytes]:
-    """HMAC-SHA256 with ``secret``, its key schedule computed once per secret."""
-    sign = _hmac_signers.get(secret)
-    if sign is None:
-        keyed = keyed_hmac(secret)
-
-        def sign(data: bytes) -> bytes:
-            mac = keyed.copy()
-            mac.update(data)
-            return mac.digest()
-        if len(_hmac_signers) < 64:  # the few configured secrets; bounded anyway
-            _hmac_signers[secret] = sign
-    return sign
-
-
 class HMACKeys:
     """``hmac-sha256`` with the secrets of a :class:`~wsgiproxy.keys.SecretKeys`.
 
@@ -126,22 +109,27 @@ class HMACKeys:
     :param secrets: any object with ``signing_key()`` and ``get(key_id)``.
     """
 
-    __slots__ = ("secrets",)
+    __slots__ = ("secrets", "_signing")
 
     def __init__(self, secrets: Any) -> None:
         self.secrets = secrets
+        self._signing: tuple[Any, Any] = (None, None)  # (signing_key(), its signer())
 
     def signer(self) -> tuple[str, str, Callable[[bytes], bytes]]:
         """``("hmac-sha256", key id, sign)`` of the first secret."""
-        key_id, secret = self.secrets.signing_key()
-        return HMAC_SHA256, key_id, _hmac_signer(secret)
+        key = self.secrets.signing_key()
+        made, signer = self._signing
+        if key is not made:  # (a reloaded secret file gives another key)
+            signer = HMAC_SHA256, key[0], hmac_for(key[1])
+            self._signing = key, signer
+        return signer
 
     def verifier(self, key_id: str) -> tuple[str, Callable[[bytes, bytes], bool]] | None:
         """``("hmac-sha256", verify)`` of the secret with this key id, or None."""
         secret = self.secrets.get(key_id)
         if secret is None:
             return None
-        sign = _hmac_signer(secret)
+        sign = hmac_for(secret)
         return HMAC_SHA256, lambda data, signature: hmac.compare_digest(sign(data), signature)
 
 
@@ -381,15 +369,20 @@ def content_digest(body: bytes) -> str:
 _quoted_ids: dict[str, str] = {}
 
 
-def _params(created: int, window: float, nonce: str, key_id: str, alg: str) -> str:
-    """The signature's parameters (``nonce`` as :func:`check_nonce` admits it)."""
+def _quoted(key_id: str) -> str:
+    """A key id as a structured string, remembered for the few configured keys."""
     quoted = _quoted_ids.get(key_id)
     if quoted is None:
         quoted = serialize_string(key_id)
         if len(_quoted_ids) < 64:
             _quoted_ids[key_id] = quoted
+    return quoted
+
+
+def _params(created: int, window: float, nonce: str, key_id: str, alg: str) -> str:
+    """The signature's parameters (``nonce`` as :func:`check_nonce` admits it)."""
     return ';created=%d;expires=%d;nonce="%s";keyid=%s;alg="%s";tag="wsgiproxy"' % (
-        created, created + int(window), nonce, quoted, alg)
+        created, created + int(window), nonce, _quoted(key_id), alg)
 
 
 def _encoded(text: str, lines: int) -> bytes:
@@ -419,27 +412,40 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     :param nonce: never used before with this key (:func:`check_nonce`, not called here).
     :param body: when given (bytes), covered through ``content-digest``.
     """
-    # On every signed request's path: strings are built in as few steps as possible
-    # (bench/signing_cost.py --format rfc9421 measures it).
+    # On every signed request's path: strings are joined from parts planned per shape
+    # of ``headers`` (bench/signing_cost.py --format rfc9421 measures it).
     alg, key_id, signing = keys.signer()
-    signed = _sender_signed_headers(headers)
-    covered = "".join([' "%s"' % pair[0] for pair in signed])
-    fields = "".join(['\n"%s": %s' % pair for pair in signed])
-    added = []
+    found = (_sender_values(headers, _forms, _form)  # type: ignore[arg-type]
+             if headers.__class__ is list else None)
+    if found is None:
+        signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
+        found = _form(tuple([name for name, _ in signed])), [value for _, value in signed]
+    (inner, parts, count), values = found
+    parts = parts[:]  # (a copy: the planned parts are shared by every request)
+    parts[1::2] = values
+    fields, created, added = "".join(parts), int(now), []
     if body is not None:
         digest = content_digest(body)
-        added.append((CONTENT_DIGEST, digest))
-        covered += ' "content-digest"'
+        added, inner, count = [(CONTENT_DIGEST, digest)], inner + ' "content-digest"', count + 1
         fields += '\n"content-digest": ' + digest
-    value = '("@method" "@authority" "@path" "@query"%s)%s' % (
-        covered, _params(int(now), window, nonce, key_id, alg))
-    base = _encoded('"@method": %s\n"@authority": %s\n"@path": %s\n"@query": ?%s%s\n'
-                    '"@signature-params": %s' % (method, authority, path or "/", query, fields,
-                                                 value),
-                    len(signed) + (6 if body is not None else 5))
-    signature = b2a_base64(signing(base), newline=False).decode("ascii")
-    added += [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % signature)]
-    return added
+    value = "".join((inner, ");created=", str(created), ";expires=", str(created + int(window)),
+                     ';nonce="', nonce, '";keyid=', _quoted(key_id), ';alg="', alg,
+                     '";tag="wsgiproxy"'))
+    base = _encoded('"@method": %s\n"@authority": %s\n"@path": %s\n"@query": ?%s' % (
+        method, authority, path or "/", query) + fields + '\n"@signature-params": ' + value,
+        count + 5)
+    return added + [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % (
+        b2a_base64(signing(base), newline=False).decode()))]
+
+
+_forms: dict[tuple[Any, ...], Any] = {}
+
+
+def _form(names: tuple[str, ...]) -> tuple[str, list[Any], int]:
+    """The covered list (open), the header lines of the base (:func:`_value_parts`),
+    how many, for these covered header names."""
+    return ('("@method" "@authority" "@path" "@query"' + "".join(
+        [' "%s"' % name for name in names]), _value_parts(names, '\n"%s": '), len(names))
 
 
 def _field_map(headers: Headers, wanted: set[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import hmac
 import re
 from binascii import b2a_base64
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, unquote_to_bytes
 
 from ..abnf import is_token
@@ -160,45 +160,78 @@ def _signed_headers(headers: Headers) -> list[tuple[str, str]]:
 
 
 def _sender_signed_headers(headers: Headers) -> list[tuple[str, str]]:
-    """:func:`_signed_headers` for the list a sender is about to send, planned once per
-    tuple of header names: which positions are signed, in which order."""
+    """:func:`_signed_headers` for the list a sender is about to send, through its
+    planned form (:func:`_sender_values`) when it has one."""
     if headers.__class__ is list:
-        names = tuple([pair[0] for pair in headers])
-        plan = _signed_plans.get(names)
-        if plan is None:
-            plan = _signed_plan(names)
-        if plan:
-            try:
-                return [(canonical, value) for i, canonical in plan
-                        if (value := headers[i][1].strip(" \t"))]
-            except (AttributeError, TypeError):
-                pass  # a value that is not a str: _signed_headers says which
+        found = _sender_values(headers, _pair_forms, tuple)  # type: ignore[arg-type]
+        if found is not None:
+            return list(zip(*found))
     return _signed_headers(headers)
 
 
-# A tuple of header names -> [(position, canonical name)] of the signed ones,
-# sorted by name; ``False`` when a signed name repeats (_signed_headers then
-# decides, by value).  Bounded in entries and in the length of the names, so
-# a caller passing client-chosen names cannot grow it much.
-Plan = list[tuple[int, str]] | Literal[False]
-_signed_plans: dict[tuple[Any, ...], Plan] = {}
+# -- The sender's planned forms
+#
+# A sender signs lists of (name, value) pairs whose names repeat request after
+# request.  A list's "shape" -- its names, with ``(name, value)`` in place of a name
+# whose value is empty (or another false value) -- decides all but the values:
+# which positions are covered, in which order, and each format's text around the
+# values.  So each format keeps what it makes of the covered names per shape, and a
+# request only fetches and strips the covered values.  Bounded in entries and in
+# the length of the names, so client-chosen names cannot grow them much.
 _PLANS_MAX = 1024
-_PLAN_NAMES_MAX = 2048  # characters of names in one cached tuple
+_PLAN_NAMES_MAX = 2048  # characters of one shape's repr
+#: A form: the covered positions, and what the format made of their canonical names.
+Form = tuple[tuple[int, ...], Any]
 
 
-def _signed_plan(names: tuple[Any, ...]) -> Plan:
+def _shape_plan(shape: tuple[Any, ...]) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
+    """The covered positions of a shape and their canonical names, sorted by name;
+    ``None`` when :func:`_signed_headers` must decide (a value that is not a str, a
+    covered name given twice, a name it would refuse)."""
     signed = []
-    for i, name in enumerate(names):
-        canonical = _signed_name(name) if isinstance(name, str) else None
-        if canonical is not None:
-            signed.append((canonical, i))
-    plan: Plan = [(i, canonical) for canonical, i in sorted(signed)]
+    for i, entry in enumerate(shape):
+        try:
+            if entry.__class__ is tuple:  # an empty value: absent, but checked as it would be
+                name, value = entry
+                if not isinstance(value, str):
+                    return None
+                if isinstance(name, str):
+                    _signed_name(name)
+            elif isinstance(entry, str) and (canonical := _signed_name(entry)) is not None:
+                signed.append((canonical, i))
+        except (ProtocolError, ValueError):
+            return None
     if len({canonical for canonical, _ in signed}) != len(signed):
-        plan = False
-    if (len(_signed_plans) < _PLANS_MAX
-            and sum(len(name) for name in names if isinstance(name, str)) <= _PLAN_NAMES_MAX):
-        _signed_plans[names] = plan
-    return plan
+        return None
+    signed.sort()
+    return tuple(i for _, i in signed), tuple(canonical for canonical, _ in signed)
+
+
+def _sender_values(headers: list[tuple[str, str]], forms: dict[tuple[Any, ...], Any],
+                   make: Callable[[tuple[str, ...]], Any]) -> tuple[Any, list[str]] | None:
+    """``(made, values)`` of a sender's header list: what ``make`` made of the covered
+    names (once per shape), and the covered values, stripped.  ``None``:
+    :func:`_signed_headers` decides (pairs or values it refuses, a value blank only
+    once stripped, a shape it cannot plan)."""
+    shape = tuple([name if value else (name, value) for name, value in headers])
+    form = forms.get(shape, _UNSEEN)
+    if form is _UNSEEN:
+        plan = _shape_plan(shape)
+        form = None if plan is None else (plan[0], make(plan[1]))
+        if len(forms) < _PLANS_MAX and len(repr(shape)) <= _PLAN_NAMES_MAX:
+            forms[shape] = form
+    if form is None:
+        return None
+    try:
+        values = [headers[i][1].strip(" \t") for i in form[0]]
+    except (AttributeError, TypeError):  # not a str: _signed_headers says which
+        return None
+    if "" in values:  # blank once stripped: absent, which the shape did not foresee
+        return None
+    return form[1], values
+
+
+_pair_forms: dict[tuple[Any, ...], Form | None] = {}
 
 
 # ---------------------------------------------------------------------------
@@ -237,18 +270,25 @@ def canonical_request(method: str | None, host: str | None, path: str | bytes | 
     headers that are not signed; only :func:`is_signed_header` ones are used.
     Exposed so that other implementations can compare their canonical form.
     """
+    signed = _signed_headers(headers)
     return _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest,
-                            _signed_headers(headers))
+                            _header_lines(signed), len(signed))
 
 
-def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, signed):
-    """canonical_request() for headers already reduced by _signed_headers()."""
+def _header_lines(signed: list[tuple[str, str]]) -> str:
+    """The ``name:value`` lines of headers reduced by _signed_headers(), each after a LF."""
+    return "".join(["\n%s:%s" % pair for pair in signed])
+
+
+def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, lines, count):
+    """canonical_request() with its header lines already made (``count`` of them, each
+    after a LF: _header_lines(), or a sender's planned form)."""
     method, host, query = method or "", host or "", query or ""  # None means empty
     try:
-        lines = ["wsgiproxy-signature-v1", method.upper(), host.lower(),
-                 _canonical_path(path), query, str(int(timestamp)), nonce, body_digest]
-        lines += [name + ":" + value for name, value in signed]
-        text = "\n".join(lines)
+        text = "\n".join((
+            "wsgiproxy-signature-v1", method.upper(), host.lower(),
+            path if path.__class__ is str and _PLAIN_PATH(path) else _canonical_path(path),
+            query, str(int(timestamp)), nonce, body_digest)) + lines
     except (AttributeError, TypeError):  # say which field is not a str
         for i, value in ((1, method), (2, host), (4, query), (6, nonce), (7, body_digest)):
             if not isinstance(value, str):
@@ -256,7 +296,7 @@ def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, s
                                     % (_CANONICAL_FIELDS[i], type(value).__name__)) from None
         raise
     # One scan instead of one per value: a CR, LF or NUL anywhere is refused.
-    if text.count("\n") != len(lines) - 1 or "\r" in text or "\0" in text:
+    if text.count("\n") != count + 7 or "\r" in text or "\0" in text:
         raise ProtocolError("the request to sign contains CR, LF or NUL")
     try:
         return text.encode("latin-1")
@@ -286,29 +326,48 @@ def _body_digest(body: bytes | None) -> str:
     return _b64url(hashlib.sha256(body).digest())
 
 
-def keyed_hmac(secret: bytes) -> Any:
-    """An HMAC-SHA256 keyed with ``secret``, to ``copy()`` per message: the OpenSSL object
-    itself where ``hmac`` has one (its Python wrapper costs more than the copy)."""
-    keyed = hmac.new(secret, digestmod=hashlib.sha256)
-    inner = getattr(keyed, "_hmac", None)  # CPython's OpenSSL HMAC, when there is one
-    return keyed if inner is None or not hasattr(inner, "copy") else inner
+_IPAD, _OPAD = bytes(b ^ 0x36 for b in range(256)), bytes(b ^ 0x5C for b in range(256))
 
 
-# secret -> an HMAC-SHA256 keyed with it, copied per message (cheaper than
-# keying a new one each time).  Holds the few configured keys; bounded anyway.
-_keyed_hmacs: dict[bytes, Any] = {}
+def keyed_hmac(secret: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 keyed with ``secret`` (RFC 2104), as a function of the message.
+
+    The padded key blocks are hashed once; a message then costs two copies of a
+    SHA-256 state, cheaper than copying an OpenSSL HMAC context (which copies
+    three digest contexts) or keying a new HMAC.
+    """
+    key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(key.translate(_IPAD))
+    outer = hashlib.sha256(key.translate(_OPAD))
+
+    def mac(message: bytes) -> bytes:
+        state = inner.copy()
+        state.update(message)
+        result = outer.copy()
+        result.update(state.digest())
+        return result.digest()
+    return mac
+
+
+# secret -> keyed_hmac(secret): the few configured keys; bounded anyway.
+_keyed_hmacs: dict[bytes, Callable[[bytes], bytes]] = {}
+
+
+def hmac_for(secret: bytes) -> Callable[[bytes], bytes]:
+    """:func:`keyed_hmac` of ``secret``, its key schedule computed once per secret."""
+    mac = _keyed_hmacs.get(secret)
+    if mac is None:
+        mac = keyed_hmac(secret)
+        if len(_keyed_hmacs) < 64:
+            _keyed_hmacs[secret] = mac
+    return mac
 
 
 def _hmac(secret: bytes, canonical: bytes) -> str:
     """The unpadded base64url HMAC-SHA256 of ``canonical``."""
-    keyed = _keyed_hmacs.get(secret)
-    if keyed is None:
-        keyed = keyed_hmac(secret)
-        if len(_keyed_hmacs) < 64:
-            _keyed_hmacs[secret] = keyed
-    mac = keyed.copy()
-    mac.update(canonical)
-    return _b64url(mac.digest())
+    return b2a_base64(hmac_for(secret)(canonical), newline=False).translate(
+        _URLSAFE)[:43].decode()
 
 
 # ---------------------------------------------------------------------------
@@ -337,12 +396,40 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
     """
     key_id, secret = keys.signing_key()
     timestamp = int(now)
-    digest = _body_digest(body)
-    signed = _sender_signed_headers(headers)  # once: ``headers`` may be an iterator
-    names = [name for name, _ in signed]
-    canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, signed)
-    return "v1 kid=%s, ts=%d, nonce=%s, body=%s, headers=%s, sig=%s" % (
-        key_id, timestamp, nonce, digest, ";".join(names) or "-", _hmac(secret, canonical))
+    digest = "-" if body is None else _body_digest(body)
+    found = (_sender_values(headers, _v1_forms, _v1_form)  # type: ignore[arg-type]
+             if headers.__class__ is list else None)
+    if found is not None:  # the sender's usual case: the text around the values is made
+        (listed, parts, count), values = found
+        parts = parts[:]
+        parts[1::2] = values
+        lines = "".join(parts)
+    else:
+        signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
+        listed = ";".join([name for name, _ in signed]) or "-"
+        lines, count = _header_lines(signed), len(signed)
+    canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, lines,
+                                 count)
+    return "".join(("v1 kid=", key_id, ", ts=", str(timestamp), ", nonce=", nonce, ", body=",
+                    digest, ", headers=", listed, ", sig=", _hmac(secret, canonical)))
+
+
+_v1_forms: dict[tuple[Any, ...], Form | None] = {}
+
+
+def _v1_form(names: tuple[str, ...]) -> tuple[str, list[Any], int]:
+    """What v1 makes of the covered names: the ``headers=`` list, the header lines
+    (:func:`_value_parts`), how many."""
+    return ";".join(names) or "-", _value_parts(names, "\n%s:"), len(names)
+
+
+def _value_parts(names: tuple[str, ...], line: str) -> list[Any]:
+    """``[line % name, None, ...]``: a request's copy gets a value at each None (then
+    joined: cheaper than %-formatting a template, which costs per character)."""
+    parts: list[Any] = []
+    for name in names:
+        parts += [line % name, None]
+    return parts
 
 
 def parse_signature(value: str | None) -> Signature:
@@ -435,7 +522,7 @@ def verify(keys: KeySource, signature: str | None, method: str, host: str,
             detail.append("header(s) %s are not covered by the signature" % ", ".join(extra))
         raise SignatureError("bad signature", "; ".join(detail))
     canonical = _canonical_bytes(method, host, path, query, parsed.timestamp, parsed.nonce,
-                                 parsed.body_digest, received)
+                                 parsed.body_digest, _header_lines(received), len(received))
     if not hmac.compare_digest(_hmac(secret, canonical), parsed.sig):
         raise SignatureError("bad signature", "the request differs from the one signed")
     if abs(now - parsed.timestamp) > window:
