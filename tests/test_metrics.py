@@ -235,3 +235,19 @@ def test_open_tunnels_are_a_gauge(tmp_path):
             scraped = samples(get(port, "/metrics")[1].decode())
     assert value(scraped, "wsgiproxy_requests_total", side="proxy",
                  backend="127.0.0.1:%d" % backend.port, method="GET", status="1xx") == 1
+
+
+def test_open_connections_are_counted_until_closed(echo):
+    """The transport counts the backend connections it opened and has not closed yet."""
+    from wsgiproxy.transport import HTTPTransport
+    transport = HTTPTransport(pool_size=1)
+    key = ("http", "127.0.0.1", echo.port)
+    one, two = transport._connect(key, "echo"), transport._connect(key, "echo")
+    assert transport.open_connections(key) == 2 == transport.open_connections()
+    transport._release(one)  # back to the pool: still open
+    assert (transport.open_connections(key), transport.idle_connections(key)) == (2, 1)
+    two.close()
+    two.close()  # closing twice counts once
+    assert transport.open_connections(key) == 1
+    transport.close()
+    assert transport.open_connections() == 0

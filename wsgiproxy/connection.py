@@ -118,21 +118,27 @@ def set_read_timeout(sock: socket.socket, seconds: float) -> None:
 class Connection:
     """One backend socket, the bytes received past the current response, and its idle state."""
 
-    __slots__ = ("buf", "idle_since", "key", "poller", "sock")
+    __slots__ = ("buf", "idle_since", "key", "on_close", "poller", "sock")
 
-    def __init__(self, sock: Any, key: tuple[str, str, int]) -> None:
+    def __init__(self, sock: Any, key: tuple[str, str, int],
+                 on_close: Any = None) -> None:
         self.sock = sock
         self.key = key
         self.buf = b""
         self.idle_since = 0.0
         self.poller: Any = None
+        #: Called with ``key`` when the connection is closed (a transport's count of open ones).
+        self.on_close = on_close
 
     def close(self) -> None:
         self.poller = None
+        on_close, self.on_close = self.on_close, None
         try:
             self.sock.close()
         except OSError:
             pass
+        if on_close is not None:
+            on_close(self.key)
 
 
 class Probed(Protocol):

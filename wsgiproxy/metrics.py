@@ -77,6 +77,9 @@ class Metrics:
         self.pool = prom.Gauge(
             "wsgiproxy_pool_idle_connections", "Idle keep-alive backend connections in the "
             "pool, as of the latest request", ["backend"], multiprocess_mode="livesum", **kw)
+        self.pool_open = prom.Gauge(
+            "wsgiproxy_pool_open_connections", "Backend connections open (idle or in use), "
+            "as of the latest request", ["backend"], multiprocess_mode="livesum", **kw)
 
     def record(self, record: observe.Record, fields: dict[str, Any]) -> None:
         """Count one finished request (:meth:`wsgiproxy.observe.Record.finish` calls it)."""
@@ -96,6 +99,8 @@ class Metrics:
             self.total.labels(side, backend).observe(record.duration)
         if record.idle is not None:
             self.pool.labels(backend).set(record.idle)
+        if record.open is not None:
+            self.pool_open.labels(backend).set(record.open)
 
     def event(self, name: str, label: str) -> None:
         """Count a rare event (:func:`wsgiproxy.observe.event`)."""

@@ -112,7 +112,7 @@ class Record:
     """One request as observed: filled while it is forwarded, written by :meth:`finish`."""
 
     __slots__ = ("observer", "environ", "started", "status", "bytes", "backend", "attempts",
-                 "connect", "first_byte", "duration", "idle", "pool", "finished")
+                 "connect", "first_byte", "duration", "idle", "open", "pool", "finished")
 
     def __init__(self, observer: Observer, environ: dict[str, Any]) -> None:
         self.observer = observer
@@ -127,6 +127,7 @@ class Record:
         self.duration: float | None = None
         #: Idle pooled connections to the backend, once finished (for the metrics).
         self.idle: int | None = None
+        self.open: int | None = None
         self.pool: tuple[Any, tuple[str, str, int]] | None = None  # (transport, pool key)
         self.finished = False
 
@@ -192,7 +193,9 @@ class Record:
         if SINKS:
             if self.pool is not None and isinstance(self.pool[0], HTTPTransport):
                 scheme, host, port = self.pool[1]
-                self.idle = self.pool[0].idle_connections((scheme, host, int(port)))
+                key = (scheme, host, int(port))
+                self.idle = self.pool[0].idle_connections(key)
+                self.open = self.pool[0].open_connections(key)
             for sink in SINKS:
                 sink.record(self, fields)
 

@@ -306,6 +306,7 @@ class HTTPTransport(Transport):
 
     def _reset_pool(self) -> None:
         self._idle = {}
+        self._open: dict[tuple[str, str, int], int] = {}  # see open_connections()
         self._lock = threading.Lock()
         self._backends = {}  # see _backend()
 
@@ -336,6 +337,21 @@ class HTTPTransport(Transport):
             if key is not None:
                 return len(self._idle.get(key, ()))
             return sum(len(v) for v in self._idle.values())
+
+    def open_connections(self, key: tuple[str, str, int] | None = None) -> int:
+        """How many backend connections are open, idle or in use (for one backend key, or all)."""
+        with self._lock:
+            if key is not None:
+                return self._open.get(key, 0)
+            return sum(self._open.values())
+
+    def _closed(self, key: tuple[str, str, int]) -> None:
+        with self._lock:
+            left = self._open.get(key, 0) - 1
+            if left > 0:
+                self._open[key] = left
+            else:
+                self._open.pop(key, None)
 
     def close(self) -> None:
         with self._lock:
@@ -382,7 +398,9 @@ class HTTPTransport(Transport):
             raise BackendUnavailable("TLS handshake failed: %s" % exc, backend,
                                      unsent=True) from None
         connect_timing.seconds = time.monotonic() - started
-        return Connection(sock, key)
+        with self._lock:
+            self._open[key] = self._open.get(key, 0) + 1
+        return Connection(sock, key, self._closed)
 
     # -- one exchange ---------------------------------------------------------
 
