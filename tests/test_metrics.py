@@ -106,8 +106,17 @@ def test_scrape_after_traffic_through_gunicorn_with_two_workers(tmp_path):
                         if line.startswith("GET /shop")}
                 return len(pids) == 2
             wait_until(both_workers_served, 60, "both workers to serve requests")
+            backend_label = "127.0.0.1:%d" % backend.port
+
+            def counted():
+                # A request is counted when the worker closes its body, which may be
+                # just after the client has read the answer.
+                status, body = get(port, "/metrics")
+                return status == 200 and value(
+                    samples(body.decode()), "wsgiproxy_requests_total", side="proxy",
+                    backend=backend_label, method="GET", status="2xx") == sent
+            wait_until(counted, 10, "the last request to be counted")
             scrapes = [get(port, "/metrics") for _ in range(6)]
-    backend_label = "127.0.0.1:%d" % backend.port
     for status, body in scrapes:
         assert status == 200
         scraped = samples(body.decode())
