@@ -196,13 +196,15 @@ def test_spawn_starts_crashes_and_restarts_are_counted(metrics, spawn):  # noqa:
     wait_until(lambda: pid_gone(first) and app.pids == [], 10, "the dead child to be reaped")
     second = get_json(server, "/")["pid"]
     assert second != first
-    scraped = metrics()
+
+    def served(scraped):  # a request is counted when its body is closed, after the answer
+        return sum(v for (name, labels), v in scraped.items()
+                   if name == "wsgiproxy_requests_total" and ("side", "proxy") in labels)
+    scraped = wait_until(lambda: (s := metrics()) and served(s) == 2 and s,
+                         what="both requests counted")
     assert value(scraped, "wsgiproxy_spawn_children_total", event="started") == 2
     assert value(scraped, "wsgiproxy_spawn_children_total", event="crashed") == 1
     assert value(scraped, "wsgiproxy_spawn_children_total", event="restarted") == 1
-    served = sum(v for (name, labels), v in scraped.items()
-                 if name == "wsgiproxy_requests_total" and ("side", "proxy") in labels)
-    assert served == 2
 
 
 TUNNEL_INI = """
@@ -241,9 +243,10 @@ def test_open_tunnels_are_a_gauge(tmp_path):
                 assert client.recv(timeout=10) == "hi"
                 assert tunnels() == 1
             wait_until(lambda: tunnels() == 0, 10, "the tunnel to be counted closed")
-            scraped = samples(get(port, "/metrics")[1].decode())
-    assert value(scraped, "wsgiproxy_requests_total", side="proxy",
-                 backend="127.0.0.1:%d" % backend.port, method="GET", status="1xx") == 1
+            wait_until(lambda: value(
+                samples(get(port, "/metrics")[1].decode()), "wsgiproxy_requests_total",
+                side="proxy", backend="127.0.0.1:%d" % backend.port, method="GET",
+                status="1xx") == 1, 10, "the tunnel's request to be counted")
 
 
 def test_open_connections_are_counted_until_closed(echo):
