@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .connection import BODY_RECV, Connection
+from .connection import _POLL, BODY_RECV, Connection
 
 __all__ = ["CLOSE_LINGER", "Tunnel", "relay_bytes"]
 
@@ -285,19 +285,18 @@ def _relay_in_greenlets(a: Any, b: Any, idle_timeout: float | None,
 
 
 class _Waiter:
-    """Waits until some of a few sockets are readable: ``poll`` where there is one.
+    """Waits until some of a few sockets are readable: the standard library's
+    ``poll`` (the one the idle probe uses), ``select`` where there is none.
 
-    ``select.poll`` is looked up when the waiter is made, so gevent's
-    cooperative one is used after monkey-patching; eventlet's patching
-    removes ``poll``, and its cooperative ``select`` is used instead.
+    Only the relay of threads waits here; under gevent and eventlet each
+    direction has a greenlet (:func:`_relay_in_greenlets`).
     """
 
     __slots__ = ("fds", "poller")
 
     def __init__(self, fds: list[int]) -> None:
         self.fds = fds
-        poll = getattr(select, "poll", None)
-        self.poller = poll() if poll is not None else None
+        self.poller = _POLL() if _POLL is not None else None
         if self.poller is not None:
             for fd in fds:
                 self.poller.register(fd, select.POLLIN | select.POLLPRI)
