@@ -64,28 +64,40 @@ def ed25519_key_file(directory):
     return path
 
 
+class _ConstantMacs(dict):
+    """In place of signature._keyed_hmacs: every secret's HMAC is a constant."""
+
+    def __init__(self, digest):
+        super().__init__()
+        self.mac = lambda message: digest
+
+    def get(self, secret, default=None):
+        return self.mac
+
+
 class Patches:
     """Replaces the signature (or only its cryptography) by constants, per variant."""
 
     def __init__(self, signature_format):
-        from wsgiproxy import protocol
         from wsgiproxy.keys import PrivateKey
         from wsgiproxy.protocol import rfc9421, signature
         self.format = signature_format
-        # The signers are patched where signing asks for them (HMACKeys keeps the one it
-        # made for its key, so patching _hmac_signer would not reach it).
-        self.targets = [(signature, "_hmac"), (protocol, "sign_request"),
-                        (rfc9421.HMACKeys, "signer"), (protocol, "sign_request_rfc9421"),
+        # Patched where signing looks them up: v1 takes the HMAC of its secret from
+        # signature._keyed_hmacs, RFC 9421 from the signer (HMACKeys keeps the one it
+        # made for its key, so patching hmac_for would not reach it); the app calls
+        # signature.sign and rfc9421.sign themselves.
+        self.targets = [(signature, "_keyed_hmacs"), (signature, "sign"),
+                        (rfc9421.HMACKeys, "signer"), (rfc9421, "sign"),
                         (PrivateKey, "signer")]
         self.real = [getattr(obj, name) for obj, name in self.targets]
         real_hmac_signer, real_signer = rfc9421.HMACKeys.signer, PrivateKey.signer
         constant = bytes(64)
         self.free = {
-            (signature, "_hmac"): lambda secret, canonical: "A" * 43,
-            (protocol, "sign_request"): lambda *a, **k: FIXED_SIGNATURE,
+            (signature, "_keyed_hmacs"): _ConstantMacs(constant[:32]),
+            (signature, "sign"): lambda *a, **k: FIXED_SIGNATURE,
             (rfc9421.HMACKeys, "signer"): lambda self: real_hmac_signer(self)[:2] + (
                 lambda data: constant[:32],),
-            (protocol, "sign_request_rfc9421"): lambda *a, **k: list(FIXED_RFC9421),
+            (rfc9421, "sign"): lambda *a, **k: list(FIXED_RFC9421),
             (PrivateKey, "signer"): lambda self: real_signer(self)[:2] + (
                 lambda data: constant,)}
 

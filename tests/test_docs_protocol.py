@@ -11,7 +11,6 @@ certificates, redis-server).
 """
 
 import base64
-import functools
 import hashlib
 import hmac
 import io
@@ -37,6 +36,7 @@ from wsgiproxy.app import WSGIProxyApp
 from wsgiproxy.exactproxy import ExactProxy
 from wsgiproxy.keys import new_request_id
 from wsgiproxy.middleware import WSGIProxyMiddleware
+from wsgiproxy.protocol import signature
 from wsgiproxy.transport import HTTPTransport
 
 from .client import JSON, add_header, call_wsgi, json_error, send_raw
@@ -103,6 +103,11 @@ def make_environ(method="GET", script_name="", path_info="/", query="", host="ww
     return environ
 
 
+def with_doc_time_and_nonce(sign):
+    """``sign`` (the signing function the app calls) with the page's timestamp and nonce."""
+    return lambda *args, **kwargs: sign(*args, **dict(kwargs, now=DOC_TS, nonce=DOC_NONCE))
+
+
 def capture(href, environ, fixed=True, **options):
     """The bytes a WSGIProxyApp(href, **options) sends for ``environ``: head, blank line, body.
 
@@ -110,8 +115,8 @@ def capture(href, environ, fixed=True, **options):
     """
     with RawServer(_answer_204) as raw:
         app = WSGIProxyApp(href, transport=RoutedTransport(raw.port), **options)
-        patch = (mock.patch.object(protocol, "sign_request", functools.partial(
-            protocol.sign_request, now=DOC_TS, nonce=DOC_NONCE)) if fixed else mock.patch.dict({}))
+        patch = (mock.patch.object(signature, "sign", with_doc_time_and_nonce(signature.sign))
+                 if fixed else mock.patch.dict({}))
         with patch, mock.patch.object(new_request_id, "next", lambda: DOC_REQUEST_ID):
             status, _, _ = call_wsgi(app, environ)
         app.close()

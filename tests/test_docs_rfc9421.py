@@ -9,7 +9,6 @@ nothing else.
 """
 
 import base64
-import functools
 import hashlib
 import hmac
 import http.client
@@ -23,7 +22,14 @@ from webob import Request
 
 from wsgiproxy import protocol
 from wsgiproxy.app import WSGIProxyApp
-from wsgiproxy.keys import PrivateKey, PublicKeys, SecretKeys, ed25519_key_id, new_request_id
+from wsgiproxy.keys import (
+    PrivateKey,
+    PublicKeys,
+    SecretKeys,
+    ed25519_key_id,
+    new_nonce,
+    new_request_id,
+)
 from wsgiproxy.middleware import WSGIProxyMiddleware
 from wsgiproxy.protocol import rfc9421
 
@@ -33,7 +39,6 @@ from .interop.peers import node_modules
 from .servers import ROOT, Process, RawServer, free_port, need, wait_for_port, wait_until
 from .test_docs_protocol import (
     DOC_KEY_ID,
-    DOC_NONCE,
     DOC_REQUEST_ID,
     DOC_SECRET,
     DOC_TS,
@@ -46,6 +51,7 @@ from .test_docs_protocol import (
     make_environ,
     page,
     parse_request,
+    with_doc_time_and_nonce,
 )
 from .test_keys import ed25519_pem
 from .test_protocol_rfc9421 import RFC_ED25519_PUBLIC
@@ -58,9 +64,8 @@ def capture(href, environ, fixed=True, **options):
     with RawServer(_answer_204) as raw:
         app = WSGIProxyApp(href, transport=RoutedTransport(raw.port),
                            signature_format="rfc9421", **options)
-        patch = (mock.patch.object(protocol, "sign_request_rfc9421", functools.partial(
-            protocol.sign_request_rfc9421, now=DOC_TS, nonce=DOC_NONCE)) if fixed
-            else mock.patch.dict({}))
+        patch = (mock.patch.object(rfc9421, "sign", with_doc_time_and_nonce(rfc9421.sign))
+                 if fixed else mock.patch.dict({}))
         with patch, mock.patch.object(new_request_id, "next", lambda: DOC_REQUEST_ID):
             status, _, _ = call_wsgi(app, environ)
         app.close()
@@ -123,7 +128,7 @@ def test_the_response_example_is_what_the_middleware_answers():
     middleware = WSGIProxyMiddleware(app, secret_file=keys, sign_responses=True)
     req = Request.blank(path + "?" + query, method=method, headers=headers)
     with mock.patch("time.time", return_value=DOC_TS + 1), \
-            mock.patch("wsgiproxy.middleware.bound.new_nonce", return_value=RESPONSE_NONCE):
+            mock.patch.object(new_nonce, "next", lambda: RESPONSE_NONCE):
         resp = req.get_response(middleware)
     shown = page(snippet("protocol-rfc9421-response"))
     answer = "HTTP/1.1 %s\n%s\n\n%s\n" % (resp.status, "\n".join(

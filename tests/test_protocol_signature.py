@@ -512,5 +512,5 @@ def test_planned_parts_are_not_written_by_a_request():
     signing.sign(keys, "GET", "h", "/", "", pairs, now=1, nonce="0" * 32)
     rfc9421.sign(rfc9421.HMACKeys(keys), "GET", "h", "/", "", pairs, now=1, nonce="0" * 32)
     for forms in (signing._v1_forms, rfc9421._forms):
-        planned = [form[1][1] for form in forms.values() if form is not None]
+        planned = [form[1] for form in forms.values() if form is not None]
         assert planned and all(parts[1::2] == [None] * (len(parts) // 2) for parts in planned)

@@ -219,7 +219,8 @@ class SecretKeys(_KeyFile):
 
     def signing_key(self) -> tuple[str, bytes]:
         """``(key id, secret)`` of the key that signs: the first one."""
-        self._maybe_reload()
+        if time.monotonic() >= self._next_check:  # (checked here: once per signed request)
+            self._maybe_reload()
         return self._state[0][0]
 
     def get(self, key_id: str) -> bytes | None:
@@ -320,7 +321,8 @@ class PrivateKey(_PemFile):
 
     def signer(self) -> tuple[str, str, Callable[[bytes], bytes]]:
         """``("ed25519", key id, sign)``: ``sign(data)`` returns 64 bytes."""
-        self._maybe_reload()
+        if time.monotonic() >= self._next_check:  # (checked here: once per signed request)
+            self._maybe_reload()
         return self._state[0]
 
     def verifier(self, key_id: str) -> tuple[str, Callable[[bytes, bytes], bool]] | None:

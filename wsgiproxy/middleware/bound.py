@@ -52,7 +52,7 @@ class ResponseSigner:
                 try:
                     headers = list(headers) + rfc9421.sign_response(
                         self.signer, int(code), headers, binding, now=time.time(),
-                        nonce=new_nonce(), window=self.window)
+                        nonce=new_nonce.next(), window=self.window)
                 except ProtocolError as exc:  # e.g. a Content-Type outside ASCII
                     log.error("response to a signed request left unsigned: %s", exc)
             if exc_info is None:

@@ -155,7 +155,8 @@ def sign_request(keys: Keys, method: str, host: str, path: str | bytes, query: s
         keys = SecretKeys.from_secrets([keys])
     return _signature.sign(keys, method, host, path, query, headers, body=body,
                            now=time.time() if now is None else now,
-                           nonce=new_nonce() if nonce is None else _signature.check_nonce(nonce))
+                           nonce=new_nonce.next() if nonce is None
+                           else _signature.check_nonce(nonce))
 
 
 def verify_request(keys: Keys, signature: str | None, method: str, host: str,
@@ -218,7 +219,7 @@ def sign_request_rfc9421(keys: Any, method: str, host: str, path: str, query: st
         keys = _as_signer(keys)
     return rfc9421.sign(keys, method, rfc9421.authority(host, scheme), path, query,
                         headers, now=time.time() if now is None else now,
-                        nonce=new_nonce() if nonce is None else rfc9421.check_nonce(nonce),
+                        nonce=new_nonce.next() if nonce is None else rfc9421.check_nonce(nonce),
                         body=body)
 
 

@@ -34,11 +34,11 @@ from .headers import canonical_header_name
 from .signature import (
     _WAITRESS_STRIPPED,
     DEFAULT_SIGNATURE_WINDOW,
+    Form,
     Headers,
     NonceChecker,
-    _sender_values,
+    _covered_parts,
     _signed_headers,
-    _value_parts,
     hmac_for,
     is_signed_header,
 )
@@ -415,37 +415,29 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     # On every signed request's path: strings are joined from parts planned per shape
     # of ``headers`` (bench/signing_cost.py --format rfc9421 measures it).
     alg, key_id, signing = keys.signer()
-    found = (_sender_values(headers, _forms, _form)  # type: ignore[arg-type]
-             if headers.__class__ is list else None)
-    if found is None:
-        signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
-        found = _form(tuple([name for name, _ in signed])), [value for _, value in signed]
-    (inner, parts, count), values = found
-    parts = parts[:]  # (a copy: the planned parts are shared by every request)
-    parts[1::2] = values
-    fields, created, added = "".join(parts), int(now), []
+    (inner, count), parts = _covered_parts(headers, _forms, '\n"%s": ', _made)
+    created, added = int(now), []
     if body is not None:
         digest = content_digest(body)
         added, inner, count = [(CONTENT_DIGEST, digest)], inner + ' "content-digest"', count + 1
-        fields += '\n"content-digest": ' + digest
+        parts += ('\n"content-digest": ', digest)
     value = "".join((inner, ");created=", str(created), ";expires=", str(created + int(window)),
-                     ';nonce="', nonce, '";keyid=', _quoted(key_id), ';alg="', alg,
-                     '";tag="wsgiproxy"'))
-    base = _encoded('"@method": %s\n"@authority": %s\n"@path": %s\n"@query": ?%s' % (
-        method, authority, path or "/", query) + fields + '\n"@signature-params": ' + value,
-        count + 5)
+                     ';nonce="', nonce, '";keyid=', _quoted_ids.get(key_id) or _quoted(key_id),
+                     ';alg="', alg, '";tag="wsgiproxy"'))
+    base = _encoded("".join(('"@method": ', method, '\n"@authority": ', authority, '\n"@path": ',
+                             path or "/", '\n"@query": ?', query, *parts,
+                             '\n"@signature-params": ', value)), count + 5)
     return added + [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % (
         b2a_base64(signing(base), newline=False).decode()))]
 
 
-_forms: dict[tuple[Any, ...], Any] = {}
+_forms: dict[tuple[Any, ...], Form | None] = {}
 
 
-def _form(names: tuple[str, ...]) -> tuple[str, list[Any], int]:
-    """The covered list (open), the header lines of the base (:func:`_value_parts`),
-    how many, for these covered header names."""
-    return ('("@method" "@authority" "@path" "@query"' + "".join(
-        [' "%s"' % name for name in names]), _value_parts(names, '\n"%s": '), len(names))
+def _made(names: tuple[str, ...]) -> tuple[str, int]:
+    """What RFC 9421 makes of the covered names: the covered list (open), how many."""
+    return ('("@method" "@authority" "@path" "@query"'
+            + "".join([' "%s"' % name for name in names]), len(names))
 
 
 def _field_map(headers: Headers, wanted: set[str]) -> dict[str, str]:

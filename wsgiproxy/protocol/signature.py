@@ -160,13 +160,10 @@ def _signed_headers(headers: Headers) -> list[tuple[str, str]]:
 
 
 def _sender_signed_headers(headers: Headers) -> list[tuple[str, str]]:
-    """:func:`_signed_headers` for the list a sender is about to send, through its
-    planned form (:func:`_sender_values`) when it has one."""
-    if headers.__class__ is list:
-        found = _sender_values(headers, _pair_forms, tuple)  # type: ignore[arg-type]
-        if found is not None:
-            return list(zip(*found))
-    return _signed_headers(headers)
+    """:func:`_signed_headers` through :func:`_covered_parts` (what a sender's signature
+    covers, as pairs)."""
+    _, parts = _covered_parts(headers, _pair_forms, "%s", len)
+    return list(zip(parts[::2], parts[1::2]))
 
 
 # -- The sender's planned forms
@@ -180,8 +177,9 @@ def _sender_signed_headers(headers: Headers) -> list[tuple[str, str]]:
 # the length of the names, so client-chosen names cannot grow them much.
 _PLANS_MAX = 1024
 _PLAN_NAMES_MAX = 2048  # characters of one shape's repr
-#: A form: the covered positions, and what the format made of their canonical names.
-Form = tuple[tuple[int, ...], Any]
+#: A form: where each covered value goes (``(position in the list, index in the
+#: parts)``), the parts with ``None`` there, and what the format made of the names.
+Form = tuple[tuple[tuple[int, int], ...], list[Any], Any]
 
 
 def _shape_plan(shape: tuple[Any, ...]) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
@@ -207,28 +205,53 @@ def _shape_plan(shape: tuple[Any, ...]) -> tuple[tuple[int, ...], tuple[str, ...
     return tuple(i for _, i in signed), tuple(canonical for canonical, _ in signed)
 
 
-def _sender_values(headers: list[tuple[str, str]], forms: dict[tuple[Any, ...], Any],
-                   make: Callable[[tuple[str, ...]], Any]) -> tuple[Any, list[str]] | None:
-    """``(made, values)`` of a sender's header list: what ``make`` made of the covered
-    names (once per shape), and the covered values, stripped.  ``None``:
-    :func:`_signed_headers` decides (pairs or values it refuses, a value blank only
-    once stripped, a shape it cannot plan)."""
-    shape = tuple([name if value else (name, value) for name, value in headers])
-    form = forms.get(shape, _UNSEEN)
-    if form is _UNSEEN:
-        plan = _shape_plan(shape)
-        form = None if plan is None else (plan[0], make(plan[1]))
-        if len(forms) < _PLANS_MAX and len(repr(shape)) <= _PLAN_NAMES_MAX:
-            forms[shape] = form
-    if form is None:
+def _covered_parts(headers: Headers, forms: dict[tuple[Any, ...], Form | None], line: str,
+                  make: Callable[[tuple[str, ...]], Any]) -> tuple[Any, list[Any]]:
+    """``(made, parts)`` for the headers a signature covers: what ``make`` made of their
+    canonical names (sorted), and ``[line % name, value, ...]`` with each value stripped.
+
+    Reduces ``headers`` as :func:`_signed_headers` does (and raises what it
+    raises).  A sender's list is reduced through ``forms``, its format's plans:
+    once per shape, then only its covered values are fetched (in a loop, not a
+    comprehension, which makes a function object per call in CPython 3.11).
+    """
+    if headers.__class__ is list:
+        shape_list = []
+        for name, value in headers:  # type: ignore[misc]
+            shape_list.append(name if value else (name, value))
+        shape = tuple(shape_list)
+        form = forms.get(shape, _UNSEEN)
+        if form is _UNSEEN:
+            form = _form(shape, line, make)
+            if len(forms) < _PLANS_MAX and len(repr(shape)) <= _PLAN_NAMES_MAX:
+                forms[shape] = form
+        if form is not None:
+            slots, template, made = form
+            parts = template[:]  # (a copy: the planned parts are shared by every request)
+            try:
+                for i, slot in slots:
+                    parts[slot] = headers[i][1].strip(" \t")  # type: ignore[index]
+            except (AttributeError, TypeError):  # not a str: _signed_headers says which
+                pass
+            else:
+                if "" not in parts:  # (blank once stripped: absent, not foreseen by the plan)
+                    return made, parts
+    signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
+    names = tuple([name for name, _ in signed])
+    parts = _value_parts(names, line)
+    parts[1::2] = [value for _, value in signed]
+    return make(names), parts
+
+
+def _form(shape: tuple[Any, ...], line: str, make: Callable[[tuple[str, ...]], Any]
+          ) -> Form | None:
+    """The form of a shape (``None``: :func:`_signed_headers` decides each time)."""
+    plan = _shape_plan(shape)
+    if plan is None:
         return None
-    try:
-        values = [headers[i][1].strip(" \t") for i in form[0]]
-    except (AttributeError, TypeError):  # not a str: _signed_headers says which
-        return None
-    if "" in values:  # blank once stripped: absent, which the shape did not foresee
-        return None
-    return form[1], values
+    positions, names = plan
+    return (tuple([(i, 2 * k + 1) for k, i in enumerate(positions)]),
+            _value_parts(names, line), make(names))
 
 
 _pair_forms: dict[tuple[Any, ...], Form | None] = {}
@@ -271,24 +294,25 @@ def canonical_request(method: str | None, host: str | None, path: str | bytes | 
     Exposed so that other implementations can compare their canonical form.
     """
     signed = _signed_headers(headers)
-    return _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest,
+    return _canonical_bytes(method, host, path, query, str(int(timestamp)), nonce, body_digest,
                             _header_lines(signed), len(signed))
 
 
-def _header_lines(signed: list[tuple[str, str]]) -> str:
+def _header_lines(signed: list[tuple[str, str]]) -> list[str]:
     """The ``name:value`` lines of headers reduced by _signed_headers(), each after a LF."""
-    return "".join(["\n%s:%s" % pair for pair in signed])
+    return ["\n%s:%s" % pair for pair in signed]
 
 
 def _canonical_bytes(method, host, path, query, timestamp, nonce, body_digest, lines, count):
-    """canonical_request() with its header lines already made (``count`` of them, each
-    after a LF: _header_lines(), or a sender's planned form)."""
+    """canonical_request() with the timestamp as text and the header lines already made
+    (``count`` of them, each after a LF: _header_lines(), or the parts of a sender's
+    planned form)."""
     method, host, query = method or "", host or "", query or ""  # None means empty
     try:
-        text = "\n".join((
-            "wsgiproxy-signature-v1", method.upper(), host.lower(),
+        text = "".join((
+            "wsgiproxy-signature-v1\n", method.upper(), "\n", host.lower(), "\n",
             path if path.__class__ is str and _PLAIN_PATH(path) else _canonical_path(path),
-            query, str(int(timestamp)), nonce, body_digest)) + lines
+            "\n", query, "\n", timestamp, "\n", nonce, "\n", body_digest, *lines))
     except (AttributeError, TypeError):  # say which field is not a str
         for i, value in ((1, method), (2, host), (4, query), (6, nonce), (7, body_digest)):
             if not isinstance(value, str):
@@ -395,32 +419,23 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
     :param body: when given (bytes), a SHA-256 digest of it is covered too.
     """
     key_id, secret = keys.signing_key()
-    timestamp = int(now)
+    timestamp = str(int(now))
     digest = "-" if body is None else _body_digest(body)
-    found = (_sender_values(headers, _v1_forms, _v1_form)  # type: ignore[arg-type]
-             if headers.__class__ is list else None)
-    if found is not None:  # the sender's usual case: the text around the values is made
-        (listed, parts, count), values = found
-        parts = parts[:]
-        parts[1::2] = values
-        lines = "".join(parts)
-    else:
-        signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
-        listed = ";".join([name for name, _ in signed]) or "-"
-        lines, count = _header_lines(signed), len(signed)
-    canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, lines,
-                                 count)
-    return "".join(("v1 kid=", key_id, ", ts=", str(timestamp), ", nonce=", nonce, ", body=",
-                    digest, ", headers=", listed, ", sig=", _hmac(secret, canonical)))
+    (listed, count), parts = _covered_parts(headers, _v1_forms, "\n%s:", _v1_made)
+    mac = _keyed_hmacs.get(secret) or hmac_for(secret)
+    sig = b2a_base64(mac(_canonical_bytes(method, host, path, query, timestamp, nonce, digest,
+                                          parts, count)), newline=False)
+    return "".join(("v1 kid=", key_id, ", ts=", timestamp, ", nonce=", nonce, ", body=",
+                    digest, listed, sig.translate(_URLSAFE)[:43].decode()))
 
 
 _v1_forms: dict[tuple[Any, ...], Form | None] = {}
 
 
-def _v1_form(names: tuple[str, ...]) -> tuple[str, list[Any], int]:
-    """What v1 makes of the covered names: the ``headers=`` list, the header lines
-    (:func:`_value_parts`), how many."""
-    return ";".join(names) or "-", _value_parts(names, "\n%s:"), len(names)
+def _v1_made(names: tuple[str, ...]) -> tuple[str, int]:
+    """What v1 makes of the covered names: its text from ``, headers=`` to ``sig=``,
+    and how many."""
+    return ", headers=%s, sig=" % (";".join(names) or "-"), len(names)
 
 
 def _value_parts(names: tuple[str, ...], line: str) -> list[Any]:
@@ -521,7 +536,7 @@ def verify(keys: KeySource, signature: str | None, method: str, host: str,
         if extra:
             detail.append("header(s) %s are not covered by the signature" % ", ".join(extra))
         raise SignatureError("bad signature", "; ".join(detail))
-    canonical = _canonical_bytes(method, host, path, query, parsed.timestamp, parsed.nonce,
+    canonical = _canonical_bytes(method, host, path, query, str(parsed.timestamp), parsed.nonce,
                                  parsed.body_digest, _header_lines(received), len(received))
     if not hmac.compare_digest(_hmac(secret, canonical), parsed.sig):
         raise SignatureError("bad signature", "the request differs from the one signed")
