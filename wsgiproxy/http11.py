@@ -200,6 +200,11 @@ def request_head(method: str, target: str, headers: Sequence[tuple[str, str]],
         nominated -= NON_NOMINATING_TOKENS
         if nominated:  # rare: drop the headers the client's Connection named
             lines = [line for line in lines if line.partition(":")[0].lower() not in nominated]
+    # The header lines joined once for three memchr scans: counting CRs and LFs in
+    # the head instead costs a byte-at-a-time loop each (~0.3 ns a byte).
+    joined = "".join(lines)
+    if "\n" in joined or "\r" in joined or "\0" in joined:
+        raise InvalidRequest("a header value contains CR, LF or NUL")
     lines.insert(0, "%s %s HTTP/1.1" % (method, target))
     if chunked:
         lines.append("Transfer-Encoding: chunked")
@@ -207,9 +212,6 @@ def request_head(method: str, target: str, headers: Sequence[tuple[str, str]],
         lines.append("Content-Length: %d" % body_length)  # type: ignore[str-format]
     lines.append("\r\n")
     text = "\r\n".join(lines)
-    n = len(lines)
-    if text.count("\n") != n or text.count("\r") != n or "\0" in text:
-        raise InvalidRequest("a header value contains CR, LF or NUL")
     if "\nHost:" not in text and "\nhost:" not in text.lower():
         raise InvalidRequest("no Host header")
     try:
