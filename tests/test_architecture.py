@@ -33,7 +33,7 @@ LAYERS = [
     # upgrade: which WSGI server hands over the client's socket, the tunnel limit.
     ("WSGI glue", ["wsgiproxy.responses", "wsgiproxy.upgrade", "wsgiproxy.forwarding",
                    "wsgiproxy.exactproxy", "wsgiproxy.observe", "wsgiproxy.metrics",
-                   "wsgiproxy.balancer",
+                   "wsgiproxy.balancer", "wsgiproxy.signing",
                    "wsgiproxy.app", "wsgiproxy.middleware", "wsgiproxy.middleware.*",
                    "wsgiproxy.spawn", "wsgiproxy.spawn.*", "wsgiproxy.sampleapp"]),
     ("deployment", ["wsgiproxy.configfile", "wsgiproxy.wsgiapp", "wsgiproxy.command"]),

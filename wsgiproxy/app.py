@@ -42,10 +42,11 @@ from .forwarding import (
     send_checked,
     send_upgrade,
 )
-from .keys import new_nonce, new_request_id
+from .keys import new_request_id
 from .observe import REQUEST_ID_KEY as REQUEST_ID_ENVIRON
 from .observe import SINKS, Observer, Record, RequestIds
 from .protocol import rfc9421
+from .signing import request_signer
 from .transport import Transport, make_transport
 from .upgrade import Tunnels, requested_protocols
 
@@ -63,11 +64,6 @@ _end_to_end_headers = EnvironHeaders(
     DEFAULT_SKIP | {protocol.environ_key(protocol.FORWARDED),
                     protocol.environ_key(protocol.SCRIPT_NAME_HEADER)},
     (protocol.environ_key(protocol.HEADER_PREFIX), "HTTP_X_FORWARDED_", "HTTP_X_TRAVERSAL_"))
-# Signing with RFC 9421, the client's own Signature and Signature-Input are dropped too
-# (in _sign: the backend must see only the proxy's).
-_CLIENT_SIGNATURE_KEYS = ("HTTP_SIGNATURE", "HTTP_SIGNATURE_INPUT")
-_CLIENT_SIGNATURES = frozenset(["signature", "signature-input"])
-SIGNATURE_FORMATS = ("v1", "rfc9421")
 _FORWARDED_FOR_KEY = protocol.environ_key(protocol.FORWARDED_FOR)
 _FORWARDED_KEY = protocol.environ_key(protocol.FORWARDED)
 _REQUEST_ID_KEY = protocol.environ_key(protocol.REQUEST_ID)
@@ -221,15 +217,21 @@ class WSGIProxyApp:
                      tuple(pickle_keys))
         self.has_keys = any(self.keys)
         self.secret_keys = protocol.SecretKeys(secret_file) if secret_file else None
-        self._init_signing(signature_format, private_key_file)
-        if pickle_keys and self.signer is None:
+        # (One attribute for all of signing: past 30 attributes, CPython 3.11 stops
+        # sharing the instance dict's keys and every ``self.x`` of the request path
+        # gets slower.)
+        #: What signs requests (:class:`~wsgiproxy.signing.RequestSigner`), or ``None``.
+        self.signing = request_signer(
+            signature_format, self.secret_keys,
+            protocol.PrivateKey(private_key_file) if private_key_file else None,
+            int(sign_body_max or 0), self.scheme)
+        if pickle_keys and self.signing is None:
             raise ValueError("pickle_keys needs secret_file (or private_key_file): the "
                              "middleware only unpickles values from signed requests")
-        self.sign_body_max = int(sign_body_max or 0)
         # Bodies are read whole up to this size (the rest stream): as far as
         # the signature must cover them.
-        self.inline_body_max = (max(INLINE_BODY_MAX, self.sign_body_max)
-                                if self.signer is not None else INLINE_BODY_MAX)
+        self.inline_body_max = (max(INLINE_BODY_MAX, self.signing.body_max)
+                                if self.signing is not None else INLINE_BODY_MAX)
         self.preserve_host = preserve_host
         self.trusted_proxies = protocol.TrustedNetworks(trusted_proxies) if trusted_proxies else None
         self.forwarded = forwarded
@@ -277,26 +279,21 @@ class WSGIProxyApp:
     def __repr__(self) -> str:
         return "<WSGIProxyApp %s>" % self.href
 
-    def _init_signing(self, signature_format: str, private_key_file: str | None) -> None:
-        if signature_format not in SIGNATURE_FORMATS:
-            raise ValueError("signature_format must be v1 or rfc9421, not %r" % (signature_format,))
-        self.signature_format = signature_format
-        # (Few attributes: past 30, CPython 3.11 stops sharing the instance dict's keys
-        # and every ``self.x`` of the request path gets slower.)
-        private_key = protocol.PrivateKey(private_key_file) if private_key_file else None
-        #: What signs requests (SecretKeys for v1; an RFC 9421 Signer: HMACKeys, or
-        #: the PrivateKey of ``private_key_file``), or ``None``.
-        self.signer: Any = self.secret_keys
-        if signature_format == "v1":
-            if private_key is not None:
-                raise ValueError("private_key_file needs signature_format = rfc9421")
-            return
-        if private_key is not None:
-            self.signer = private_key
-        elif self.secret_keys is not None:
-            self.signer = rfc9421.HMACKeys(self.secret_keys)
-        else:
-            raise ValueError("signature_format = rfc9421 needs secret_file or private_key_file")
+    @property
+    def signature_format(self) -> str:
+        """``"v1"`` or ``"rfc9421"`` (``"v1"`` when requests go unsigned)."""
+        return self.signing.format if self.signing is not None else "v1"
+
+    @property
+    def signer(self) -> Any:
+        """What signs requests: the :class:`~wsgiproxy.keys.SecretKeys` (``v1``), an RFC
+        9421 signer (``HMACKeys`` over them, or the ``PrivateKey``), or ``None``."""
+        return self.signing.keys if self.signing is not None else None
+
+    @property
+    def sign_body_max(self) -> int:
+        """Bodies up to this many bytes are covered by the signature (0: none)."""
+        return self.signing.body_max if self.signing is not None else 0
 
     def _init_observing(self, request_ids: bool, request_id_header: bool, access_log: bool,
                         access_log_format: str | None, metrics: bool) -> None:
@@ -305,7 +302,7 @@ class WSGIProxyApp:
         if metrics:
             from .metrics import enable
             enable()
-        # One attribute for all of it: see _init_signing on the instance's size.
+        # One attribute for all of it: see self.signing on the instance's size.
         #: The request ids, the access log and the metrics (:class:`~wsgiproxy.observe.Observer`).
         self.observer = Observer(access_log, access_log_format, "proxy", RequestIds(
             self.trusted_proxies, request_id_header) if request_ids else None)
@@ -485,10 +482,14 @@ class WSGIProxyApp:
         query = environ.get("QUERY_STRING", "")
         if self.query:
             query = query + "&" + self.query if query else self.query
-        target = path + "?" + safe_target(query) if query else path
+        if query:
+            query = safe_target(query)
+            target = path + "?" + query
+        else:
+            target = path
         request = outgoing_request(environ, target, headers, self.inline_body_max)
-        if self.signer is not None:
-            self._sign(request, host_header, identity_at, environ)
+        if self.signing is not None:
+            self.signing.sign(request, path, query, host_header, identity_at, environ)
         return request
 
     def _forwarded(self, environ: Environ, remote: str, url_scheme: str, client_host: str) -> str:
@@ -513,37 +514,6 @@ class WSGIProxyApp:
                                    % (length, limit))
         elif environ.get("HTTP_TRANSFER_ENCODING") and "wsgi.input" in environ:
             environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], limit)
-
-    def _sign(self, request: OutgoingRequest, host: str, identity_at: int,
-              environ: Environ) -> None:
-        """Add the signature header(s) to the finished request.
-
-        Only ``headers[identity_at:]`` can be signed ones: the client's own
-        identity headers were dropped, so the rest need not be looked at.
-        """
-        method, target, headers, body, _ = request
-        path, _, query = target.partition("?")
-        digest_body = (bytes(body) if isinstance(body, (bytes, bytearray))
-                       and len(body) <= self.sign_body_max else None)
-        try:
-            if self.signature_format == "v1":  # (sign_request's work, one call less)
-                headers.append((protocol.SIGNATURE_HEADER, protocol.signature.sign(
-                    self.signer, method, host, path, query, headers[identity_at:],
-                    now=time.time(), nonce=new_nonce.next(), body=digest_body)))
-                return
-            dropped = _CLIENT_SIGNATURES if (_CLIENT_SIGNATURE_KEYS[0] in environ or
-                                             _CLIENT_SIGNATURE_KEYS[1] in environ) else None
-            if digest_body is not None:  # the client's Content-Digest: ours replaces it
-                dropped = (dropped or frozenset()) | {"content-digest"}
-            if dropped is not None:  # the client's headers come before ours
-                client = [h for h in headers[:identity_at] if h[0].lower() not in dropped]
-                headers[:identity_at] = client
-                identity_at = len(client)
-            headers += rfc9421.sign(  # (sign_request_rfc9421's work, one call less)
-                self.signer, method, rfc9421.authority(host, self.scheme), path, query,
-                headers[identity_at:], now=time.time(), nonce=new_nonce.next(), body=digest_body)
-        except protocol.ProtocolError as exc:  # e.g. CR/LF or non-latin-1 text in the Host
-            raise InvalidRequest("cannot sign this request: %s" % exc) from None
 
     def _response_problem(self, request: OutgoingRequest, status: int,
                           headers: list[tuple[str, str]]) -> str | None:

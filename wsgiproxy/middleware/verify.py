@@ -30,6 +30,7 @@ from ..protocol import (
     DEFAULT_MAX_SIGNED_BODY,
     DEFAULT_NONCE_CAPACITY,
     DEFAULT_SIGNATURE_WINDOW,
+    SIGNATURE_FORMATS,
     SIGNATURE_HEADER,
     MemoryNonceStore,
     PublicKeys,
@@ -49,8 +50,6 @@ __all__ = ["SIGNATURE_FORMATS", "GuardedNonceStore", "Verifier", "admit", "has_p
 log = logging.getLogger("wsgiproxy.middleware")
 
 _SIGNATURE_KEY = environ_key(SIGNATURE_HEADER)
-#: The signature formats a middleware can accept.
-SIGNATURE_FORMATS = ("v1", "rfc9421")
 #: What :meth:`Verifier.find` returns: ``("v1", header value)`` or ``("rfc9421", Parsed)``.
 Found = tuple[str, Any]
 

@@ -127,7 +127,10 @@ __all__ = [  # grouped as the reference in docs/protocol.rst
 # Importable from here, but not in __all__ (which stays the list of names the
 # package had before it was split): the RFC 9421 edge and the Ed25519 key classes.
 RFC9421_NAMES = ("sign_request_rfc9421", "verify_request_rfc9421", "rfc9421", "PrivateKey",
-                 "PublicKeys", "ed25519_key_id")
+                 "PublicKeys", "ed25519_key_id", "SIGNATURE_FORMATS")
+
+#: The signature formats: ``X-WSGIProxy-Signature`` (:mod:`.signature`) and RFC 9421.
+SIGNATURE_FORMATS = ("v1", "rfc9421")
 
 Keys = KeySource | bytes | str
 

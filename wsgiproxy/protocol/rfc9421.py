@@ -427,8 +427,9 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     base = _encoded("".join(('"@method": ', method, '\n"@authority": ', authority, '\n"@path": ',
                              path or "/", '\n"@query": ?', query, *parts,
                              '\n"@signature-params": ', value)), count + 5)
-    return added + [(SIGNATURE_INPUT, "wsgiproxy=" + value), (SIGNATURE, "wsgiproxy=:%s:" % (
-        b2a_base64(signing(base), newline=False).decode()))]
+    added += ((SIGNATURE_INPUT, "wsgiproxy=" + value),
+              (SIGNATURE, "wsgiproxy=:" + b2a_base64(signing(base), newline=False).decode() + ":"))
+    return added
 
 
 _forms: dict[tuple[Any, ...], Form | None] = {}

@@ -230,12 +230,14 @@ def _covered_parts(headers: Headers, forms: dict[tuple[Any, ...], Form | None], 
             parts = template[:]  # (a copy: the planned parts are shared by every request)
             try:
                 for i, slot in slots:
-                    parts[slot] = headers[i][1].strip(" \t")  # type: ignore[index]
+                    value = headers[i][1].strip(" \t")  # type: ignore[index]
+                    if not value:  # blank once stripped: absent, which the plan did not foresee
+                        break
+                    parts[slot] = value
+                else:
+                    return made, parts
             except (AttributeError, TypeError):  # not a str: _signed_headers says which
                 pass
-            else:
-                if "" not in parts:  # (blank once stripped: absent, not foreseen by the plan)
-                    return made, parts
     signed = _signed_headers(headers)  # once: ``headers`` may be an iterator
     names = tuple([name for name, _ in signed])
     parts = _value_parts(names, line)
