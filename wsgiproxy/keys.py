@@ -500,13 +500,15 @@ class _NonceSource:
         self.reseed()
 
     def reseed(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-        #: The same as calling the source, in C alone (no Python frame): for the request path.
-        self.next = map(("%s%%016x" % self.prefix).__mod__, self.counter).__next__
+        # One int: the prefix in the high 64 bits, the counter (from a random start, so
+        # that it does not reach the prefix's bits) in the low ones.
+        start = int.from_bytes(os.urandom(8), "big") << 64 | int.from_bytes(os.urandom(4), "big")
+        #: The same as calling the source, in C alone (no Python frame): for the request
+        #: path.  (``next()`` on ``itertools.count`` is atomic.)
+        self.next = map("%032x".__mod__, itertools.count(start)).__next__
 
     def __call__(self) -> str:
-        return "%s%016x" % (self.prefix, next(self.counter))  # next() on count is atomic
+        return self.next()
 
 
 #: A new nonce (32 lowercase hex characters) each call, unique in this process and its forks.

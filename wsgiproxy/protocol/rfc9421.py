@@ -414,16 +414,20 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
     """
     # On every signed request's path: strings are joined from parts planned per shape
     # of ``headers`` (bench/signing_cost.py --format rfc9421 measures it).
+    global _last_times
     alg, key_id, signing = keys.signer()
     (inner, count), parts = _covered_parts(headers, _forms, '\n"%s": ', _made)
-    created, added = int(now), []
+    created, added, times = int(now), [], _last_times
+    if times[0] != created or times[1] != window:  # a new second: its text, made once
+        times = _last_times = (created, window, ");created=%d;expires=%d" % (
+            created, created + int(window)))
     if body is not None:
         digest = content_digest(body)
         added, inner, count = [(CONTENT_DIGEST, digest)], inner + ' "content-digest"', count + 1
         parts += ('\n"content-digest": ', digest)
-    value = "".join((inner, ");created=", str(created), ";expires=", str(created + int(window)),
-                     ';nonce="', nonce, '";keyid=', _quoted_ids.get(key_id) or _quoted(key_id),
-                     ';alg="', alg, '";tag="wsgiproxy"'))
+    value = "".join((inner, times[2], ';nonce="', nonce, '";keyid=',
+                     _quoted_ids.get(key_id) or _quoted(key_id), ';alg="', alg,
+                     '";tag="wsgiproxy"'))
     base = _encoded("".join(('"@method": ', method, '\n"@authority": ', authority, '\n"@path": ',
                              path or "/", '\n"@query": ?', query, *parts,
                              '\n"@signature-params": ', value)), count + 5)
@@ -433,6 +437,9 @@ def sign(keys: Signer, method: str, authority: str, path: str, query: str, heade
 
 
 _forms: dict[tuple[Any, ...], Form | None] = {}
+#: ``(created, window, ");created=...;expires=...")`` of the last request signed: the
+#: text changes once a second, and every request of that second shares it.
+_last_times: tuple[int, float, str] = (0, 0, "")
 
 
 def _made(names: tuple[str, ...]) -> tuple[str, int]:
