@@ -186,6 +186,15 @@ def test_malformed_response_heads_are_refused(head):
         parse_response_head(head, "b")
 
 
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX: a\rY: b", b"HTTP/1.1 200 OK\r\nX: a\nY: b",
+    b"HTTP/1.1 200 OK\nX: a", b"HTTP/1.1 200 OK\r\nX: a\r", b"HTTP/1.1 200 OK\r\n\nX: a",
+])
+def test_a_bare_cr_or_lf_in_a_response_head_is_named(head):
+    with pytest.raises(BadBackendResponse, match="bare CR or LF"):
+        parse_response_head(head, "b")
+
+
 # -- requests ------------------------------------------------------------------------
 
 def test_request_head_writes_its_own_framing_and_drops_hop_by_hop():
@@ -204,6 +213,8 @@ def test_request_head_writes_its_own_framing_and_drops_hop_by_hop():
     ("GET", "/a b", [("Host", "h")]),
     ("GET", "", [("Host", "h")]),
     ("GET", "/", [("Host", "h"), ("X", "a\r\nInjected: 1")]),
+    ("GET", "/", [("Host", "h"), ("X", "a\nInjected: 1")]),  # a bare LF
+    ("GET", "/", [("Host", "h\r"), ("X", "1")]),  # a bare CR
     ("GET", "/", [("Host", "h"), ("X", "a\x00")]),
     ("GET", "/", [("Host", "h"), ("Bad Name", "1")]),
     ("GET", "/", [("Host", "h"), ("X", "\u20ac")]),

@@ -294,7 +294,8 @@ def parse_response_head(head: bytes, backend: str | None) -> ResponseHead:
         raise BadBackendResponse("control characters in the response headers", backend)
     text = head.decode("latin-1")
     lines = text.split("\r\n")
-    if not text.count("\r") == text.count("\n") == len(lines) - 1:
+    joined = "".join(lines)  # (memchr scans, as in request_head, not counting loops)
+    if "\r" in joined or "\n" in joined:
         raise BadBackendResponse("bare CR or LF in the response headers", backend)
     # "HTTP/1.x NNN[ reason]"; the reason phrase may be empty or missing.
     status_line = lines[0]
