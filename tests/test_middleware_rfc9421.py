@@ -323,6 +323,24 @@ def test_end_to_end_hmac(secret_file):
         proxy.close()
 
 
+def test_each_host_is_signed_as_its_own_authority_with_preserve_host(secret_file):
+    """The signer remembers the @authority of the last Host: a request for another Host
+    (preserve_host sends the client's) is signed with its own, and back again."""
+    recorder, server = backend(secret_file=secret_file)
+    with server:
+        proxy = WSGIProxyApp(server.url, secret_file=secret_file, signature_format="rfc9421",
+                             preserve_host=True)
+        for host in ("www.example.com", "shop.example:8080", "WWW.Example.com:80",
+                     "www.example.com"):
+            env = environ()
+            env["HTTP_HOST"] = host
+            status, _, body = call_wsgi(proxy, env)
+            assert status == "200 OK", (host, body)
+            assert recorder.environ["HTTP_HOST"] == host
+            assert recorder.environ["wsgiproxy.signature_format"] == "rfc9421"
+        proxy.close()
+
+
 def test_end_to_end_ed25519_both_ways(tmp_path, pem_files):
     proxy_key, proxy_public = pem_files
     backend_private, backend_public = ed25519_pem()
