@@ -391,9 +391,10 @@ def hmac_for(secret: bytes) -> Callable[[bytes], bytes]:
 
 
 def _hmac(secret: bytes, canonical: bytes) -> str:
-    """The unpadded base64url HMAC-SHA256 of ``canonical``."""
-    return b2a_base64(hmac_for(secret)(canonical), newline=False).translate(
-        _URLSAFE)[:43].decode()
+    """The unpadded base64url HMAC-SHA256 of ``canonical`` (on every signed request:
+    a known secret's HMAC is taken from the cache without calling hmac_for)."""
+    return b2a_base64((_keyed_hmacs.get(secret) or hmac_for(secret))(canonical),
+                      newline=False).translate(_URLSAFE)[:43].decode()
 
 
 # ---------------------------------------------------------------------------
@@ -424,11 +425,10 @@ def sign(keys: KeySource, method: str, host: str, path: str | bytes, query: str,
     timestamp = str(int(now))
     digest = "-" if body is None else _body_digest(body)
     (listed, count), parts = _covered_parts(headers, _v1_forms, "\n%s:", _v1_made)
-    mac = _keyed_hmacs.get(secret) or hmac_for(secret)
-    sig = b2a_base64(mac(_canonical_bytes(method, host, path, query, timestamp, nonce, digest,
-                                          parts, count)), newline=False)
+    canonical = _canonical_bytes(method, host, path, query, timestamp, nonce, digest, parts,
+                                 count)
     return "".join(("v1 kid=", key_id, ", ts=", timestamp, ", nonce=", nonce, ", body=",
-                    digest, listed, sig.translate(_URLSAFE)[:43].decode()))
+                    digest, listed, _hmac(secret, canonical)))
 
 
 _v1_forms: dict[tuple[Any, ...], Form | None] = {}
